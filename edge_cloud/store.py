@@ -1,0 +1,913 @@
+"""The object store: etcd behind a small typed interface, and the only module that imports aetcd.
+
+Every durable object of the platform lives in etcd as one key. Services see `Store`, a
+Protocol (so a unit test can hand them an in-memory fake) implemented here by `EtcdStore`.
+
+Why it looks like this:
+
+- **One etcd gRPC client per process, imported only here.** aetcd and the other etcd clients
+  register the same protobuf symbols and bare file names; two of them in one process, or
+  our own `kv.proto`, kill it at import (dependencies.md §3).
+- **aetcd for the channel and the etcd API stubs, not its helpers.** Its high-level methods
+  drop the response header (we need the revision of every read and write), take one timeout
+  for the whole client, and multiplex all watches over one stream whose failure ends every
+  watch at once. We call the stubs it ships directly, each with its own deadline.
+- **Writes are guarded.** `update()` reads with revisions, lets a pure function compute the
+  writes, and commits them in one transaction that compares the mod revision of everything
+  read; on a lost race it retries a bounded number of times, then raises `Aborted`
+  (architecture.md §8). No write path reads, thinks, then blindly overwrites.
+- **A watch never ends by itself.** When the connection drops (an etcd restart, a network
+  blip) it reopens from the last delivered revision + 1 with backoff, so nothing is lost or
+  repeated. When the revision it needs was compacted away, nothing can replay the missed
+  events, so it lists the prefix again and yields one `Resync` carrying that listing and its
+  revision, then watches on from there. A caller replaces its state with the listing (that is
+  how it learns about deletes it missed); it never has to catch an error or restart anything.
+- **Every call is bounded.** Unary calls carry a deadline; a watch stream has no deadline but
+  gRPC keepalive pings detect a dead peer. Failures surface as our own exceptions
+  (`Unavailable`, `DeadlineExceeded`, ...) with one-line messages.
+
+Keys are `str` (the platform's keys are JSON), values are `bytes`. An optional namespace
+(prefix) is prepended to every key on the way in and stripped on the way out; tests use it to
+isolate each test's keys, and nothing else needs to know about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, Self
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.rpc as rpc
+import grpc
+import grpc.aio
+
+from edge_cloud.errors import (
+    Aborted,
+    DeadlineExceeded,
+    EdgeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+__all__ = [
+    "Compare",
+    "Delete",
+    "DeletePrefix",
+    "EtcdStore",
+    "EventType",
+    "Get",
+    "KeyValue",
+    "ModRevisionIs",
+    "Op",
+    "Put",
+    "Resync",
+    "Store",
+    "TxnResult",
+    "UpdateFn",
+    "ValueIs",
+    "WatchEvent",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT: Final = 5.0
+DEFAULT_UPDATE_RETRIES: Final = 10
+
+# gRPC channel settings. Reconnect backoff is capped low because etcd is on the same network
+# and a restarted etcd is back in about a second; the default cap (120 s) would keep us away
+# long after it returned. Keepalive every 10 s (etcd refuses pings more often than every 5 s
+# and pings without an active stream) finds a dead peer under a long-lived watch.
+_CHANNEL_OPTIONS: Final[dict[str, Any]] = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+}
+
+_WATCH_BACKOFF_MIN: Final = 0.05
+_WATCH_BACKOFF_MAX: Final = 2.0
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key as etcd stores it.
+
+    Attributes:
+        key: The key, without the store's namespace.
+        value: The stored bytes.
+        create_revision: Revision of the write that created the key.
+        mod_revision: Revision of the last write to the key; what guarded writes compare.
+        version: Number of writes since creation (1 after the first put).
+        lease: ID of the attached lease, 0 for none.
+    """
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+class EventType(enum.Enum):
+    """What happened to a key in a watch event."""
+
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change under a watched prefix.
+
+    Attributes:
+        type: PUT (create or update) or DELETE (also lease expiry).
+        key: The key, without the store's namespace.
+        value: The new value; empty for a DELETE.
+        mod_revision: Revision of the change (for a DELETE, the revision of the deletion).
+            Events arrive in revision order; several keys written by one transaction share one.
+        create_revision: Revision that created the key (0 for a DELETE).
+        version: Version after the change (0 for a DELETE).
+        prev_value: The value before the change, only when the watch asked for `prev_kv`
+            and etcd still had it; otherwise None.
+    """
+
+    type: EventType
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+    version: int = 0
+    prev_value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Yielded by `watch` instead of the events it could not replay after a compaction.
+
+    Replace everything known under the prefix with `items`: they are the complete state at
+    `revision`, and the watch continues with events after `revision`. Keys missing from
+    `items` were deleted while the watch was behind.
+
+    Attributes:
+        items: Every key under the watched prefix at `revision`, in key order.
+        revision: The store revision of the listing.
+        compact_revision: The compaction point that made the replay impossible.
+    """
+
+    items: list[KeyValue]
+    revision: int
+    compact_revision: int
+
+
+# --- transactions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModRevisionIs:
+    """Compare: the key's last modification revision equals `revision` (0: must not exist)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ValueIs:
+    """Compare: the key exists and holds exactly `value`."""
+
+    key: str
+    value: bytes
+
+
+Compare = ModRevisionIs | ValueIs
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Op: write `value` at `key`, attached to `lease` if given (the key dies with it)."""
+
+    key: str
+    value: bytes
+    lease: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Op: delete `key` (no error if absent)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePrefix:
+    """Op: delete every key that starts with `prefix`."""
+
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Op: read `key`; the result lands in `TxnResult.values`."""
+
+    key: str
+
+
+Op = Put | Delete | DeletePrefix | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """The outcome of one transaction.
+
+    Attributes:
+        succeeded: Whether every compare held (so the success ops ran).
+        revision: Store revision after the transaction; every key it wrote has this
+            mod revision.
+        values: Result of each `Get` op of the branch that ran (None: key absent).
+        deleted: Number of keys deleted by the branch that ran.
+    """
+
+    succeeded: bool
+    revision: int
+    values: dict[str, KeyValue | None] = field(default_factory=dict)
+    deleted: int = 0
+
+
+#: What `update` calls: current values of the keys read (None: absent) → ops to commit.
+UpdateFn = Callable[[Mapping[str, KeyValue | None]], Sequence[Op] | Awaitable[Sequence[Op]]]
+
+
+# --- the interface --------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """What services use to keep objects; `EtcdStore` in production, a fake in unit tests."""
+
+    async def get(self, key: str) -> KeyValue | None:
+        """Read one key; None if absent."""
+        ...
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Read every key under `prefix` (key order) and the revision of that snapshot."""
+        ...
+
+    async def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        """Write unconditionally; returns the revision of the write."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Delete unconditionally; returns whether the key existed."""
+        ...
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success_ops: Sequence[Op],
+        failure_ops: Sequence[Op] = (),
+    ) -> TxnResult:
+        """Run `success_ops` if every compare holds, else `failure_ops`, atomically."""
+        ...
+
+    async def update(
+        self, keys: Iterable[str], fn: UpdateFn, *, retries: int = DEFAULT_UPDATE_RETRIES
+    ) -> TxnResult:
+        """Read `keys`, let `fn` compute ops, commit guarded by what was read; see EtcdStore."""
+        ...
+
+    async def grant(self, ttl: int) -> int:
+        """Create a lease of `ttl` seconds; returns its ID."""
+        ...
+
+    async def refresh(self, lease_id: int) -> int:
+        """Renew a lease once; returns the new TTL (NotFound if it already expired)."""
+        ...
+
+    async def keepalive(self, lease_id: int, ttl: int, *, interval: float | None = None) -> None:
+        """Renew a lease until cancelled (run it as a task)."""
+        ...
+
+    async def revoke(self, lease_id: int) -> None:
+        """End a lease now, deleting its keys."""
+        ...
+
+    def watch(
+        self, prefix: str, start_revision: int | None = None, *, prev_kv: bool = False
+    ) -> AsyncGenerator[WatchEvent | Resync, None]:
+        """Changes under `prefix` from `start_revision` on; never ends by itself."""
+        ...
+
+    async def compact(self, revision: int) -> None:
+        """Discard history before `revision`."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection; idempotent."""
+        ...
+
+
+# --- etcd -------------------------------------------------------------------------------------
+
+
+class EtcdStore:
+    """`Store` on etcd v3 through aetcd's channel and stubs. Create it with `connect`.
+
+    One instance per process: it is safe to share between tasks (gRPC multiplexes calls), and
+    a second client library or connection brings nothing but duplicate-descriptor trouble.
+    """
+
+    def __init__(self, client: Any, endpoint: str, *, timeout: float, namespace: str = "") -> None:
+        """Wrap an already connected aetcd client; use `EtcdStore.connect` instead."""
+        self._client = client
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._ns = namespace.encode()
+        self._kv: Any = client.kvstub
+        self._lease: Any = client.leasestub
+        self._watch: Any = rpc.WatchStub(client.channel)
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - also the deadline of later calls
+        namespace: str = "",
+    ) -> Self:
+        """Connect to the first etcd endpoint that answers.
+
+        aetcd's own connect only builds a channel, so a status call proves etcd is there:
+        a daemon should fail at start with one clear line, not at its first write.
+
+        Args:
+            endpoints: `http://host:port` or `host:port`, as a list or a comma-separated
+                string (the `--etcd-urls` form). Tried in order.
+            timeout: Deadline of the probe and, afterwards, of every unary call.
+            namespace: Prefix added to every key (tests use a unique one per test).
+
+        Returns:
+            A connected store.
+
+        Raises:
+            InvalidArgument: An endpoint is malformed or asks for TLS (not supported yet).
+            Unavailable: No endpoint answered; the message names them all.
+        """
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise InvalidArgument("no etcd endpoint given")
+        reasons: list[str] = []
+        for endpoint in endpoints:
+            host, port = _parse_endpoint(endpoint)
+            client = aetcd.Client(host=host, port=port, options=dict(_CHANNEL_OPTIONS))
+            try:
+                await client.connect()
+                await client.maintenancestub.Status(rpc.StatusRequest(), timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                await client.close()
+                reasons.append(f"{host}:{port} ({_connect_failure(err, timeout)})")
+                continue
+            except BaseException:
+                await client.close()
+                raise
+            log.debug("connected to etcd at %s:%d", host, port)
+            return cls(client, f"{host}:{port}", timeout=timeout, namespace=namespace)
+        raise Unavailable(f"etcd is unreachable at {', '.join(reasons)}")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
+
+    def _is_closed(self) -> bool:
+        # A method, not the property: mypy would keep a narrowed value across awaits.
+        return self._closed
+
+    @property
+    def namespace(self) -> str:
+        """The prefix this store adds to every key."""
+        return self._ns.decode()
+
+    # -- reads and plain writes -------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        """Read one key.
+
+        Args:
+            key: The key.
+
+        Returns:
+            The key with its revisions, or None if absent.
+        """
+        resp = await self._unary(self._kv.Range, rpc.RangeRequest(key=self._key(key)), "get", key)
+        return self._kv_from(resp.kvs[0]) if resp.kvs else None
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Read every key under `prefix` as one consistent snapshot.
+
+        Args:
+            prefix: Key prefix ("" for everything in the namespace).
+
+        Returns:
+            The keys in key order, and the revision of the snapshot: start a watch at
+            revision + 1 to follow on without a gap.
+        """
+        start, end = self._prefix_range(prefix)
+        resp = await self._unary(
+            self._kv.Range, rpc.RangeRequest(key=start, range_end=end), "range", prefix
+        )
+        revision: int = resp.header.revision
+        return [self._kv_from(kv) for kv in resp.kvs], revision
+
+    async def revision(self) -> int:
+        """The current revision of the whole store."""
+        start, end = self._prefix_range("")
+        resp = await self._unary(
+            self._kv.Range,
+            rpc.RangeRequest(key=start, range_end=end, count_only=True),
+            "read the revision of",
+            "",
+        )
+        revision: int = resp.header.revision
+        return revision
+
+    async def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        """Write unconditionally (use `txn` or `update` when others may write the key).
+
+        Args:
+            key: The key.
+            value: The bytes to store.
+            lease: Lease ID to attach; the key is deleted when the lease ends.
+
+        Returns:
+            The revision of the write (the key's new mod revision).
+        """
+        request = rpc.PutRequest(key=self._key(key), value=value, lease=lease or 0)
+        resp = await self._unary(self._kv.Put, request, "put", key)
+        revision: int = resp.header.revision
+        return revision
+
+    async def delete(self, key: str) -> bool:
+        """Delete unconditionally.
+
+        Args:
+            key: The key.
+
+        Returns:
+            Whether the key existed.
+        """
+        request = rpc.DeleteRangeRequest(key=self._key(key))
+        resp = await self._unary(self._kv.DeleteRange, request, "delete", key)
+        return bool(resp.deleted)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under `prefix`; returns how many there were."""
+        start, end = self._prefix_range(prefix)
+        request = rpc.DeleteRangeRequest(key=start, range_end=end)
+        resp = await self._unary(self._kv.DeleteRange, request, "delete prefix", prefix)
+        deleted: int = resp.deleted
+        return deleted
+
+    # -- transactions ------------------------------------------------------------------------
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success_ops: Sequence[Op],
+        failure_ops: Sequence[Op] = (),
+    ) -> TxnResult:
+        """Run one etcd transaction: if every compare holds, the success ops, else the others.
+
+        Args:
+            compares: Conditions, all of which must hold (an empty list always holds).
+            success_ops: Ops to run when they hold.
+            failure_ops: Ops to run when one does not (typically `Get`s to learn why).
+
+        Returns:
+            Which branch ran, the revision after it, and what its `Get`s and deletes found.
+        """
+        request = rpc.TxnRequest(
+            compare=[self._compare(c) for c in compares],
+            success=[self._request_op(op) for op in success_ops],
+            failure=[self._request_op(op) for op in failure_ops],
+        )
+        keys = ", ".join(sorted({_op_key(x) for x in (*compares, *success_ops)})) or "-"
+        resp = await self._unary(self._kv.Txn, request, "run a transaction on", keys)
+        ran = success_ops if resp.succeeded else failure_ops
+        values: dict[str, KeyValue | None] = {}
+        deleted = 0
+        for op, result in zip(ran, resp.responses, strict=True):
+            if isinstance(op, Get):
+                kvs = result.response_range.kvs
+                values[op.key] = self._kv_from(kvs[0]) if kvs else None
+            elif isinstance(op, Delete | DeletePrefix):
+                deleted += result.response_delete_range.deleted
+        return TxnResult(bool(resp.succeeded), resp.header.revision, values, deleted)
+
+    async def update(
+        self, keys: Iterable[str], fn: UpdateFn, *, retries: int = DEFAULT_UPDATE_RETRIES
+    ) -> TxnResult:
+        """Read-modify-write `keys` without lost updates.
+
+        Reads every key in one snapshot, calls `fn` with the current values, and commits the
+        ops it returns in one transaction that requires every key read to be unchanged (same
+        mod revision, or still absent). If another writer got there first, the failed
+        transaction itself returns fresh values, `fn` runs again on them, and so on, at most
+        `retries` more times.
+
+        `fn` must be a pure function of its argument (it may run several times) and may raise
+        an `EdgeError` to refuse (nothing is written). It may be a coroutine function. Keys it
+        writes but that are not in `keys` are written unguarded.
+
+        Args:
+            keys: Keys to read and guard.
+            fn: Current values (None: absent) → ops to commit; an empty list writes nothing.
+            retries: Extra attempts after the first lost race.
+
+        Returns:
+            The successful transaction (or, if `fn` returned no ops, the read).
+
+        Raises:
+            Aborted: Every attempt lost its race.
+        """
+        guarded = list(dict.fromkeys(keys))
+        reads: list[Op] = [Get(k) for k in guarded]
+        snapshot = await self.txn((), reads)
+        current, revision = snapshot.values, snapshot.revision
+        for attempt in range(retries + 1):
+            result = fn(current)
+            ops = result if isinstance(result, Sequence) else await result
+            if not ops:
+                return TxnResult(True, revision, dict(current), 0)
+            compares = [ModRevisionIs(k, kv.mod_revision if kv else 0) for k, kv in current.items()]
+            outcome = await self.txn(compares, ops, reads)
+            if outcome.succeeded:
+                return outcome
+            current, revision = outcome.values, outcome.revision
+            if 0 < attempt < retries:
+                # Two writers retrying in lockstep would collide again; a few ms of jitter,
+                # growing with the attempt, spreads them out.
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))  # noqa: S311 - jitter, not security
+        raise Aborted(
+            f"concurrent changes to {', '.join(guarded) or '(no keys)'} kept conflicting; "
+            f"gave up after {retries + 1} attempts"
+        )
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        """Create a lease; keys put with it are deleted when it expires or is revoked.
+
+        Args:
+            ttl: Seconds without a refresh before expiry (etcd raises very small values to
+                its minimum, about 2 s by default).
+
+        Returns:
+            The lease ID.
+        """
+        request = rpc.LeaseGrantRequest(TTL=ttl, ID=0)
+        resp = await self._unary(self._lease.LeaseGrant, request, "grant", f"lease ttl={ttl}")
+        if resp.error:
+            raise ResourceExhausted(f"etcd refused a lease of {ttl}s: {resp.error}")
+        lease_id: int = resp.ID
+        return lease_id
+
+    async def refresh(self, lease_id: int) -> int:
+        """Renew a lease once.
+
+        Args:
+            lease_id: The lease.
+
+        Returns:
+            The TTL it was renewed to.
+
+        Raises:
+            NotFound: The lease has expired or was revoked (its keys are gone).
+        """
+        what = f"lease {lease_id:x}"
+        call = self._lease.LeaseKeepAlive(
+            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout
+        )
+        try:
+            reply = await call.read()
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, "refresh", what) from err
+        finally:
+            call.cancel()
+        if reply is grpc.aio.EOF or reply.TTL <= 0:
+            raise NotFound(f"etcd {what} has expired or was revoked")
+        ttl: int = reply.TTL
+        return ttl
+
+    async def keepalive(self, lease_id: int, ttl: int, *, interval: float | None = None) -> None:
+        """Keep a lease alive until cancelled; meant to run as a task beside its owner.
+
+        Transient failures are retried sooner than the normal interval, since the lease keeps
+        counting down on the server meanwhile. If it expires anyway, this raises instead of
+        pretending: the keys tied to it are gone and the owner must re-create them.
+
+        Args:
+            lease_id: The lease.
+            ttl: Its TTL in seconds, to pace the refreshes.
+            interval: Seconds between refreshes; default a third of `ttl`.
+
+        Raises:
+            NotFound: The lease expired or was revoked.
+        """
+        period = interval if interval is not None else max(ttl / 3, 0.1)
+        while True:
+            try:
+                await self.refresh(lease_id)
+            except (Unavailable, DeadlineExceeded) as err:
+                log.warning("could not refresh etcd lease %x, retrying: %s", lease_id, err)
+                await asyncio.sleep(min(period, 0.5))
+                continue
+            await asyncio.sleep(period)
+
+    async def revoke(self, lease_id: int) -> None:
+        """End a lease now, deleting its keys; an already expired lease is not an error.
+
+        Args:
+            lease_id: The lease.
+        """
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        try:
+            await self._unary(self._lease.LeaseRevoke, request, "revoke", f"lease {lease_id:x}")
+        except NotFound:
+            log.debug("etcd lease %x was already gone", lease_id)
+
+    # -- watch -------------------------------------------------------------------------------
+
+    async def watch(
+        self, prefix: str, start_revision: int | None = None, *, prev_kv: bool = False
+    ) -> AsyncGenerator[WatchEvent | Resync, None]:
+        """Follow every change under `prefix`, in revision order, forever.
+
+        The iteration ends only when the consumer stops it (`break`, cancellation,
+        `aclose()`; use `contextlib.aclosing` to release the stream promptly) or the store is
+        closed. A lost connection is retried with backoff from the last delivered revision
+        + 1, so no event is lost or repeated. If that revision has been compacted, one
+        `Resync` with the complete current listing is yielded instead of the missed events
+        (see `Resync`), and events continue after it.
+
+        Args:
+            prefix: Key prefix to follow ("" for the whole namespace).
+            start_revision: First revision to deliver, typically `range()`'s revision + 1;
+                None means "changes from now on".
+            prev_kv: Also deliver each key's previous value (costs etcd a read per event).
+
+        Yields:
+            `WatchEvent`s, and a `Resync` after a compaction.
+        """
+        start, end = self._prefix_range(prefix)
+        next_revision = start_revision
+        delay = _WATCH_BACKOFF_MIN
+        failures = 0
+        while not self._is_closed():
+            call = None
+            try:
+                if next_revision is None:
+                    next_revision = await self.revision() + 1
+                call = self._watch.Watch()
+                create = rpc.WatchCreateRequest(
+                    key=start,
+                    range_end=end,
+                    start_revision=next_revision,
+                    prev_kv=prev_kv,
+                    progress_notify=True,
+                )
+                await call.write(rpc.WatchRequest(create_request=create))
+                async with asyncio.timeout(self._timeout):
+                    response = await call.read()
+                if response is grpc.aio.EOF or not response.created:
+                    raise _WatchBroken(f"etcd did not create the watch ({response!r})")
+                if response.canceled:
+                    raise _WatchBroken(f"etcd refused the watch: {response.cancel_reason}")
+                if failures:
+                    log.info("etcd watch on %r resumed at revision %d", prefix, next_revision)
+                failures, delay = 0, _WATCH_BACKOFF_MIN
+                while True:
+                    if response.compact_revision:
+                        compacted = response.compact_revision
+                        items, revision = await self.range(prefix)
+                        log.warning(
+                            "etcd watch on %r needed revision %d, compacted up to %d; "
+                            "resynced at revision %d",
+                            prefix,
+                            next_revision,
+                            compacted,
+                            revision,
+                        )
+                        next_revision = revision + 1
+                        yield Resync(items, revision, compacted)
+                        break
+                    if response.canceled:
+                        raise _WatchBroken(f"etcd cancelled the watch: {response.cancel_reason}")
+                    for event in response.events:
+                        next_revision = event.kv.mod_revision + 1
+                        yield self._event_from(event, prev_kv)
+                    if not response.events and not response.created:
+                        # A progress notification: nothing under the prefix changed up to
+                        # this revision, so a reconnect may start after it.
+                        next_revision = max(next_revision, response.header.revision + 1)
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        raise _WatchBroken("etcd closed the watch stream")
+            except asyncio.CancelledError:
+                # Closing the channel cancels its calls; that ends the watch quietly, while a
+                # cancellation of the consumer's own task propagates as usual.
+                task = asyncio.current_task()
+                if self._is_closed() and task is not None and not task.cancelling():
+                    return
+                raise
+            except (grpc.aio.AioRpcError, EdgeError, _WatchBroken, TimeoutError) as err:
+                if self._is_closed():
+                    return
+                details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+                failures += 1
+                # One warning per outage; the retries of a longer one only at debug level.
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "etcd watch on %r interrupted (%s); reopening from revision %s",
+                    prefix,
+                    _one_line(details or "") or type(err).__name__,
+                    next_revision,
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                delay = min(delay * 2, _WATCH_BACKOFF_MAX)
+            finally:
+                if call is not None:
+                    call.cancel()
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    async def compact(self, revision: int, *, physical: bool = True) -> None:
+        """Discard the history before `revision` (watches from older revisions then resync).
+
+        Args:
+            revision: Oldest revision to keep.
+            physical: Wait until the data is really gone (what tests of compaction want).
+        """
+        request = rpc.CompactionRequest(revision=revision, physical=physical)
+        await self._unary(self._kv.Compact, request, "compact", f"revision {revision}")
+
+    async def close(self) -> None:
+        """Close the channel; running watches end quietly. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _unary(self, method: Any, request: Any, verb: str, what: str) -> Any:
+        """One unary call with the store's deadline and our exception types."""
+        try:
+            return await method(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._error(err, verb, what) from err
+
+    def _error(self, err: grpc.aio.AioRpcError, verb: str, what: str) -> EdgeError:
+        details = _one_line(err.details() or "")
+        where = f"etcd at {self._endpoint}"
+        code = err.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(f"{where} is unavailable, could not {verb} {what}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"{where} did not {verb} {what} within {self._timeout:g}s")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(f"{where}: {what} not found ({details})")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"{where} refused to {verb} {what}: {details}")
+        if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE):
+            return FailedPrecondition(f"{where} could not {verb} {what}: {details}")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(f"{where} is out of resources to {verb} {what}: {details}")
+        return EdgeError(f"{where} failed to {verb} {what}: {code.name}: {details}")
+
+    def _key(self, key: str) -> bytes:
+        return self._ns + key.encode()
+
+    def _strip(self, raw: bytes) -> str:
+        return raw[len(self._ns) :].decode()
+
+    def _prefix_range(self, prefix: str) -> tuple[bytes, bytes]:
+        start = self._key(prefix)
+        if not start:
+            return b"\0", b"\0"  # etcd's spelling of "every key"
+        return start, _prefix_end(start)
+
+    def _kv_from(self, kv: Any) -> KeyValue:
+        return KeyValue(
+            key=self._strip(kv.key),
+            value=kv.value,
+            create_revision=kv.create_revision,
+            mod_revision=kv.mod_revision,
+            version=kv.version,
+            lease=kv.lease,
+        )
+
+    def _event_from(self, event: Any, prev_kv: bool) -> WatchEvent:
+        kv = event.kv
+        prev = event.prev_kv.value if prev_kv and event.HasField("prev_kv") else None
+        return WatchEvent(
+            type=EventType.DELETE if event.type == rpc.Event.DELETE else EventType.PUT,
+            key=self._strip(kv.key),
+            value=kv.value,
+            mod_revision=kv.mod_revision,
+            create_revision=kv.create_revision,
+            version=kv.version,
+            prev_value=prev,
+        )
+
+    def _compare(self, compare: Compare) -> Any:
+        if isinstance(compare, ModRevisionIs):
+            return rpc.Compare(
+                result=rpc.Compare.EQUAL,
+                target=rpc.Compare.MOD,
+                key=self._key(compare.key),
+                mod_revision=compare.revision,
+            )
+        return rpc.Compare(
+            result=rpc.Compare.EQUAL,
+            target=rpc.Compare.VALUE,
+            key=self._key(compare.key),
+            value=compare.value,
+        )
+
+    def _request_op(self, op: Op) -> Any:
+        if isinstance(op, Put):
+            put = rpc.PutRequest(key=self._key(op.key), value=op.value, lease=op.lease or 0)
+            return rpc.RequestOp(request_put=put)
+        if isinstance(op, Delete):
+            return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(op.key)))
+        if isinstance(op, DeletePrefix):
+            start, end = self._prefix_range(op.prefix)
+            delete = rpc.DeleteRangeRequest(key=start, range_end=end)
+            return rpc.RequestOp(request_delete_range=delete)
+        return rpc.RequestOp(request_range=rpc.RangeRequest(key=self._key(op.key)))
+
+
+class _WatchBroken(Exception):
+    """The watch stream ended or was refused in a way worth reopening."""
+
+
+def _op_key(x: Compare | Op) -> str:
+    return x.prefix + "*" if isinstance(x, DeletePrefix) else x.key
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with `prefix` (etcd's range_end)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"  # all 0xff: everything from prefix on
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _parse_endpoint(endpoint: str) -> tuple[str, int]:
+    text = endpoint.strip()
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    if parts.scheme == "https":
+        raise InvalidArgument(f"etcd endpoint {endpoint!r}: TLS to etcd is not supported yet")
+    try:
+        port = parts.port or 2379
+    except ValueError:
+        raise InvalidArgument(f"etcd endpoint {endpoint!r} has an invalid port") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise InvalidArgument(f"etcd endpoint {endpoint!r} is not http://host:port")
+    return parts.hostname, port
+
+
+def _connect_failure(err: grpc.aio.AioRpcError, timeout: float) -> str:
+    """The gist of a failed probe; gRPC's own text repeats the address and the code."""
+    details = err.details() or ""
+    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {timeout:g}s"
+    if "connection refused" in details.lower():
+        return "connection refused"
+    return _one_line(details) or err.code().name
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

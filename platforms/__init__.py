@@ -1,0 +1,1 @@
+"""Infrastructure plugins, one package each, loaded through `edge_cloud.platforms` entry points."""

@@ -1,0 +1,1 @@
+"""The platform's daemons, one package each; they talk to each other only over gRPC."""

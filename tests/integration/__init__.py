@@ -1,0 +1,1 @@
+"""Tests against real etcd, Redis and InfluxDB servers started on loopback."""

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: local servers, demo daemons, waiting utilities."""

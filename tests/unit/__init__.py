@@ -1,0 +1,1 @@
+"""Unit tests: no external process; in-process gRPC servers on loopback are fine."""
