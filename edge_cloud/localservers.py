@@ -289,6 +289,7 @@ def start_etcd(
         MissingBinary: etcd is not installed.
         ServerStartError: etcd exited or was not healthy in time.
     """
+    data_dir, log_path = Path(data_dir).resolve(), Path(log_path).resolve()  # servers chdir
     exe = binary or find_binary("etcd")
 
     def build(ports: Mapping[str, int]) -> list[str]:
@@ -363,6 +364,7 @@ def start_redis(
         MissingBinary: redis-server is not installed.
         ServerStartError: Redis exited or did not answer in time.
     """
+    data_dir, log_path = Path(data_dir).resolve(), Path(log_path).resolve()  # servers chdir
     exe = binary or find_binary("redis-server")
 
     def build(ports: Mapping[str, int]) -> list[str]:
@@ -429,6 +431,7 @@ def start_influxdb(
         MissingBinary: influxd is not installed.
         ServerStartError: InfluxDB exited or did not answer in time.
     """
+    data_dir, log_path = Path(data_dir).resolve(), Path(log_path).resolve()  # servers chdir
     exe = binary or find_binary("influxd")
     config_path = Path(data_dir) / "influxdb.conf"
 

@@ -124,7 +124,7 @@ def _servers_table(servers: list[localservers.ServerProcess], run_dir: Path) -> 
     for server in servers:
         table.add_row(
             server.name,
-            ", ".join(server.endpoints.values()),
+            server.endpoints["client"],
             _rel(server.data_dir),
             _rel(server.log_path),
         )

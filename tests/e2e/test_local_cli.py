@@ -45,7 +45,7 @@ def wait_for_file(
     return data
 
 
-def start_up(run_dir: Path, ready: Path) -> subprocess.Popen[str]:
+def start_up(run_dir: Path, ready: Path, cwd: Path = ROOT) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -65,7 +65,7 @@ def start_up(run_dir: Path, ready: Path) -> subprocess.Popen[str]:
             "--ready-file",
             str(ready),
         ],
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -77,7 +77,8 @@ def test_local_up_serves_then_stops_cleanly_and_can_run_again(tmp_path: Path) ->
     run_dir = tmp_path / "run"
     for attempt in range(2):  # the second run proves no manual clean-up is needed
         ready = tmp_path / f"ready{attempt}.json"
-        process = start_up(run_dir, ready)
+        # a relative run directory, as `make run` uses: servers must not depend on their cwd
+        process = start_up(Path("run"), ready, cwd=tmp_path)
         try:
             endpoints = wait_for_file(ready, process)
             assert set(endpoints) == {"etcd", "redis", "influxdb"}
@@ -156,3 +157,38 @@ def test_serve_unknown_service_lists_the_known_ones(tmp_path: Path) -> None:
     result = edge("serve", "nosuchdaemon", run_dir=tmp_path)
     assert result.returncode == 2
     assert "unknown service 'nosuchdaemon'" in result.stderr
+
+
+def test_missing_server_binary_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_cloud.cli",
+            "local",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "up",
+            "--etcd-port",
+            "0",
+            "--redis-port",
+            "0",
+            "--influx-port",
+            "0",
+            "--no-daemons",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "EDGE_REDIS_BIN": str(tmp_path / "no-such-redis-server")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1, result.stderr
+    assert "redis-server" in errors[0]
+    assert "Traceback" not in result.stderr
+    # etcd was started before Redis failed; it must not be left running
+    status = edge("local", "status", run_dir=tmp_path / "run")
+    assert status.stdout.strip() == "nothing is running"
