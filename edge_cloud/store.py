@@ -70,6 +70,7 @@ __all__ = [
     "Op",
     "Put",
     "Resync",
+    "RevisionCompacted",
     "Store",
     "TxnResult",
     "UpdateFn",
@@ -101,6 +102,10 @@ _WATCH_BACKOFF_MAX: Final = 2.0
 
 
 # --- values -------------------------------------------------------------------------------
+
+
+class RevisionCompacted(FailedPrecondition):
+    """A read asked for a revision that etcd has already compacted away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +267,9 @@ class Store(Protocol):
         """Read one key; None if absent."""
         ...
 
-    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+    async def range(
+        self, prefix: str, *, revision: int | None = None, keys_only: bool = False
+    ) -> tuple[list[KeyValue], int]:
         """Read every key under `prefix` (key order) and the revision of that snapshot."""
         ...
 
@@ -423,22 +430,38 @@ class EtcdStore:
         resp = await self._unary(self._kv.Range, rpc.RangeRequest(key=self._key(key)), "get", key)
         return self._kv_from(resp.kvs[0]) if resp.kvs else None
 
-    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+    async def range(
+        self, prefix: str, *, revision: int | None = None, keys_only: bool = False
+    ) -> tuple[list[KeyValue], int]:
         """Read every key under `prefix` as one consistent snapshot.
 
         Args:
             prefix: Key prefix ("" for everything in the namespace).
+            revision: Read the keys as they were at this past revision (what lets notify
+                tell which objects vanished since a client last synced); None is now.
+            keys_only: Leave values empty; enough for comparing key sets cheaply.
 
         Returns:
             The keys in key order, and the revision of the snapshot: start a watch at
             revision + 1 to follow on without a gap.
+
+        Raises:
+            RevisionCompacted: `revision` is older than etcd's compaction point.
         """
         start, end = self._prefix_range(prefix)
-        resp = await self._unary(
-            self._kv.Range, rpc.RangeRequest(key=start, range_end=end), "range", prefix
+        request = rpc.RangeRequest(
+            key=start, range_end=end, revision=revision or 0, keys_only=keys_only
         )
-        revision: int = resp.header.revision
-        return [self._kv_from(kv) for kv in resp.kvs], revision
+        try:
+            resp = await self._kv.Range(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (err.details() or ""):
+                raise RevisionCompacted(
+                    f"etcd no longer has revision {revision} of {prefix!r} (compacted)"
+                ) from err
+            raise self._error(err, "range", prefix) from err
+        snapshot_revision: int = resp.header.revision
+        return [self._kv_from(kv) for kv in resp.kvs], snapshot_revision
 
     async def revision(self) -> int:
         """The current revision of the whole store."""
