@@ -19,7 +19,7 @@ import uvloop
 
 from edge_cloud import logs
 from edge_cloud.config import CommonConfig, HelpRequested, describe, load
-from edge_cloud.errors import ConfigError
+from edge_cloud.errors import ConfigError, DeadlineExceeded, Unavailable
 from edge_cloud.server._interceptor import leaves
 from edge_cloud.server._listeners import Health, HttpListener, bind, metrics_app, new_server
 
@@ -172,10 +172,10 @@ async def serve(
                 cfg.ready_file.unlink(missing_ok=True)  # a stale file would announce dead ports
 
 
-def _refuse(name: str, message: str) -> int:
-    """Bad configuration: one line on stderr, no traceback, exit status 2."""
+def _refuse(name: str, message: str, status: int = 2) -> int:
+    """Bad configuration or an unreachable dependency: one line on stderr, no traceback."""
     sys.stderr.write(f"{name}: error: {message}\n")
-    return 2
+    return status
 
 
 def _check_otel(cfg: CommonConfig) -> None:
@@ -227,6 +227,10 @@ def run_daemon(
         found = leaves(error)
         if all(isinstance(leaf, ConfigError) for leaf in found):
             return _refuse(name, "; ".join(map(str, found)))
+        if all(isinstance(leaf, Unavailable | DeadlineExceeded) for leaf in found):
+            # a dependency (etcd, Redis, ...) is down: the operator needs where, not a traceback
+            log.error("%s cannot start: %s", name, "; ".join(map(str, found)))
+            return _refuse(name, "; ".join(map(str, found)), status=1)
         log.critical("%s failed", name, exc_info=error)
         return 1
     except KeyboardInterrupt:
