@@ -1,0 +1,291 @@
+"""Sync: etcd → in-memory caches, by one list-then-watch of the prefix `1/` (controller.md §2.5).
+
+The caches are the Controller's read side: Show RPCs stream from them, in-use checks scan
+them, later the notify server sends from them. They change only here, in etcd revision order,
+so every reader sees a state etcd really had. A write path that needs read-your-writes waits
+with `wait_for_revision(rev)` for the revision its transaction committed at.
+
+Why one watcher for all types: cross-type changes (a ZonePool and the Zone it names) are
+applied in the order etcd committed them, never the other way round.
+
+How a revision is known to be applied in full: etcd delivers all events of one revision in
+one watch response, and the store's watch yields the events of a response without
+suspending in between; `_apply` does not suspend either. Waiters woken by an event of
+revision R therefore only run after every event of R has been applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from edge_cloud.errors import EdgeError, Unavailable
+from edge_cloud.objects import codec, registry
+from edge_cloud.objects.registry import ObjectType
+from edge_cloud.store import EventType, KeyValue, Resync, Store, WatchEvent
+
+__all__ = ["PREFIX", "Caches", "Entry", "Listener", "Sync", "split_store_key"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+PREFIX: Final = "1/"
+DEFAULT_WAIT: Final = 10.0
+
+#: Called after each applied change: type, key string, old object (None: created),
+#: new object (None: deleted), revision. Must not block; runs in the sync task.
+Listener = Callable[[ObjectType[Any], str, Message | None, Message | None, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cached object.
+
+    Attributes:
+        obj: The decoded object; never mutate it (take `copy()`).
+        mod_revision: The etcd revision of its last change.
+    """
+
+    obj: Message
+    mod_revision: int
+
+    def copy(self) -> Message:
+        """A private copy of the object, safe to change."""
+        out = type(self.obj)()
+        out.CopyFrom(self.obj)
+        return out
+
+
+def split_store_key(key: str) -> tuple[str, str] | None:
+    """`1/<Type>/<key-string>` → (type name, key string); None for other keys (`1/VersionV2`)."""
+    if not key.startswith(PREFIX):
+        return None
+    type_name, sep, key_string = key[len(PREFIX) :].partition("/")
+    if not sep:
+        return None
+    return type_name, key_string
+
+
+def _stored_type(type_name: str) -> ObjectType[Any] | None:
+    try:
+        otype = registry.by_name(type_name)
+    except KeyError:
+        return None
+    return otype if otype.stored else None
+
+
+class Caches:
+    """The objects of every stored type, by type name and key string. Read-only to callers."""
+
+    def __init__(self) -> None:
+        self._objs: dict[str, dict[str, Entry]] = {}
+
+    def entry(self, otype: ObjectType[Any], key: str) -> Entry | None:
+        """The cached entry of one object, or None."""
+        return self._objs.get(otype.name, {}).get(key)
+
+    def get(self, otype: ObjectType[M], key: str) -> M | None:
+        """A copy of one object, or None when it is not cached."""
+        entry = self.entry(otype, key)
+        return None if entry is None else _copy(otype, entry.obj)
+
+    def has(self, otype: ObjectType[Any], key: str) -> bool:
+        """Whether the object is cached."""
+        return self.entry(otype, key) is not None
+
+    def items(self, otype: ObjectType[M]) -> Iterator[tuple[str, M]]:
+        """Key strings and objects of one type, in key order (objects are shared: don't mutate).
+
+        Iterates over a snapshot, so the caller may await between items.
+        """
+        objs = self._objs.get(otype.name, {})
+        for key in sorted(objs):
+            yield key, objs[key].obj  # type: ignore[misc]  # stored by type, so an M
+
+    def values(self, otype: ObjectType[M]) -> list[M]:
+        """Copies of every object of one type, in key order."""
+        return [_copy(otype, obj) for _, obj in self.items(otype)]
+
+    def count(self, otype: ObjectType[Any]) -> int:
+        """How many objects of a type are cached."""
+        return len(self._objs.get(otype.name, {}))
+
+    # -- the sync's side -------------------------------------------------------------------
+
+    def _put(self, otype: ObjectType[Any], key: str, entry: Entry) -> Entry | None:
+        objs = self._objs.setdefault(otype.name, {})
+        old = objs.get(key)
+        objs[key] = entry
+        return old
+
+    def _delete(self, otype: ObjectType[Any], key: str) -> Entry | None:
+        return self._objs.get(otype.name, {}).pop(key, None)
+
+    def _all_keys(self) -> set[tuple[str, str]]:
+        return {(t, k) for t, objs in self._objs.items() for k in objs}
+
+
+def _copy(otype: ObjectType[M], obj: Message) -> M:
+    out = otype.new()
+    out.MergeFrom(obj)  # type: ignore[arg-type]  # cached under its type, so an M
+    return out
+
+
+class Sync:
+    """Keeps `Caches` equal to etcd under `1/`: an initial listing, then a watch.
+
+    Args:
+        store: The object store.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.caches = Caches()
+        self._revision = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._listeners: list[Listener] = []
+        self._started = False
+
+    @property
+    def revision(self) -> int:
+        """The last etcd revision fully applied to the caches."""
+        return self._revision
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` after every applied change (notify will send from here)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> int:
+        """List `1/` into the caches; returns the revision of the listing.
+
+        Raises:
+            Unavailable: etcd cannot be read.
+        """
+        items, revision = await self._store.range(PREFIX)
+        self._replace(items, revision)
+        self._started = True
+        cached = sum(self.caches.count(t) for t in registry.stored_types())
+        log.info("caches loaded: %d objects at etcd revision %d", cached, revision)
+        return revision
+
+    async def run(self) -> None:
+        """Follow etcd from the listed revision on, forever (run as a background task)."""
+        if not self._started:
+            await self.start()
+        watch = self._store.watch(PREFIX, self._revision + 1)
+        async with contextlib.aclosing(watch):
+            async for item in watch:
+                if isinstance(item, Resync):
+                    log.warning("etcd history was compacted; caches replaced at %d", item.revision)
+                    self._replace(item.items, item.revision)
+                else:
+                    self._apply(item)
+                    self._advance(item.mod_revision)
+
+    async def wait_for_revision(self, revision: int, timeout: float = DEFAULT_WAIT) -> None:  # noqa: ASYNC109 - bounded by design
+        """Wait until the caches reflect etcd at `revision` (read-your-writes).
+
+        Raises:
+            Unavailable: The caches did not catch up within `timeout` seconds.
+        """
+        if self._revision >= revision:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, waiter))
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise Unavailable(
+                f"the object caches did not reach etcd revision {revision} within {timeout:g}s "
+                f"(at {self._revision})"
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((revision, waiter))
+
+    # -- applying changes ------------------------------------------------------------------
+
+    def _advance(self, revision: int) -> None:
+        """Record `revision` as applied and release its waiters.
+
+        Resolving a future does not suspend: the waiters run once the sync task next
+        suspends, i.e. after every event of this revision has been applied.
+        """
+        if revision <= self._revision:
+            return
+        self._revision = revision
+        for wanted, waiter in list(self._waiters):
+            if wanted <= revision and not waiter.done():
+                waiter.set_result(None)
+
+    def _apply(self, event: WatchEvent) -> None:
+        where = split_store_key(event.key)
+        if where is None:
+            return
+        otype = _stored_type(where[0])
+        if otype is None:
+            return
+        key = where[1]
+        if event.type is EventType.DELETE:
+            old = self.caches._delete(otype, key)
+            if old is not None:
+                self._fire(otype, key, old.obj, None, event.mod_revision)
+            return
+        obj = self._decode(otype, event.key, event.value)
+        if obj is None:
+            return
+        old = self.caches._put(otype, key, Entry(obj, event.mod_revision))
+        self._fire(otype, key, None if old is None else old.obj, obj, event.mod_revision)
+
+    def _replace(self, items: Iterable[KeyValue], revision: int) -> None:
+        seen: set[tuple[str, str]] = set()
+        for kv in items:
+            where = split_store_key(kv.key)
+            otype = None if where is None else _stored_type(where[0])
+            if where is None or otype is None:
+                continue
+            obj = self._decode(otype, kv.key, kv.value)
+            if obj is None:
+                continue
+            seen.add((otype.name, where[1]))
+            current = self.caches.entry(otype, where[1])
+            if current is not None and current.mod_revision == kv.mod_revision:
+                continue
+            old = self.caches._put(otype, where[1], Entry(obj, kv.mod_revision))
+            self._fire(otype, where[1], None if old is None else old.obj, obj, kv.mod_revision)
+        for type_name, key in self.caches._all_keys() - seen:
+            otype = registry.by_name(type_name)
+            gone = self.caches._delete(otype, key)
+            if gone is not None:
+                self._fire(otype, key, gone.obj, None, revision)
+        self._advance(revision)
+
+    def _decode(self, otype: ObjectType[Any], key: str, value: bytes) -> Message | None:
+        try:
+            obj: Message = codec.decode(otype, value)
+        except (EdgeError, ValueError, DecodeError) as err:
+            log.warning("ignoring %s: cannot decode its value: %s", key, err)
+            return None
+        return obj
+
+    def _fire(
+        self,
+        otype: ObjectType[Any],
+        key: str,
+        old: Message | None,
+        new: Message | None,
+        revision: int,
+    ) -> None:
+        for listener in self._listeners:
+            try:
+                listener(otype, key, old, new, revision)
+            except Exception:
+                log.exception("cache listener failed on %s %s", otype.name, key)

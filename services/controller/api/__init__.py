@@ -1,0 +1,55 @@
+"""gRPC servicers of the Controller, one module per service of objects.md §3.1.
+
+`add_all` registers them, plus UNIMPLEMENTED stand-ins for the services later slices serve.
+"""
+
+from __future__ import annotations
+
+import grpc.aio
+
+from services.controller._runtime import Runtime
+from services.controller.api import (
+    alertpolicy,
+    autoprovpolicy,
+    autoscalepolicy,
+    controller,
+    flavor,
+    operatorcode,
+    refs,
+    restagtable,
+    settings,
+    trustpolicy,
+    unimplemented,
+    zone,
+    zonepool,
+)
+
+__all__ = ["add_all"]
+
+_MODULES = (
+    flavor,
+    operatorcode,
+    settings,
+    zone,
+    zonepool,
+    restagtable,
+    autoprovpolicy,
+    autoscalepolicy,
+    trustpolicy,
+    alertpolicy,
+    controller,
+    refs,
+)
+
+
+def add_all(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
+    """Register every Controller service on `server`.
+
+    Returns:
+        Full names of the services, for health and reflection.
+    """
+    names: list[str] = []
+    for module in _MODULES:
+        names.extend(module.add(server, runtime))
+    names.extend(unimplemented.add(server, exclude=frozenset(names)))
+    return names
