@@ -139,7 +139,8 @@ def _rel(path: Path) -> str:
 
 def cmd_up(args: Any) -> int:
     """Start etcd, Redis, InfluxDB and every daemon; block until a signal; stop all."""
-    console = Console()
+    # not a terminal (make run piped, logs): wide enough that endpoints are not cut
+    console = Console(width=None if sys.stdout.isatty() else 120)
     run_dir: Path = args.run_dir
     state = localservers.RunDir(run_dir)
     leftovers = state.stop_all()
