@@ -32,7 +32,7 @@ test: lint
 	$(BIN)/pytest --cov --cov-report=term:skip-covered -q
 
 bench: setup
-	@set -e; for script in bench/*.py; do \
+	@set -e; for script in bench/[!_]*.py; do \
 		[ -e "$$script" ] || continue; echo "== $$script"; $(PY) "$$script"; done
 
 clean:
