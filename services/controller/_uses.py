@@ -33,6 +33,7 @@ from services.controller._sync import Caches
 
 __all__ = [
     "alert_policy_users",
+    "app_users",
     "autoprov_policy_users",
     "autoscale_policy_users",
     "flavor_users",
@@ -104,6 +105,17 @@ def zone_pool_users(caches: Caches, pool: zonepool_pb2.ZonePool) -> None:
     tpe = tpe_for_zone_pool(caches, pool.key)
     if tpe is not None:
         raise FailedPrecondition(f"ZonePool in use by Trust Policy Exception {tpe}")
+
+
+def app_users(caches: Caches, app: app_pb2.App) -> None:
+    """App: TrustPolicyExceptions naming it.
+
+    Its AppInsts are checked by the delete itself, from AppInstRefs read in its first
+    transaction (race-free, and they may be auto-deleted).
+    """
+    for key, tpe in caches.items(TPE):
+        if tpe.key.app_key == app.key:
+            raise FailedPrecondition(f"Application in use by Trust Policy Exception {key}")
 
 
 def res_tag_table_users(caches: Caches, table: restagtable_pb2.ResTagTable) -> None:

@@ -10,6 +10,7 @@ import grpc.aio
 from services.controller._runtime import Runtime
 from services.controller.api import (
     alertpolicy,
+    app,
     autoprovpolicy,
     autoscalepolicy,
     controller,
@@ -39,6 +40,7 @@ _MODULES = (
     alertpolicy,
     controller,
     refs,
+    app,
 )
 
 

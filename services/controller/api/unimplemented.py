@@ -30,7 +30,6 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     "CloudletInfoApi": ("cloudlet_pb2", "Cloudlet"),
     "CloudletManagedClusterApi": ("cloudlet_pb2", "Cloudlet"),
     "ClusterInstApi": ("clusterinst_pb2", "ClusterInst"),
-    "AppApi": ("app_pb2", "App"),
     "AppInstApi": ("appinst_pb2", "AppInst"),
     "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
