@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from edge_cloud.config import CommonConfig, ConfigError, host_port, option
+from services.controller._ccrm import parse_platform_service_addrs
 
-__all__ = ["ControllerConfig", "region_name"]
+__all__ = ["ControllerConfig", "platform_service_addr", "region_name"]
 
 _REGION: Final = re.compile(r"^\w+$")
 APP_DNS_ROOT_MAX: Final = 40
@@ -28,6 +29,24 @@ def region_name(value: str) -> str:
     """
     if not _REGION.match(value):
         raise ValueError("invalid region name")
+    return value
+
+
+def platform_service_addr(value: str) -> str:
+    """Validate one `--platform-service-addrs` entry: `nodeType=host:port`.
+
+    The original's `nodeType:host:port` is accepted too.
+
+    Args:
+        value: One entry.
+
+    Returns:
+        The value unchanged.
+
+    Raises:
+        ValueError: When the node type or the address is missing.
+    """
+    parse_platform_service_addrs([value])
     return value
 
 
@@ -82,6 +101,14 @@ class ControllerConfig(CommonConfig):
         go="appDNSRoot",
         parse=app_dns_root,
     )
+    platform_service_addrs: tuple[str, ...] = option(
+        (),
+        "CCRM address per platform node type, nodeType=host:port (comma list)",
+        go="platformServiceAddr",
+        parse=platform_service_addr,
+    )
+    version_tag: str = option("", "default container version of new cloudlets", go="versionTag")
+    test_mode: bool = option(False, "test mode: show fake platforms", go="testMode")
     etcd_timeout: float = option(5.0, "seconds an etcd call may take before it fails")
     etcd_namespace: str = option(
         "", "prefix added to every etcd key (isolates tests sharing one etcd)"

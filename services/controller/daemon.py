@@ -1,20 +1,26 @@
-"""Wiring of the Controller daemon: etcd, version, caches, settings, registration, servicers."""
+"""Wiring of the Controller daemon: etcd, version, caches, Redis, CCRMs, notify, servicers."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Final
 
 import grpc.aio
+from redis.exceptions import RedisError
 
+from edge_cloud import redis
 from edge_cloud.errors import EdgeError
-from edge_cloud.server import Daemon
+from edge_cloud.server import Daemon, bind, new_server
 from edge_cloud.store import EtcdStore
 from services.controller import api
+from services.controller._ccrm import CcrmClients, parse_platform_service_addrs
+from services.controller._cloudlet_ops import CloudletRecovery
 from services.controller._engine import Engine
-from services.controller._runtime import Runtime
+from services.controller._notify import ControllerNotify
+from services.controller._progress import Progress
 from services.controller._startup import (
     ControllerLease,
     check_version,
@@ -22,37 +28,57 @@ from services.controller._startup import (
     external_addr,
 )
 from services.controller._sync import Sync
+from services.controller._tracked import Recovery, TrackedRuntime, TrackedServices
 from services.controller.config import ControllerConfig
 
 __all__ = ["ControllerDaemon"]
 
 log = logging.getLogger(__name__)
 
+NOTIFY_GRACE: Final = 2.0
+OPERATIONS_GRACE: Final = 10.0
+"""Seconds cancelled operations get to leave their objects in a terminal state."""
+RECOVERY_INTERVAL: Final = 30.0
+
+
+def controller_id(addr: str) -> str:
+    """The original's ControllerId, `<hostname>@<external API address>`."""
+    return f"{socket.gethostname()}@{addr}"
+
 
 class ControllerDaemon(Daemon[ControllerConfig]):
-    """The regional Controller (slice 1: the object-API engine and the simple objects).
+    """The regional Controller.
 
     Start-up (controller.md §1.2, the steps that apply so far): connect to etcd (an
     unreachable etcd fails the start), check or write the data-model version, fill the
-    Settings defaults, load the caches (list of `1/`), register under a lease. Background:
-    the etcd watch feeding the caches, and the lease keep-alive.
+    Settings defaults, load the caches (list of `1/`), connect to Redis (unreachable: the
+    start fails with one line), register under a lease, open the notify listener. Background:
+    the etcd watch feeding the caches, the lease keep-alive, the notify server following
+    etcd, and the recovery of operations a dead controller left behind.
     """
 
     name = "controller"
 
     def __init__(self, config: ControllerConfig) -> None:
         super().__init__(config)
-        self.runtime = Runtime(config)
+        self.runtime = TrackedRuntime(config)
         self._store: EtcdStore | None = None
         self._sync: Sync | None = None
         self._lease: ControllerLease | None = None
+        self._redis: redis.Redis | None = None
+        self._ccrm: CcrmClients | None = None
+        self._notify: ControllerNotify | None = None
+        self._notify_grpc: grpc.aio.Server | None = None
+        self._recovery: Recovery | None = None
+        self._tracked: TrackedServices | None = None
+        self._notify_port = 0
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         """Every Controller service; they answer UNAVAILABLE until `start` is done."""
         return api.add_all(server, self.runtime)
 
     async def start(self) -> None:
-        """Reach etcd, check the version, load the caches, fill Settings, register."""
+        """Reach etcd and Redis, load the caches, register, open the notify listener."""
         cfg = self.config
         self._store = store = await EtcdStore.connect(
             cfg.etcd_urls, timeout=cfg.etcd_timeout, namespace=cfg.etcd_namespace
@@ -64,19 +90,63 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         # wait for).
         await ensure_settings(engine, wait=False)
         await sync.start()
+        self._redis = await redis.connect(cfg.redis_standalone_addr)
         addr = external_addr(cfg.external_api_addr, cfg.api_addr, self.ports["api"])
-        self._lease = ControllerLease(store, addr)
-        await self._lease.register()
+        self._ccrm = CcrmClients(parse_platform_service_addrs(cfg.platform_service_addrs), cfg.tls)
+        self._tracked = services = TrackedServices(
+            progress=Progress(self._redis, controller_id(addr)),
+            ccrm=self._ccrm,
+            controller_id=controller_id(addr),
+        )
+        self._lease = lease = ControllerLease(store, addr)
+        await lease.register()
         self.runtime.attach(engine)
+        self.runtime.attach_tracked(services)
+        self._recovery = Recovery(
+            self.runtime, [CloudletRecovery(self.runtime)], interval=RECOVERY_INTERVAL
+        )
+        # Notify only once the caches are loaded: its handlers read and write through them.
+        self._notify = ControllerNotify(
+            self.runtime,
+            store,
+            name=f"controller {addr}",
+            region=cfg.region,
+            lease_id=lambda: lease.lease_id,
+        )
+        self._notify_grpc = server = new_server(self.name)
+        self._notify.server.add_to(server)
+        self._notify_port = bind(server, cfg.notify_addr, cfg.tls)
+        await server.start()
+        log.info("notify listening on port %d", self._notify_port)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        """The cache watch and the lease keep-alive."""
+        """The cache watch, the lease keep-alive, notify, and recovery."""
         if self._sync is None or self._lease is None:
             return []
-        return [self._sync.run(), self._lease.keep_alive()]
+        loops = [self._sync.run(), self._lease.keep_alive()]
+        if self._notify is not None:
+            loops.append(self._notify.server.run())
+        if self._recovery is not None:
+            loops.append(self._recovery.run())
+        return loops
+
+    def extra_ports(self) -> dict[str, int]:
+        """The notify listener's port."""
+        return {"notify": self._notify_port} if self._notify_port else {}
 
     async def close(self) -> None:
-        """Revoke the lease (peers see us gone at once) and close etcd."""
+        """Close notify, the CCRM channels and Redis, revoke the lease, close etcd."""
+        if self._tracked is not None and not await self._tracked.wait_idle(OPERATIONS_GRACE):
+            log.warning("operations still running at shutdown: %s", sorted(self._tracked.running))
+        if self._notify is not None:
+            await self._notify.server.close()
+        if self._notify_grpc is not None:
+            await self._notify_grpc.stop(NOTIFY_GRACE)
+        if self._ccrm is not None:
+            await self._ccrm.close()
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
         if self._lease is not None:
             with contextlib.suppress(EdgeError):
                 await self._lease.revoke()

@@ -24,17 +24,11 @@ __all__ = ["LATER", "add"]
 LATER: Final[dict[str, tuple[str, str]]] = {
     # service: (proto module, slice of the Controller issue that brings it)
     "OrganizationApi": ("org_pb2", "App/ClusterInst"),
-    "PlatformFeaturesApi": ("cloudlet_pb2", "Cloudlet"),
-    "GPUDriverApi": ("cloudlet_pb2", "Cloudlet"),
-    "CloudletApi": ("cloudlet_pb2", "Cloudlet"),
-    "CloudletInfoApi": ("cloudlet_pb2", "Cloudlet"),
     "CloudletManagedClusterApi": ("cloudlet_pb2", "Cloudlet"),
     "ClusterInstApi": ("clusterinst_pb2", "ClusterInst"),
     "AppInstApi": ("appinst_pb2", "AppInst"),
     "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
-    "VMPoolApi": ("vmpool_pb2", "Cloudlet"),
-    "NetworkApi": ("network_pb2", "Cloudlet"),
     "AlertApi": ("alert_pb2", "notify"),
     "AppInstClientApi": ("appinstclient_pb2", "notify"),
     "BareMetalHostApi": ("baremetalhost_pb2", "Cloudlet"),
@@ -44,7 +38,6 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     "DeviceApi": ("device_pb2", "notify"),
     "ExecApi": ("exec_pb2", "Cloudlet"),
     "RateLimitSettingsApi": ("ratelimit_pb2", "rate limits"),
-    "StreamObjApi": ("stream_pb2", "tracked state"),
 }
 
 

@@ -1,0 +1,224 @@
+"""The Controller as a client of the CCRMs (central cloudlet resource managers), controller.md §7.
+
+A CCRM serves the platform work of one or more platform *node types*; which one a cloudlet
+needs comes from its `PlatformFeatures.node_type`, and where that CCRM listens from the
+`--platform-service-addrs nodeType=host:port` flags (the original's `-platformServiceAddr
+nodeType:host:port` spelling is accepted too). Channels are dialled lazily, once per node
+type, and shared by every call; each call carries a deadline.
+
+`apply_cloudlet` runs `CloudletPlatformAPI.ApplyCloudlet`: the CCRM streams CloudletInfo
+snapshots as it works and ends the stream cleanly (success) or with a gRPC error (failure,
+whose message is passed on unwrapped, as the original's `GRPCErrorUnwrap` does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final
+
+import grpc
+import grpc.aio
+from edgeproto import ccrm_pb2, ccrm_pb2_grpc, cloudlet_pb2, cloudletkey_pb2
+
+from edge_cloud import api
+from edge_cloud.config import TlsFiles
+from edge_cloud.errors import DeadlineExceeded, EdgeError, FailedPrecondition, from_status
+
+__all__ = ["CcrmClients", "parse_platform_service_addrs"]
+
+log = logging.getLogger(__name__)
+
+DEADLINE_MESSAGE: Final = "context deadline exceeded"
+"""What a CCRM call that ran out of time reports (the Go client's words)."""
+
+
+def parse_platform_service_addrs(values: Iterable[str]) -> dict[str, str]:
+    """`nodeType=host:port` (or the original's `nodeType:host:port`) → {node type: address}.
+
+    Args:
+        values: The flag's entries.
+
+    Returns:
+        Address by node type; a later entry for the same node type wins.
+
+    Raises:
+        ValueError: For an entry without a node type or an address.
+    """
+    out: dict[str, str] = {}
+    for raw in values:
+        item = raw.strip()
+        if not item:
+            continue
+        if "=" in item:
+            node_type, _, addr = item.partition("=")
+        else:
+            node_type, _, addr = item.partition(":")
+        node_type, addr = node_type.strip(), addr.strip()
+        if not node_type or not addr or ":" not in addr:
+            raise ValueError(f"expected nodeType=host:port, got {raw!r}")
+        out[node_type] = addr
+    return out
+
+
+def _error(err: grpc.aio.AioRpcError, what: str) -> EdgeError:
+    """A failed CCRM call as our exception, its message unwrapped."""
+    if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{what}{DEADLINE_MESSAGE}")
+    return from_status(err.code(), f"{what}{err.details() or err.code().name}")
+
+
+class CcrmClients:
+    """Lazily dialled channels to the CCRMs, by platform node type.
+
+    Args:
+        addrs: Address by node type.
+        tls: Client TLS files, or None for plaintext (the mesh of the original).
+    """
+
+    def __init__(self, addrs: Mapping[str, str], tls: TlsFiles | None = None) -> None:
+        self._addrs = dict(addrs)
+        self._tls = tls
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def node_types(self) -> list[str]:
+        """The node types an address is configured for."""
+        return sorted(self._addrs)
+
+    def channel(self, node_type: str) -> grpc.aio.Channel:
+        """The channel to the CCRM of a node type.
+
+        Raises:
+            FailedPrecondition: `no GRPC address in cache for key <nodeType>` (the
+                original's text) when no address is configured for it.
+        """
+        existing = self._channels.get(node_type)
+        if existing is not None:
+            return existing
+        addr = self._addrs.get(node_type)
+        if addr is None:
+            raise FailedPrecondition(f"no GRPC address in cache for key {node_type}")
+        ch = api.channel(addr, tls=self._tls)
+        self._channels[node_type] = ch
+        return ch
+
+    def cloudlet_api(self, node_type: str) -> ccrm_pb2_grpc.CloudletPlatformAPIStub:
+        """A `CloudletPlatformAPI` stub on the CCRM of a node type."""
+        return ccrm_pb2_grpc.CloudletPlatformAPIStub(self.channel(node_type))
+
+    async def apply_cloudlet(
+        self,
+        node_type: str,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+        on_info: Callable[[cloudlet_pb2.CloudletInfo], Awaitable[None]],
+    ) -> None:
+        """Run ApplyCloudlet and hand each streamed CloudletInfo to `on_info`, in order.
+
+        Args:
+            node_type: The cloudlet's platform node type.
+            cloudlet: The cloudlet with the requested state and `fields`.
+            timeout: Deadline of the whole call in seconds.
+            on_info: Called with each info (merge into etcd, forward progress).
+
+        Raises:
+            EdgeError: The CCRM's error (its code and message), `DeadlineExceeded` with
+                `context deadline exceeded` when the deadline passed.
+        """
+        stub = self.cloudlet_api(node_type)
+        call: Any = stub.ApplyCloudlet(cloudlet, timeout=timeout)
+        try:
+            async for info in call:
+                await on_info(info)
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        finally:
+            call.cancel()
+
+    async def get_cloudlet_manifest(
+        self,
+        node_type: str,
+        key: cloudletkey_pb2.CloudletKey,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> cloudlet_pb2.CloudletManifest:
+        """GetCloudletManifest on the CCRM of a node type.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        call: Any = self.cloudlet_api(node_type).GetCloudletManifest(key, timeout=timeout)
+        try:
+            manifest: cloudlet_pb2.CloudletManifest = await call
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        return manifest
+
+    async def get_cloudlet_resources(
+        self,
+        node_type: str,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> cloudlet_pb2.CloudletInfo:
+        """GetCloudletResources on the CCRM of a node type.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        call: Any = self.cloudlet_api(node_type).GetCloudletResources(cloudlet, timeout=timeout)
+        try:
+            info: cloudlet_pb2.CloudletInfo = await call
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        return info
+
+    async def refresh_certs(
+        self,
+        node_type: str,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> None:
+        """RefreshCerts on the CCRM of a node type.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        call: Any = self.cloudlet_api(node_type).RefreshCerts(cloudlet, timeout=timeout)
+        try:
+            await call
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+
+    async def restricted_cloudlet_status(
+        self,
+        node_type: str,
+        key: cloudletkey_pb2.CloudletKey,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> AsyncIterator[ccrm_pb2.StreamStatus]:
+        """GetRestrictedCloudletStatus: bring-up progress of a restricted-access cloudlet.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        call: Any = self.cloudlet_api(node_type).GetRestrictedCloudletStatus(key, timeout=timeout)
+        try:
+            async for status in call:
+                yield status
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        """Close every channel. Idempotent."""
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            try:
+                await ch.close()
+            except Exception as err:  # closing must not hide the shutdown's own outcome
+                log.debug("closing a CCRM channel failed: %s", err)

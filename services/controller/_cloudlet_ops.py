@@ -1,0 +1,1195 @@
+"""Cloudlet create, update and delete: the long-running operations of controller.md §3.6.
+
+Each operation commits the requested state in one transaction, starts the cloudlet's
+progress stream at that commit's revision, then lets the worker do the work:
+
+- CCRM-managed cloudlets (`crm_on_edge` false): `ApplyCloudlet` on the CCRM of the
+  platform's node type; every streamed CloudletInfo is merged into etcd and its new status
+  lines are forwarded;
+- CRM-on-edge cloudlets: the CCRM onboards the site, then the CRM connects over notify and
+  reports CloudletInfo; the call waits for READY on the cloudlet's Redis channel, so the
+  CRM may be connected to any controller.
+
+A create that fails after its commit is undone by an internal delete (§5.7), which reuses
+the caller's stream; a delete that fails after its mark restores the previous state or
+leaves DeleteError. A cancelled call (its client went away) leaves a terminal error state.
+
+Not here yet (later slices): Vault (access vars, Kafka credentials, CRM access keys),
+the built-in cluster of single-Kubernetes platforms, the default multi-tenant cluster,
+ClusterInst/AppInst cascades and resource accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final
+
+from distributed_match_engine import appcommon_pb2
+from edgeproto import (
+    appinst_pb2,
+    autoprovpolicy_pb2,
+    autoscalepolicy_pb2,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    clusterinst_pb2,
+    common_pb2,
+    flavor_pb2,
+    network_pb2,
+    refs_pb2,
+    restagtable_pb2,
+    trustpolicy_pb2,
+    vmpool_pb2,
+    zone_pb2,
+)
+from google.protobuf.message import Message
+
+from edge_cloud.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    EdgeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
+from edge_cloud.objects import codec, fields, keys, registry
+from services.controller import _cloudlet, _ids
+from services.controller._cloudlet_store import KeyTxn, apply_keys, dns_label_key
+from services.controller._cloudletinfo import (
+    CLOUDLET,
+    CLOUDLET_INFO,
+    apply_info,
+    cleanup_info,
+    report_payload,
+    state_name,
+)
+from services.controller._engine import DELETE_PREPARE, Txn
+from services.controller._progress import ERROR, OpStream, StreamStart, compact_text, stream_key
+from services.controller._sync import Caches
+from services.controller._tracked import (
+    TRANSIENT,
+    CallContext,
+    InfoWait,
+    Sink,
+    TrackedRuntime,
+    seconds,
+    validate_delete_state,
+    wait_for_info,
+)
+
+__all__ = ["CloudletOps", "CloudletRecovery", "features_for"]
+
+log = logging.getLogger(__name__)
+
+TS = common_pb2
+CS = appcommon_pb2
+PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
+GPU_DRIVER: Final = registry.by_class(cloudlet_pb2.GPUDriver)
+ZONE: Final = registry.by_class(zone_pb2.Zone)
+FLAVOR: Final = registry.by_class(flavor_pb2.Flavor)
+VM_POOL: Final = registry.by_class(vmpool_pb2.VMPool)
+TRUST_POLICY: Final = registry.by_class(trustpolicy_pb2.TrustPolicy)
+RES_TAG_TABLE: Final = registry.by_class(restagtable_pb2.ResTagTable)
+CLOUDLET_REFS: Final = registry.by_class(refs_pb2.CloudletRefs)
+CLOUDLET_IPS: Final = registry.by_class(refs_pb2.CloudletIPs)
+CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
+APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
+NETWORK: Final = registry.by_class(network_pb2.Network)
+AUTOPROV_INFO: Final = registry.by_class(autoprovpolicy_pb2.AutoProvInfo)
+
+CHANGE_IN_PROGRESS: Final = "ChangeInProgress"
+"""GPUDriver.state while the driver is being changed (the original's constant)."""
+ALL_FIELDS: Final = fields.all_field_paths(cloudlet_pb2.Cloudlet.DESCRIPTOR)
+CREATED: Final = "Created Cloudlet successfully"
+UPDATED: Final = "Cloudlet updated successfully"
+DELETED: Final = "Deleted Cloudlet successfully"
+NO_VAULT: Final = "which this Controller has no Vault connection for (Vault support comes later)"
+_POLL: Final = 0.1
+
+_READY_WAIT: Final = InfoWait(
+    target=CS.CLOUDLET_STATE_READY,
+    error=CS.CLOUDLET_STATE_ERRORS,
+    transitions=frozenset(),
+    state_name=state_name,
+    show="ShowCloudlet",
+)
+_UPGRADE_WAIT: Final = InfoWait(
+    target=CS.CLOUDLET_STATE_READY,
+    error=CS.CLOUDLET_STATE_ERRORS,
+    transitions=frozenset({CS.CLOUDLET_STATE_UPGRADE}),
+    state_name=state_name,
+    show="ShowCloudlet",
+)
+# The error state an interrupted operation leaves behind.
+_FAILED_STATE: Final[dict[int, int]] = {
+    TS.CREATE_REQUESTED: TS.CREATE_ERROR,
+    TS.CREATING: TS.CREATE_ERROR,
+    TS.CRM_INITOK: TS.CREATE_ERROR,
+    TS.UPDATE_REQUESTED: TS.UPDATE_ERROR,
+    TS.UPDATING: TS.UPDATE_ERROR,
+    TS.DELETE_PREPARE: TS.DELETE_ERROR,
+    TS.DELETE_REQUESTED: TS.DELETE_ERROR,
+    TS.DELETING: TS.DELETE_ERROR,
+}
+
+
+def features_for(caches: Caches, platform_type: str) -> cloudlet_pb2.PlatformFeatures:
+    """The stored features of a platform.
+
+    Raises:
+        NotFound: `PlatformFeatures key <t> not found`.
+    """
+    found = caches.get(PLATFORM_FEATURES, platform_type)
+    if found is None:
+        raise keys.not_found(cloudlet_pb2.PlatformFeatures(platform_type=platform_type))
+    return found
+
+
+def _copy(cloudlet: cloudlet_pb2.Cloudlet) -> cloudlet_pb2.Cloudlet:
+    out = cloudlet_pb2.Cloudlet()
+    out.CopyFrom(cloudlet)
+    return out
+
+
+def _go_struct(key: cloudletkey_pb2.CloudletKey) -> str:
+    """Go's `%v` of a CloudletKey value: `{org name fedorg}`."""
+    return f"{{{key.organization} {key.name} {key.federated_organization}}}"
+
+
+def _prefixed(err: EdgeError, prefix: str) -> EdgeError:
+    """The same kind of error with `prefix` before its message."""
+    return type(err)(f"{prefix}{err.message}")
+
+
+async def _cached(
+    check: Callable[[], Message | None],
+    timeout: float,  # noqa: ASYNC109 - the Settings timeout of the wait
+) -> Message | None:
+    """Poll the caches until `check` returns an object, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(_POLL)
+
+
+class CloudletOps:
+    """Create, update and delete cloudlets; run by the CloudletApi servicer.
+
+    Args:
+        runtime: The runtime with tracked-state services.
+    """
+
+    def __init__(self, runtime: TrackedRuntime) -> None:
+        self._rt = runtime
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _stream(self, cctx: CallContext, key: cloudletkey_pb2.CloudletKey, sink: Sink) -> OpStream:
+        name = stream_key(key)
+        existing = cctx.streams.get(name)
+        if existing is not None:
+            return existing.copy(sink)
+        return self._rt.tracked.progress.new_stream(name, sink)
+
+    async def _run(
+        self,
+        stream: OpStream,
+        revision: int | None,
+        work: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        on_error: Callable[[BaseException], Awaitable[None]],
+        cleanup_on_success: bool = False,
+        cleanup_on_error: Callable[[], Awaitable[bool]] | None = None,
+        subscribe: bool = False,
+    ) -> None:
+        """Start the stream at `revision`, run `work`, handle failure, end the stream.
+
+        Cancellation (the caller went away) runs `on_error` shielded, so the object still
+        reaches a terminal state.
+        """
+        services = self._rt.tracked
+        with services.operation(stream):
+            error: BaseException | None = None
+            try:
+                await stream.start(revision or 0, subscribe=subscribe)
+                await work()
+            except asyncio.CancelledError as err:
+                error = err
+                await asyncio.shield(on_error(err))
+                raise
+            except Exception as err:
+                error = err
+                await on_error(err)
+                raise
+            finally:
+                cleanup = cleanup_on_success if error is None else False
+                if error is not None and cleanup_on_error is not None:
+                    with contextlib.suppress(Exception):
+                        cleanup = await cleanup_on_error()
+                await asyncio.shield(stream.stop(error, cleanup=cleanup))
+
+    async def _forward_status(
+        self, stream: OpStream, published: set[bytes] | None = None
+    ) -> Callable[[Message], Awaitable[None]]:
+        """An `on_info` for CCRM calls: merge each info, forward its new status lines.
+
+        Args:
+            stream: Where the lines go.
+            published: Collects what was published for each info (to skip it later).
+        """
+        sent = [0]
+
+        async def on_info(info: Message) -> None:
+            assert isinstance(info, cloudlet_pb2.CloudletInfo)  # noqa: S101 - narrowing
+            if published is not None:
+                published.add(report_payload(info))
+            await apply_info(self._rt, info)
+            msgs = list(info.status.msgs)
+            for line in msgs[sent[0] :]:
+                await stream.send(line)
+            sent[0] = max(sent[0], len(msgs))
+
+        return on_info
+
+    async def _set_state(
+        self,
+        key: cloudletkey_pb2.CloudletKey,
+        state: int,
+        *,
+        errors: list[str] | None = None,
+        only_from: frozenset[int] | None = None,
+        clear_prepare: bool = False,
+    ) -> None:
+        def fn(txn: Txn) -> None:
+            cloudlet = txn.get(CLOUDLET, key)
+            if cloudlet is None:
+                return
+            if only_from is not None and cloudlet.state not in only_from:
+                return
+            changed = _copy(cloudlet)
+            changed.state = state  # type: ignore[assignment]
+            if errors is not None:
+                del changed.errors[:]
+                changed.errors.extend(errors)
+            if clear_prepare:
+                changed.delete_prepare = False
+            if changed != cloudlet:
+                txn.put(changed)
+
+        await self._rt.engine.apply(fn)
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, request: cloudlet_pb2.Cloudlet, sink: Sink) -> None:
+        """CreateCloudlet: pre-checks, commit, CCRM onboarding, CRM bring-up; undo on failure.
+
+        Raises:
+            EdgeError: A refused request, or the failure the operation ended with.
+        """
+        cloudlet = _copy(request)
+        _cloudlet.precheck_create(cloudlet, version_tag=self._rt.config.version_tag)
+        await self._create(CallContext(), cloudlet, sink)
+
+    async def _create(self, cctx: CallContext, cloudlet: cloudlet_pb2.Cloudlet, sink: Sink) -> None:
+        rt = self._rt
+        cctx.take_override(cloudlet)
+        if not cloudlet.platform_type:
+            raise InvalidArgument("Cloudlet platform type not specified")
+        try:
+            features = features_for(rt.caches, cloudlet.platform_type)
+        except NotFound as err:
+            raise NotFound(f"Failed to get features for platform: {err.message}") from None
+        vm_pool_in_use = bool(cloudlet.vm_pool) and any(
+            c.key.organization == cloudlet.key.organization and c.vm_pool == cloudlet.vm_pool
+            for _, c in rt.caches.items(CLOUDLET)
+        )
+        _cloudlet.check_features(cloudlet, features, vm_pool_in_use=vm_pool_in_use)
+        _cloudlet.validate_alliance_orgs(cloudlet)
+        stream = self._stream(cctx, cloudlet.key, sink)
+        if not cloudlet.physical_name:
+            cloudlet.physical_name = cloudlet.key.name
+            await stream.send("Setting physicalname to match cloudlet name")
+        if not cloudlet.flavor.name:
+            cloudlet.flavor.name = _cloudlet.DEFAULT_PLATFORM_FLAVOR
+        if cloudlet.access_vars:
+            _cloudlet.check_prop_vars(cloudlet.access_vars, features.access_vars, "access")
+            raise FailedPrecondition(f"Cloudlet access vars are kept in Vault, {NO_VAULT}")
+        if bool(cloudlet.kafka_user) != bool(cloudlet.kafka_password):
+            raise InvalidArgument("Must specify both kafka username and password, or neither")
+        if not cloudlet.kafka_cluster and cloudlet.kafka_user:
+            raise InvalidArgument(
+                "Must specify a kafka cluster endpoint in addition to kafka credentials"
+            )
+        if cloudlet.kafka_user:
+            raise FailedPrecondition(f"Kafka credentials are kept in Vault, {NO_VAULT}")
+        # The CRM's access key pair lives in Vault; until then the CRM must upgrade its key.
+        cloudlet.crm_access_key_upgrade_required = cloudlet.crm_on_edge
+        if cloudlet.platform_high_availability:
+            cloudlet.secondary_crm_access_key_upgrade_required = cloudlet.crm_on_edge
+        if cloudlet.env_var:
+            _cloudlet.check_prop_vars(cloudlet.env_var, features.properties, "env")
+
+        notes: list[str] = []
+        cfg = rt.config
+
+        def commit(txn: KeyTxn) -> cloudlet_pb2.Cloudlet:
+            notes.clear()
+            new = _copy(cloudlet)
+            existing = txn.get(CLOUDLET, new.key)
+            if existing is not None:
+                if not cctx.undo:
+                    if existing.state == TS.CREATE_ERROR:
+                        notes.append(f"Previous create failed, [{' '.join(existing.errors)}]")
+                        notes.append("Use DeleteCloudlet to remove and try again")
+                    raise keys.already_exists(new.key)
+                new.ClearField("errors")
+            pf = txn.get(PLATFORM_FEATURES, new.platform_type)
+            if pf is None:
+                raise keys.not_found(cloudlet_pb2.PlatformFeatures(platform_type=new.platform_type))
+            if pf.delete_prepare:
+                raise keys.being_deleted(pf)
+            zone = _cloudlet.zone_key(new)
+            if zone is not None:
+                txn.require(ZONE, zone)
+            if new.flavor.name != _cloudlet.DEFAULT_PLATFORM_FLAVOR:
+                txn.require(FLAVOR, new.flavor)
+            if new.vm_pool:
+                pool = vmpool_pb2.VMPoolKey(organization=new.key.organization, name=new.vm_pool)
+                txn.require(VM_POOL, pool)
+            if new.gpu_config.driver.name:
+                driver_key = new.gpu_config.driver
+                if driver_key.organization and driver_key.organization != new.key.organization:
+                    raise InvalidArgument(
+                        f"Can only use {new.key.organization} or '' org gpu drivers"
+                    )
+                driver = txn.require(GPU_DRIVER, driver_key)
+                if driver.state == CHANGE_IN_PROGRESS:
+                    raise FailedPrecondition(f"GPU driver {compact_text(driver_key)} is busy")
+                new.license_config_storage_path = _cloudlet.gpu_license_storage_path(
+                    driver.key, cfg.region, new.key
+                )
+                if new.gpu_config.license_config and not new.gpu_config.license_config_md5sum:
+                    raise FailedPrecondition(
+                        "Validating a GPU driver license config needs the registry "
+                        f"credentials kept in Vault, {NO_VAULT}"
+                    )
+            if new.trust_policy:
+                policy = autoscalepolicy_pb2.PolicyKey(
+                    organization=new.key.organization, name=new.trust_policy
+                )
+                txn.require(TRUST_POLICY, policy)
+            for table in new.res_tag_map.values():
+                txn.require(RES_TAG_TABLE, table)
+            _cloudlet.validate_cloudlet(new)
+            _cloudlet.validate_resource_quotas(
+                pf.resource_quota_properties, None, new.resource_quotas
+            )
+            new.dns_label = ""
+            for label in _cloudlet.dns_label_candidates(new.key):
+                if not txn.has_key(dns_label_key(label)):
+                    new.dns_label = label
+                    break
+            if not new.dns_label:
+                raise _cloudlet.dns_label_error(new.key)
+            new.root_lb_fqdn = _cloudlet.root_lb_fqdn(new.dns_label, cfg.region, cfg.app_dns_root)
+            new.static_root_lb_fqdn = new.root_lb_fqdn
+            if pf.is_single_kubernetes_cluster:
+                raise Unimplemented(
+                    f"Cloudlets of single kubernetes cluster platforms ({new.platform_type}) "
+                    "are not supported yet: their built-in cluster comes with the ClusterInst "
+                    "slice"
+                )
+            if new.single_kubernetes_cluster_owner:
+                raise InvalidArgument(
+                    "Single kubernetes cluster owner can only be set on a single cluster platform"
+                )
+            if new.single_kubernetes_namespace:
+                raise InvalidArgument(
+                    "Single kubernetes namespace can only be set on a single cluster platform"
+                )
+            new.created_at.CopyFrom(_ids.now_timestamp())
+            new.obj_id = _ids.ulid()
+            new.state = TS.READY if cctx.ignore_crm else TS.CREATE_REQUESTED
+            new.delete_prepare = False
+            txn.put(new)
+            txn.put_key(dns_label_key(new.dns_label), new.dns_label.encode())
+            return new
+
+        try:
+            stored, revision = await apply_keys(
+                rt.engine, commit, reads=[keys.object_store_key(cloudlet)]
+            )
+        except AlreadyExists:
+            for note in notes:
+                await stream.send(note)
+            raise
+
+        state: dict[str, bool] = {"resources_created": False}
+
+        async def work() -> None:
+            if cctx.ignore_crm:
+                return
+            await self._after_create(cctx, stored, features, stream, state)
+
+        async def on_error(err: BaseException) -> None:
+            if isinstance(err, asyncio.CancelledError):
+                await self._set_state(
+                    stored.key, TS.CREATE_ERROR, errors=["operation cancelled"], only_from=TRANSIENT
+                )
+                return
+            await stream.send(err.message if isinstance(err, EdgeError) else str(err))
+            await stream.send("Deleting Cloudlet due to failures")
+            try:
+                await self._delete(
+                    cctx.with_undo(stream),
+                    stored,
+                    sink,
+                    resources_created=state["resources_created"],
+                )
+            except EdgeError as undo_err:
+                log.warning("undo of cloudlet create %s failed: %s", stored.key, undo_err)
+
+        async def gone() -> bool:
+            return rt.caches.get(CLOUDLET, keys.key_string(stored.key)) is None
+
+        await self._run(
+            stream,
+            revision,
+            work,
+            on_error=on_error,
+            cleanup_on_error=gone,
+            subscribe=stored.crm_on_edge and not cctx.ignore_crm,
+        )
+
+    async def _after_create(
+        self,
+        cctx: CallContext,
+        stored: cloudlet_pb2.Cloudlet,
+        features: cloudlet_pb2.PlatformFeatures,
+        stream: OpStream,
+        state: dict[str, bool],
+    ) -> None:
+        rt = self._rt
+        services = rt.tracked
+        timeout = seconds(rt.settings().create_cloudlet_timeout)
+        deadline = time.monotonic() + timeout
+        restricted = stored.infra_api_access == cloudlet_pb2.RESTRICTED_ACCESS
+        published: set[bytes] = set()
+        if not restricted:
+            request = _copy(stored)
+            request.state = TS.CREATE_REQUESTED
+            del request.fields[:]
+            request.fields.extend(ALL_FIELDS)
+            state["resources_created"] = True
+            try:
+                await services.ccrm.apply_cloudlet(
+                    features.node_type,
+                    request,
+                    timeout=timeout,
+                    on_info=await self._forward_status(stream, published),
+                )
+            except EdgeError as err:
+                if not cctx.ignore_crm_errors:
+                    raise _prefixed(err, "Cloudlet onboarding failed: ") from err
+                await stream.send(f"Create Cloudlet ignoring CRM failure: {err.message}")
+
+        external = rt.config.external_api_addr or services.controller_id.partition("@")[2]
+
+        def finish(txn: Txn) -> None:
+            cloudlet = txn.get(CLOUDLET, stored.key)
+            if cloudlet is None:
+                raise keys.not_found(stored.key)
+            changed = _copy(cloudlet)
+            if restricted or not stored.crm_on_edge:
+                changed.state = TS.READY
+            if stored.deployment_local or features.cloudlet_services_local:
+                changed.HostController = external
+            if changed != cloudlet:
+                txn.put(changed)
+
+        await rt.engine.apply(finish)
+        if restricted:
+            await stream.send(
+                "Cloudlet configured successfully. Please run `GetCloudletManifest` to bringup "
+                "Platform VM(s) for cloudlet services"
+            )
+            return
+        if not stored.crm_on_edge:
+            await stream.send(CREATED)
+            return
+        if stream.subscription is not None:
+            # the CCRM's reports were published too; their lines are forwarded already
+            await stream.subscription.drain(published)
+        info = rt.caches.get(CLOUDLET_INFO, keys.key_string(stored.key))
+        await wait_for_info(
+            _READY_WAIT,
+            current=info.state if info is not None else CS.CLOUDLET_STATE_NOT_PRESENT,
+            subscription=stream.subscription,
+            decode=lambda data: codec.decode(CLOUDLET_INFO, data),
+            send=stream.send,
+            success_msg=CREATED,
+            timeout=max(deadline - time.monotonic(), 0.0),
+        )
+
+    # -- delete ----------------------------------------------------------------------------
+
+    async def delete(self, request: cloudlet_pb2.Cloudlet, sink: Sink) -> None:
+        """DeleteCloudlet: in-use checks, delete-prepare, CCRM delete, removal.
+
+        Raises:
+            EdgeError: A refused request, or the failure the operation ended with.
+        """
+        await self._delete(CallContext(), _copy(request), sink, resources_created=True)
+
+    def _delete_checks(self, txn: Txn, cloudlet: cloudlet_pb2.Cloudlet) -> None:
+        refs = txn.get(CLOUDLET_REFS, cloudlet.key)
+        if refs is not None:
+            for ck in refs.cluster_insts:
+                raise FailedPrecondition(
+                    f"Cloudlet in use by ClusterInst name {ck.name} Organization {ck.organization}"
+                )
+            for ak in refs.vm_app_insts:
+                raise FailedPrecondition(f"Cloudlet in use by AppInst {keys.key_string(ak)}")
+        caches = self._rt.caches
+        for _, cluster in caches.items(CLUSTER_INST):
+            if cluster.cloudlet_key == cloudlet.key:
+                raise FailedPrecondition(
+                    f"Cloudlet in use by ClusterInst name {cluster.key.name} Organization "
+                    f"{cluster.key.organization}"
+                )
+        for key, inst in caches.items(APP_INST):
+            if inst.cloudlet_key == cloudlet.key:
+                raise FailedPrecondition(f"Cloudlet in use by AppInst {key}")
+
+    async def _delete(
+        self,
+        cctx: CallContext,
+        request: cloudlet_pb2.Cloudlet,
+        sink: Sink,
+        *,
+        resources_created: bool,
+    ) -> None:
+        rt = self._rt
+        services = rt.tracked
+        cctx.take_override(request)
+        key = cloudletkey_pb2.CloudletKey()
+        key.CopyFrom(request.key)
+        stream = self._stream(cctx, key, sink)
+        previous: list[int] = []
+
+        def mark(txn: Txn) -> cloudlet_pb2.Cloudlet:
+            previous.clear()
+            cloudlet = txn.get(CLOUDLET, key)
+            if cloudlet is None:
+                raise keys.not_found(key)
+            if not cctx.ignore_transient and cloudlet.delete_prepare:
+                raise keys.being_deleted(key)
+            self._delete_checks(txn, cloudlet)
+            validate_delete_state(cctx, "Cloudlet", cloudlet.state)
+            previous.append(cloudlet.state)
+            cloudlet.delete_prepare = True
+            cloudlet.state = TS.DELETE_PREPARE
+            txn.put(cloudlet)
+            return cloudlet
+
+        cloudlet, revision = await rt.engine.apply_at(mark)
+        prev_state = previous[0]
+        try:
+            features: cloudlet_pb2.PlatformFeatures | None = features_for(
+                rt.caches, cloudlet.platform_type
+            )
+        except NotFound:
+            features = None
+
+        async def work() -> None:
+            for nkey, network in rt.caches.items(NETWORK):
+                if network.key.cloudlet_key == key:
+                    raise FailedPrecondition(f"Cloudlet in use by Network {nkey}")
+            failure: EdgeError | None = None
+            restricted = cloudlet.infra_api_access == cloudlet_pb2.RESTRICTED_ACCESS
+            if not cctx.ignore_crm and not restricted:
+                try:
+                    if features is None:
+                        raise keys.not_found(
+                            cloudlet_pb2.PlatformFeatures(platform_type=cloudlet.platform_type)
+                        )
+                    await self._ccrm_delete(cloudlet, features, stream)
+                except EdgeError as err:
+                    if cctx.ignore_crm_errors or not resources_created or cctx.undo:
+                        await stream.send(f"Delete Cloudlet ignoring CRM failure: {err.message}")
+                    else:
+                        failure = err
+
+            def remove(txn: KeyTxn) -> None:
+                current = txn.get(CLOUDLET, key)
+                if current is None:
+                    raise keys.not_found(key)
+                if failure is not None:
+                    return
+                txn.delete(CLOUDLET, key)
+                if current.dns_label:
+                    txn.delete_key(dns_label_key(current.dns_label))
+                txn.delete(CLOUDLET_REFS, key)
+                txn.delete(CLOUDLET_IPS, key)
+
+            await apply_keys(rt.engine, remove)
+            if failure is not None:
+                raise failure
+            await stream.send(DELETED)
+            await cleanup_info(rt, cloudlet, timeout=services.info_cleanup_timeout)
+            await self._delete_autoprov_info(key)
+            # TODO(controller issue, alerts): remove the cloudlet's alerts and nodes.
+
+        async def on_error(err: BaseException) -> None:
+            def restore(txn: Txn) -> None:
+                current = txn.get(CLOUDLET, key)
+                if current is None:
+                    return
+                changed = _copy(current)
+                if changed.state == TS.DELETE_PREPARE:
+                    changed.state = prev_state  # type: ignore[assignment]
+                elif changed.state != TS.DELETE_ERROR:
+                    changed.state = TS.DELETE_ERROR
+                changed.delete_prepare = False
+                if changed != current:
+                    txn.put(changed)
+
+            try:
+                await rt.engine.apply(restore)
+            except EdgeError as undo_err:
+                log.warning("could not undo delete prepare of %s: %s", key, undo_err)
+
+        await self._run(stream, revision, work, on_error=on_error, cleanup_on_success=True)
+
+    async def _ccrm_delete(
+        self,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        features: cloudlet_pb2.PlatformFeatures,
+        stream: OpStream,
+    ) -> None:
+        rt = self._rt
+        await self._set_state(cloudlet.key, TS.DELETE_REQUESTED)
+        request = _copy(cloudlet)
+        request.state = TS.DELETE_REQUESTED
+        del request.fields[:]
+        request.fields.append(_cloudlet.STATE)
+        await rt.tracked.ccrm.apply_cloudlet(
+            features.node_type,
+            request,
+            timeout=seconds(rt.settings().update_cloudlet_timeout),
+            on_info=await self._forward_status(stream),
+        )
+
+    async def _delete_autoprov_info(self, key: cloudletkey_pb2.CloudletKey) -> None:
+        def fn(txn: Txn) -> None:
+            if txn.get(AUTOPROV_INFO, key) is not None:
+                txn.delete(AUTOPROV_INFO, key)
+
+        with contextlib.suppress(EdgeError):
+            await self._rt.engine.apply(fn)
+
+    # -- update ----------------------------------------------------------------------------
+
+    async def update(self, request: cloudlet_pb2.Cloudlet, sink: Sink) -> None:
+        """UpdateCloudlet: change the listed fields.
+
+        CRM or CCRM work follows for env vars, quotas and GPU config; trust policy and
+        maintenance changes run their state machines.
+
+        Raises:
+            EdgeError: A refused request, or the failure the operation ended with.
+        """
+        rt = self._rt
+        cctx = CallContext()
+        update = _copy(request)
+        cctx.take_override(update)
+        _cloudlet.validate_alliance_orgs(update)
+        paths = list(update.fields)
+        fields.check_updatable(paths, _cloudlet.UPDATABLE, cloudlet_pb2.Cloudlet.DESCRIPTOR)
+        fmap = fields.FieldSet(paths)
+        if fmap.has(_cloudlet.NUM_DYNAMIC_IPS):
+            static = (
+                fmap.has(_cloudlet.IP_SUPPORT) and update.ip_support == common_pb2.IP_SUPPORT_STATIC
+            )
+            if update.num_dynamic_ips < 1 and not static:
+                raise InvalidArgument(
+                    "Cannot specify less than one dynamic IP unless Ip Support Static is specified"
+                )
+        _cloudlet.validate_cloudlet(update, paths)
+        cur = rt.caches.get(CLOUDLET, keys.key_string(update.key))
+        if cur is None:
+            raise keys.not_found(update.key)
+        try:
+            features = features_for(rt.caches, cur.platform_type)
+        except NotFound as err:
+            raise NotFound(f"Failed to get features for platform: {err.message}") from None
+        if fmap.has(_cloudlet.SINGLE_KUBERNETES_CLUSTER_OWNER):
+            raise InvalidArgument(
+                "Changing the single kubernetes cluster owner is not supported yet"
+            )
+        kafka_cluster = fmap.has(_cloudlet.KAFKA_CLUSTER)
+        kafka_user = fmap.has(_cloudlet.KAFKA_USER)
+        kafka_password = fmap.has(_cloudlet.KAFKA_PASSWORD)
+        if kafka_cluster and not update.kafka_cluster:
+            update.kafka_user = update.kafka_password = ""
+        elif kafka_user or kafka_password:
+            if kafka_user != kafka_password:
+                raise InvalidArgument("Must specify both kafka username and password, or neither")
+            if not kafka_cluster:
+                raise InvalidArgument(
+                    "Please also specify endpoint when changing username and password"
+                )
+            raise FailedPrecondition(f"Kafka credentials are kept in Vault, {NO_VAULT}")
+        update.kafka_user = update.kafka_password = ""
+        crm_update = False
+        if fmap.has_or_child(_cloudlet.ENV_VAR):
+            if fmap.has(_cloudlet.MAINTENANCE_STATE):
+                raise InvalidArgument("Cannot set envvars if maintenance state is set")
+            crm_update = True
+        if fmap.has_or_child(_cloudlet.ACCESS_VARS):
+            raise FailedPrecondition(f"Cloudlet access vars are kept in Vault, {NO_VAULT}")
+        if fmap.has_or_child(_cloudlet.GPU_CONFIG) and update.gpu_config.license_config:
+            raise FailedPrecondition(
+                "Validating a GPU driver license config needs the registry credentials kept in "
+                f"Vault, {NO_VAULT}"
+            )
+        trust_update = fmap.has(_cloudlet.TRUST_POLICY)
+        cfg = rt.config
+        outcome: dict[str, Any] = {}
+
+        def commit(txn: Txn) -> cloudlet_pb2.Cloudlet:
+            outcome.clear()
+            needs_crm = crm_update
+            current = txn.get(CLOUDLET, update.key)
+            if current is None:
+                raise keys.not_found(update.key)
+            info = txn.get(CLOUDLET_INFO, update.key)
+            if info is None:
+                raise FailedPrecondition(f"Missing cloudlet info: {_go_struct(update.key)}")
+            extra = list(paths)
+            if fmap.has_or_child(_cloudlet.RESOURCE_QUOTAS):
+                infra = {
+                    (r.name if not r.type else f"{r.type}/{r.name}"): r
+                    for r in info.resources_snapshot.info
+                }
+                _cloudlet.validate_resource_quotas(
+                    features.resource_quota_properties, infra, update.resource_quotas
+                )
+                needs_crm = True
+            if fmap.has_or_child(_cloudlet.GPU_CONFIG):
+                if not update.gpu_config.driver.name:
+                    update.ClearField("gpu_config")
+                    update.license_config_storage_path = ""
+                else:
+                    driver_key = update.gpu_config.driver
+                    if (
+                        driver_key.organization
+                        and driver_key.organization != update.key.organization
+                    ):
+                        raise InvalidArgument(
+                            f"Can only use {update.key.organization} or '' org gpu drivers"
+                        )
+                    driver = txn.get(GPU_DRIVER, driver_key)
+                    if driver is None:
+                        raise NotFound(f"GPU driver {compact_text(driver_key)} not found")
+                    if driver.delete_prepare:
+                        raise keys.being_deleted(driver_key)
+                    if driver.state == CHANGE_IN_PROGRESS:
+                        raise FailedPrecondition(f"GPU driver {compact_text(driver_key)} is busy")
+                    update.license_config_storage_path = _cloudlet.gpu_license_storage_path(
+                        driver.key, cfg.region, update.key
+                    )
+                extra.append("57")
+                needs_crm = True
+            if fmap.has_or_child(_cloudlet.ZONE) and current.zone != update.zone:
+                zone = _cloudlet.zone_key(update)
+                if zone is not None:
+                    txn.require(ZONE, zone)
+            merged = _copy(current)
+            fields.apply_fields(merged, update, extra)
+            diff = fields.diff_fields(current, merged)
+            if fmap.has(_cloudlet.SINGLE_KUBERNETES_NAMESPACE):
+                raise InvalidArgument(
+                    "Single kubernetes namespace can only be set on a single cluster platform"
+                )
+            new_maintenance = merged.maintenance_state
+            maintenance_changed = new_maintenance != current.maintenance_state
+            if maintenance_changed:
+                merged.maintenance_state = current.maintenance_state
+                diff = [p for p in diff if p != _cloudlet.MAINTENANCE_STATE]
+            if new_maintenance in (CS.MAINTENANCE_START, CS.MAINTENANCE_START_NO_FAILOVER) and (
+                current.maintenance_state != CS.NORMAL_OPERATION
+            ):
+                raise FailedPrecondition(
+                    "Cloudlet must be in NormalOperation before starting maintenance"
+                )
+            if trust_update:
+                if maintenance_changed:
+                    raise InvalidArgument(
+                        "Cannot change both maintenance state and trust policy at the same time"
+                    )
+                if not cctx.ignore_crm and current.state != TS.READY:
+                    raise FailedPrecondition(
+                        "Trust policy cannot be changed while cloudlet is not ready"
+                    )
+                if update.trust_policy:
+                    if not features.supports_trust_policy:
+                        raise InvalidArgument(
+                            f"Trust Policy not supported on {current.platform_type}"
+                        )
+                    txn.require(
+                        TRUST_POLICY,
+                        autoscalepolicy_pb2.PolicyKey(
+                            organization=update.key.organization, name=update.trust_policy
+                        ),
+                    )
+                    # TODO(controller slice AppInst): every AppInst here must comply.
+            if (
+                current.enable_default_serverless_cluster
+                != merged.enable_default_serverless_cluster
+            ):
+                if maintenance_changed:
+                    raise InvalidArgument(
+                        "Cannot change both enable default serverless cluster and maintenance state"
+                    )
+                if merged.enable_default_serverless_cluster and not (
+                    features.supports_multi_tenant_cluster
+                ):
+                    raise InvalidArgument(
+                        f"Serverless cluster not supported on {current.platform_type}"
+                    )
+                # TODO(controller slice ClusterInst): create/delete the default MT cluster.
+            if needs_crm and not cctx.ignore_crm:
+                merged.state = TS.UPDATE_REQUESTED
+            if trust_update and cctx.ignore_crm:
+                merged.trust_policy_state = TS.READY if merged.trust_policy else TS.NOT_PRESENT
+            outcome.update(
+                diff=diff,
+                crm=needs_crm,
+                maintenance=new_maintenance if maintenance_changed else None,
+            )
+            if merged == current:
+                return merged
+            merged.updated_at.CopyFrom(_ids.now_timestamp())
+            txn.put(merged)
+            return merged
+
+        merged, revision = await rt.engine.apply_at(commit)
+        stream = self._stream(cctx, update.key, sink)
+
+        async def work() -> None:
+            await self._after_update(cctx, merged, features, fmap, outcome, stream, trust_update)
+
+        async def on_error(err: BaseException) -> None:
+            await self._set_state(update.key, TS.UPDATE_ERROR)
+
+        await self._run(
+            stream,
+            revision,
+            work,
+            on_error=on_error,
+            subscribe=merged.crm_on_edge and bool(outcome.get("crm")) and not cctx.ignore_crm,
+        )
+
+    async def _after_update(
+        self,
+        cctx: CallContext,
+        merged: cloudlet_pb2.Cloudlet,
+        features: cloudlet_pb2.PlatformFeatures,
+        fmap: fields.FieldSet,
+        outcome: dict[str, Any],
+        stream: OpStream,
+        trust_update: bool,
+    ) -> None:
+        rt = self._rt
+        settings = rt.settings()
+        timeout = seconds(settings.update_cloudlet_timeout)
+        # TODO(controller slice AppInst): propagate a location change to the AppInsts.
+        if outcome["crm"] and not cctx.ignore_crm:
+            if merged.crm_on_edge:
+                info = rt.caches.get(CLOUDLET_INFO, keys.key_string(merged.key))
+                await wait_for_info(
+                    _UPGRADE_WAIT,
+                    current=CS.CLOUDLET_STATE_UPGRADE if info is None else info.state,
+                    subscription=stream.subscription,
+                    decode=lambda data: codec.decode(CLOUDLET_INFO, data),
+                    send=stream.send,
+                    success_msg=UPDATED,
+                    timeout=timeout,
+                )
+                return
+            request = _copy(merged)
+            del request.fields[:]
+            request.fields.extend([*outcome["diff"], _cloudlet.STATE])
+            await rt.tracked.ccrm.apply_cloudlet(
+                features.node_type,
+                request,
+                timeout=timeout,
+                on_info=await self._forward_status(stream),
+            )
+            await stream.send(UPDATED)
+            return
+        if trust_update and not cctx.ignore_crm:
+            await self._update_trust_policy(merged, features, stream)
+            return
+        maintenance = outcome["maintenance"]
+        if maintenance is None:
+            await stream.send(UPDATED)
+            return
+        await self._maintenance(cctx, merged, features, maintenance, stream)
+
+    async def _update_trust_policy(
+        self,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        features: cloudlet_pb2.PlatformFeatures,
+        stream: OpStream,
+    ) -> None:
+        rt = self._rt
+        name = cloudlet.trust_policy
+        await stream.send(
+            f"Doing TrustPolicy: {name} Update for Cloudlet: {compact_text(cloudlet.key)}"
+        )
+        problem: list[str] = []
+
+        def request(txn: Txn) -> cloudlet_pb2.Cloudlet:
+            problem.clear()
+            current = txn.get(CLOUDLET, cloudlet.key)
+            if current is None:
+                raise keys.not_found(cloudlet.key)
+            info = rt.caches.get(CLOUDLET_INFO, keys.key_string(cloudlet.key))
+            if info is None:
+                problem.append(f"CloudletInfo not found for {compact_text(cloudlet.key)}")
+            elif info.state != CS.CLOUDLET_STATE_READY:
+                problem.append(
+                    "Cannot modify trust policy for cloudlet in state: "
+                    f"{appcommon_pb2.CloudletState.Name(info.state)}"
+                )
+            current.trust_policy_state = TS.UPDATE_ERROR if problem else TS.UPDATE_REQUESTED
+            current.updated_at.CopyFrom(_ids.now_timestamp())
+            txn.put(current)
+            return current
+
+        current = await rt.engine.apply(request)
+        if problem:
+            raise FailedPrecondition(problem[0])
+        timeout = seconds(rt.settings().update_trust_policy_timeout)
+        if current.crm_on_edge:
+            target = TS.READY if name else TS.NOT_PRESENT
+
+            def reached() -> Message | None:
+                found = rt.caches.get(CLOUDLET, keys.key_string(cloudlet.key))
+                if found is not None and found.trust_policy_state in (target, TS.UPDATE_ERROR):
+                    return found
+                return None
+
+            found = await _cached(reached, timeout)
+            key_text = compact_text(cloudlet.key)
+            if found is None:
+                await stream.send(
+                    f"In progress TrustPolicy: {name} Update for Cloudlet: {key_text} -- "
+                    "Timed out waiting for trust policy state"
+                )
+                raise DeadlineExceeded("Timed out waiting for trust policy state")
+            assert isinstance(found, cloudlet_pb2.Cloudlet)  # noqa: S101 - narrowing
+            if found.trust_policy_state == TS.UPDATE_ERROR:
+                await stream.send(f"Failed TrustPolicy: {name} Update for Cloudlet: {key_text}")
+                raise FailedPrecondition(f"Failed to update trust policy on cloudlet {key_text}")
+            await stream.send(f"Successful TrustPolicy: {name} Update for Cloudlet: {key_text}")
+            return
+        ccrm_request = _copy(current)
+        del ccrm_request.fields[:]
+        ccrm_request.fields.extend(["38", _cloudlet.TRUST_POLICY])
+        await rt.tracked.ccrm.apply_cloudlet(
+            features.node_type,
+            ccrm_request,
+            timeout=timeout,
+            on_info=await self._forward_status(stream),
+        )
+
+    async def _set_maintenance(
+        self,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        state: int,
+        node_type: str,
+        timeout: float,  # noqa: ASYNC109 - the CCRM call's gRPC deadline
+    ) -> None:
+        def fn(txn: Txn) -> cloudlet_pb2.Cloudlet | None:
+            current = txn.get(CLOUDLET, cloudlet.key)
+            if current is None:
+                raise keys.not_found(cloudlet.key)
+            if current.maintenance_state == state:
+                return None
+            current.maintenance_state = state  # type: ignore[assignment]
+            txn.put(current)
+            return current
+
+        changed = await self._rt.engine.apply(fn)
+        to_crm = state in (CS.CRM_REQUESTED, CS.NORMAL_OPERATION_INIT)
+        if changed is not None and not changed.crm_on_edge and to_crm:
+            request = _copy(changed)
+            del request.fields[:]
+            request.fields.append(_cloudlet.MAINTENANCE_STATE)
+
+            async def merge(info: Message) -> None:
+                assert isinstance(info, cloudlet_pb2.CloudletInfo)  # noqa: S101 - narrowing
+                await apply_info(self._rt, info)
+
+            await self._rt.tracked.ccrm.apply_cloudlet(
+                node_type, request, timeout=timeout, on_info=merge
+            )
+
+    async def _wait_maintenance(
+        self,
+        otype: Any,
+        key: cloudletkey_pb2.CloudletKey,
+        target: int,
+        error: int,
+        timeout: float,  # noqa: ASYNC109 - the Settings maintenance timeout
+        what: str,
+    ) -> Any:
+        def check() -> Message | None:
+            found: Message | None = self._rt.caches.get(otype, keys.key_string(key))
+            if found is not None and getattr(found, "maintenance_state", None) in (target, error):
+                return found
+            return None
+
+        found = await _cached(check, timeout)
+        if found is None:
+            raise DeadlineExceeded(f"timed out waiting for {what} maintenance state")
+        return found
+
+    async def _maintenance(
+        self,
+        cctx: CallContext,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        features: cloudlet_pb2.PlatformFeatures,
+        target: int,
+        stream: OpStream,
+    ) -> None:
+        rt = self._rt
+        settings = rt.settings()
+        timeout = seconds(settings.cloudlet_maintenance_timeout)
+        request_timeout = seconds(settings.update_cloudlet_timeout)
+        node = features.node_type
+        key = cloudlet.key
+        if target == CS.NORMAL_OPERATION:
+            if not cctx.ignore_crm:
+                await self._set_maintenance(
+                    cloudlet, CS.NORMAL_OPERATION_INIT, node, request_timeout
+                )
+                info = await self._wait_maintenance(
+                    CLOUDLET_INFO, key, CS.NORMAL_OPERATION, CS.CRM_ERROR, timeout, "CloudletInfo"
+                )
+                if info.maintenance_state == CS.CRM_ERROR:
+                    raise FailedPrecondition("CRM encountered some errors, aborting")
+            await self._set_maintenance(cloudlet, CS.NORMAL_OPERATION, node, request_timeout)
+            await stream.send("Cloudlet is back to normal operation")
+            return
+        if target == CS.MAINTENANCE_START:
+            await stream.send("Starting AutoProv failover")
+
+            def reset(txn: Txn) -> None:
+                txn.put(
+                    autoprovpolicy_pb2.AutoProvInfo(key=key, maintenance_state=CS.NORMAL_OPERATION)
+                )
+
+            await rt.engine.apply(reset)
+            await self._set_maintenance(cloudlet, CS.FAILOVER_REQUESTED, node, request_timeout)
+            result = await self._wait_maintenance(
+                AUTOPROV_INFO, key, CS.FAILOVER_DONE, CS.FAILOVER_ERROR, timeout, "AutoProvInfo"
+            )
+            for line in [*result.completed, *result.errors]:
+                await stream.send(line)
+            if result.errors:
+                await self._set_maintenance(cloudlet, CS.NORMAL_OPERATION, node, request_timeout)
+                raise FailedPrecondition(
+                    "AutoProv failover encountered some errors, aborting maintenance"
+                )
+            await stream.send("AutoProv failover completed")
+        await stream.send("Starting CRM maintenance")
+        if not cctx.ignore_crm:
+            await self._set_maintenance(cloudlet, CS.CRM_REQUESTED, node, request_timeout)
+            info = await self._wait_maintenance(
+                CLOUDLET_INFO, key, CS.CRM_UNDER_MAINTENANCE, CS.CRM_ERROR, timeout, "CloudletInfo"
+            )
+            if info.maintenance_state == CS.CRM_ERROR:
+                await self._set_maintenance(cloudlet, CS.NORMAL_OPERATION, node, request_timeout)
+                raise FailedPrecondition("CRM encountered some errors, aborting maintenance")
+        await stream.send("CRM maintenance started")
+        await self._set_maintenance(cloudlet, CS.UNDER_MAINTENANCE, node, request_timeout)
+        await stream.send("Cloudlet is in maintenance")
+
+
+class CloudletRecovery:
+    """Recovery (§5.8) of cloudlet operations whose controller is gone.
+
+    - CRM-on-edge creates and updates keep going without their API call: the CRM's report
+      reaches some controller, which moves the cloudlet to Ready or an error state. Only
+      when the operation's timeout has passed (counted from its stream's start) is the
+      cloudlet failed.
+    - Everything else (a CCRM call, a delete) died with its controller: the cloudlet gets
+      the error state of its operation (delete-prepare cleared), so a user can delete it
+      (or delete it again) without an override.
+
+    Either way the progress stream gets an error entry, so `StreamCloudlet` readers end.
+    """
+
+    def __init__(self, runtime: TrackedRuntime) -> None:
+        self._rt = runtime
+
+    def stuck(self, caches: Caches) -> list[tuple[str, Message]]:
+        """Cloudlets in transient states (CrmInitok included), with their stream names."""
+        out: list[tuple[str, Message]] = []
+        for _, cloudlet in caches.items(CLOUDLET):
+            if cloudlet.state in _FAILED_STATE:
+                out.append((stream_key(cloudlet.key), cloudlet))
+        return out
+
+    async def recover(self, obj: Message, start: StreamStart, reason: str) -> None:
+        """Fail (or, for a CRM on the edge still in time, leave) one orphaned cloudlet."""
+        assert isinstance(obj, cloudlet_pb2.Cloudlet)  # noqa: S101 - narrowing
+        rt = self._rt
+        settings = rt.settings()
+        message = f"{reason}; operation abandoned in state {_state_text(obj.state)}"
+        waiting = {TS.CREATE_REQUESTED, TS.CRM_INITOK, TS.UPDATE_REQUESTED, TS.UPDATING}
+        if obj.crm_on_edge and obj.state in waiting:
+            create = obj.state in (TS.CREATE_REQUESTED, TS.CRM_INITOK)
+            limit = settings.create_cloudlet_timeout if create else settings.update_cloudlet_timeout
+            if time.time() < start.started_at + seconds(limit):
+                return  # the CRM may still finish it
+            info = rt.caches.get(CLOUDLET_INFO, keys.key_string(obj.key))
+            current = info.state if info is not None else CS.CLOUDLET_STATE_NOT_PRESENT
+            message = (
+                f"Timed out; expected state {state_name(CS.CLOUDLET_STATE_READY)} but is "
+                f"{state_name(current)}"
+            )
+        failed = _FAILED_STATE[obj.state]
+        expected = obj.state
+
+        def fail(txn: Txn) -> bool:
+            current = txn.get(CLOUDLET, obj.key)
+            if current is None or current.state != expected:
+                return False
+            current.state = failed  # type: ignore[assignment]
+            del current.errors[:]
+            current.errors.append(message)
+            if getattr(current, DELETE_PREPARE):
+                current.delete_prepare = False
+            txn.put(current)
+            return True
+
+        if not await rt.engine.apply(fail):
+            return
+        log.warning("cloudlet %s: %s", keys.key_string(obj.key), message)
+        name = stream_key(obj.key)
+        await rt.tracked.progress.add(name, {ERROR: message}, start.op_id)
+
+
+def _state_text(state: int) -> str:
+    return common_pb2.TrackedState.Name(state)  # type: ignore[arg-type]

@@ -1,0 +1,357 @@
+"""The Controller's notify server: objects down to CRMs, DMEs and CCRMs, reports back up (§6).
+
+A `NotifyServer` fed straight from etcd (`EtcdNotifySource`) sends the types of
+controller.md §6.4 in their dependency order; cloudlet-scoped types reach a CRM only for its
+cloudlet, once that cloudlet is far enough (`edge_cloud.notify.filters`).
+
+Upstream objects are handled per type:
+
+| type | update | delete | connection gone (flush) |
+|---|---|---|---|
+| CloudletInfo | merged into etcd, drives the Cloudlet (`_cloudletinfo`) | OFFLINE | OFFLINE |
+| PlatformFeatures | stored (CCRMs and CRMs register their platforms) | ignored | ignored |
+| VMPoolInfo | published; VMs, state and errors copied to the VMPool | - | - |
+| AutoProvInfo | stored | deleted | - |
+| Alert | monitored ones stored under the controller lease | deleted (same sender) | deleted |
+| ClusterInstInfo, AppInstInfo | handlers of the next slice (`register`) | | |
+
+Ownership: records written from a connection carry its notify id and this controller's id,
+and disconnect handling touches only records with both, so a CRM that reconnected to
+another controller meanwhile is not marked offline (§8).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from edgeproto import (
+    alert_pb2,
+    alertpolicy_pb2,
+    app_pb2,
+    appinst_pb2,
+    appinstclient_pb2,
+    autoprovpolicy_pb2,
+    autoscalepolicy_pb2,
+    cloudlet_pb2,
+    cloudletnode_pb2,
+    clusterinst_pb2,
+    common_pb2,
+    flavor_pb2,
+    network_pb2,
+    operatorcode_pb2,
+    ratelimit_pb2,
+    refs_pb2,
+    restagtable_pb2,
+    settings_pb2,
+    trustpolicy_pb2,
+    trustpolicyexception_pb2,
+    vmpool_pb2,
+    zone_pb2,
+    zonepool_pb2,
+)
+from google.protobuf.message import Message
+
+from edge_cloud.errors import EdgeError
+from edge_cloud.notify import Action, EtcdNotifySource, NotifyServer, Peer, type_name
+from edge_cloud.objects import codec, fields, keys, registry
+from edge_cloud.store import Store
+from services.controller._cloudletinfo import ALL_FIELDS, apply_info, mark_offline
+from services.controller._engine import Txn
+from services.controller._progress import stream_key
+from services.controller._tracked import TrackedRuntime
+
+__all__ = ["RECEIVE_TYPES", "SEND_TYPES", "ControllerNotify", "Handler", "is_monitored_alert"]
+
+log = logging.getLogger(__name__)
+
+SEND_TYPES: Final[tuple[type[Message], ...]] = (
+    settings_pb2.Settings,
+    ratelimit_pb2.FlowRateLimitSettings,
+    ratelimit_pb2.MaxReqsRateLimitSettings,
+    operatorcode_pb2.OperatorCode,
+    flavor_pb2.Flavor,
+    alertpolicy_pb2.AlertPolicy,
+    cloudlet_pb2.GPUDriver,
+    vmpool_pb2.VMPool,
+    restagtable_pb2.ResTagTable,
+    trustpolicy_pb2.TrustPolicy,
+    zone_pb2.Zone,
+    cloudlet_pb2.Cloudlet,
+    cloudletnode_pb2.CloudletNode,
+    zonepool_pb2.ZonePool,
+    cloudlet_pb2.CloudletInfo,
+    autoscalepolicy_pb2.AutoScalePolicy,
+    autoprovpolicy_pb2.AutoProvPolicy,
+    network_pb2.Network,
+    clusterinst_pb2.ClusterInst,
+    app_pb2.App,
+    appinst_pb2.AppInst,
+    refs_pb2.AppInstRefs,
+    alert_pb2.Alert,
+    appinstclient_pb2.AppInstClientKey,
+    trustpolicyexception_pb2.TrustPolicyException,
+    trustpolicyexception_pb2.TPEInstanceState,
+)
+"""What the Controller sends, in the original's registration (= dependency) order (§6.4)."""
+
+RECEIVE_TYPES: Final[tuple[type[Message], ...]] = (
+    cloudlet_pb2.PlatformFeatures,
+    cloudlet_pb2.CloudletInfo,
+    appinst_pb2.AppInstInfo,
+    vmpool_pb2.VMPoolInfo,
+    clusterinst_pb2.ClusterInstInfo,
+    alert_pb2.Alert,
+    autoprovpolicy_pb2.AutoProvInfo,
+)
+"""What the Controller accepts from its clients."""
+
+PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
+VM_POOL: Final = registry.by_class(vmpool_pb2.VMPool)
+AUTOPROV_INFO: Final = registry.by_class(autoprovpolicy_pb2.AutoProvInfo)
+ALERT: Final = registry.by_class(alert_pb2.Alert)
+_TERMINAL_TRACKED: Final = frozenset(
+    {
+        common_pb2.READY,
+        common_pb2.CREATE_ERROR,
+        common_pb2.UPDATE_ERROR,
+        common_pb2.DELETE_ERROR,
+        common_pb2.NOT_PRESENT,
+    }
+)
+_MONITORED_ALERTS: Final = frozenset(
+    {
+        "ClusterAutoScale",
+        "AutoScaleUp",
+        "AutoScaleDown",
+        "AppInstDown",
+        "CloudletDown",
+        "AutoProvUndeploy",
+        "CloudletResourceUsage",
+        "ClusterSvcAppInstFailure",
+    }
+)
+
+UpdateFn = Callable[[Peer, Any], Awaitable[None]]
+FlushFn = Callable[[Peer, Mapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """What to do with one upstream type."""
+
+    update: UpdateFn | None = None
+    delete: UpdateFn | None = None
+    flush: FlushFn | None = None
+
+
+def is_monitored_alert(labels: Mapping[str, str]) -> bool:
+    """The original's `IsMonitoredAlert`: which alerts the Controller keeps."""
+    name = labels.get("alertname", "")
+    if not name:
+        return False
+    if labels.get("scope", "") in ("Application", "Cloudlet", "Platform"):
+        return True
+    if labels.get("type", "") == "UserDefined":
+        return True
+    return name in _MONITORED_ALERTS
+
+
+class ControllerNotify:
+    """The notify server of one Controller and its upstream handlers.
+
+    Args:
+        runtime: The runtime (engine, caches, Redis, controller id).
+        store: The etcd store the server's source reads.
+        name: The server's name in its VERSION notices.
+        region: The region label added to alerts.
+        lease_id: The controller lease alerts are stored under (None while re-registering).
+    """
+
+    def __init__(
+        self,
+        runtime: TrackedRuntime,
+        store: Store,
+        *,
+        name: str,
+        region: str,
+        lease_id: Callable[[], int | None],
+    ) -> None:
+        self._rt = runtime
+        self._region = region
+        self._lease_id = lease_id
+        self._handlers: dict[str, Handler] = {}
+        self.server = NotifyServer(
+            EtcdNotifySource(store, SEND_TYPES),
+            name=name,
+            send_types=SEND_TYPES,
+            receive_types=RECEIVE_TYPES,
+            on_receive=self._receive,
+            on_flush=self._flush,
+        )
+        self.register(
+            cloudlet_pb2.CloudletInfo,
+            Handler(self._cloudlet_info, self._cloudlet_info_delete, self._cloudlet_info_flush),
+        )
+        self.register(cloudlet_pb2.PlatformFeatures, Handler(self._platform_features))
+        self.register(vmpool_pb2.VMPoolInfo, Handler(self._vm_pool_info))
+        self.register(
+            autoprovpolicy_pb2.AutoProvInfo,
+            Handler(self._autoprov_info, self._autoprov_info_delete),
+        )
+        self.register(alert_pb2.Alert, Handler(self._alert, self._alert_delete, self._alert_flush))
+
+    def register(self, cls: type[Message], handler: Handler) -> None:
+        """Handle an upstream type (one of `RECEIVE_TYPES`); replaces an earlier handler."""
+        self._handlers[type_name(cls)] = handler
+
+    async def _receive(self, peer: Peer, action: Action, obj: Message) -> None:
+        handler = self._handlers.get(type_name(obj))
+        call = None
+        if handler is not None:
+            call = handler.update if action is Action.UPDATE else handler.delete
+        if call is None:
+            log.debug(
+                "notify: no handler for %s %s from %s", action.name, type_name(obj), peer.name
+            )
+            return
+        try:
+            await call(peer, obj)
+        except EdgeError as err:
+            log.warning(
+                "notify %s of %s from %s failed: %s", action.name, type_name(obj), peer.name, err
+            )
+
+    async def _flush(self, peer: Peer, objects: Mapping[str, Mapping[str, Message]]) -> None:
+        for name, objs in objects.items():
+            handler = self._handlers.get(name)
+            if handler is None or handler.flush is None or not objs:
+                continue
+            try:
+                await handler.flush(peer, objs)
+            except EdgeError as err:
+                log.warning("notify flush of %s from %s failed: %s", name, peer.name, err)
+
+    # -- CloudletInfo ----------------------------------------------------------------------
+
+    async def _cloudlet_info(self, peer: Peer, info: cloudlet_pb2.CloudletInfo) -> None:
+        info.notify_id = peer.notify_id
+        await apply_info(self._rt, info, paths=ALL_FIELDS)
+
+    async def _cloudlet_info_delete(self, peer: Peer, info: cloudlet_pb2.CloudletInfo) -> None:
+        await mark_offline(self._rt, [info.key], peer.notify_id)
+
+    async def _cloudlet_info_flush(
+        self, peer: Peer, infos: Mapping[str, cloudlet_pb2.CloudletInfo]
+    ) -> None:
+        await mark_offline(self._rt, [i.key for i in infos.values()], peer.notify_id)
+
+    # -- PlatformFeatures --------------------------------------------------------------------
+
+    async def _platform_features(self, peer: Peer, features: cloudlet_pb2.PlatformFeatures) -> None:
+        if not features.platform_type:
+            return
+        stored = cloudlet_pb2.PlatformFeatures()
+        stored.CopyFrom(features)
+        stored.delete_prepare = False
+
+        def put(txn: Txn) -> None:
+            if txn.get(PLATFORM_FEATURES, stored.platform_type) != stored:
+                txn.put(stored)
+
+        await self._rt.engine.apply(put)
+        log.info(
+            "platform %s registered by %s (node type %s)",
+            stored.platform_type,
+            peer.name,
+            stored.node_type,
+        )
+
+    # -- VMPoolInfo --------------------------------------------------------------------------
+
+    async def _vm_pool_info(self, peer: Peer, info: vmpool_pb2.VMPoolInfo) -> None:
+        published = vmpool_pb2.VMPoolInfo()
+        published.CopyFrom(info)
+        published.ClearField("fields")
+        await self._rt.tracked.progress.publish_info(
+            stream_key(info.key), codec.encode(published), terminal=info.state in _TERMINAL_TRACKED
+        )
+        selected = fields.FieldSet(info.fields) if info.fields else None
+
+        def has(path: str) -> bool:
+            return selected is None or selected.has_or_child(path)
+
+        def copy_in(txn: Txn) -> None:
+            pool = txn.get(VM_POOL, info.key)
+            if pool is None:
+                return
+            changed = vmpool_pb2.VMPool()
+            changed.CopyFrom(pool)
+            if has("4"):
+                del changed.vms[:]
+                changed.vms.extend(info.vms)
+            if has("5"):
+                changed.state = info.state
+            if has("6"):
+                del changed.errors[:]
+                changed.errors.extend(info.errors)
+            if changed != pool:
+                txn.put(changed)
+
+        await self._rt.engine.apply(copy_in)
+
+    # -- AutoProvInfo ------------------------------------------------------------------------
+
+    async def _autoprov_info(self, peer: Peer, info: autoprovpolicy_pb2.AutoProvInfo) -> None:
+        info.notify_id = peer.notify_id
+
+        def put(txn: Txn) -> None:
+            txn.put(info)
+
+        await self._rt.engine.apply(put)
+
+    async def _autoprov_info_delete(
+        self, peer: Peer, info: autoprovpolicy_pb2.AutoProvInfo
+    ) -> None:
+        def remove(txn: Txn) -> None:
+            if txn.get(AUTOPROV_INFO, info.key) is not None:
+                txn.delete(AUTOPROV_INFO, info.key)
+
+        await self._rt.engine.apply(remove)
+
+    # -- Alert ---------------------------------------------------------------------------------
+
+    async def _alert(self, peer: Peer, alert: alert_pb2.Alert) -> None:
+        if not is_monitored_alert(alert.labels):
+            return
+        alert.labels["region"] = self._region
+        alert.controller = self._rt.tracked.controller_id
+        alert.notify_id = peer.notify_id
+        lease = self._lease_id()
+
+        def put(txn: Txn) -> None:
+            txn.put(alert, lease=lease)
+
+        await self._rt.engine.apply(put)
+        # TODO(controller issue, alerts): replay alerts after a lost lease; AppInstDown
+        # sets the AppInst's health (AppInst slice).
+
+    async def _alert_delete(self, peer: Peer, alert: alert_pb2.Alert) -> None:
+        alert.labels["region"] = self._region
+        controller_id = self._rt.tracked.controller_id
+
+        def remove(txn: Txn) -> None:
+            current = txn.get(ALERT, keys.key_string(alert))
+            if current is None:
+                return
+            if current.notify_id != peer.notify_id or current.controller != controller_id:
+                return
+            txn.delete(ALERT, keys.key_string(alert))
+
+        await self._rt.engine.apply(remove)
+
+    async def _alert_flush(self, peer: Peer, alerts: Mapping[str, alert_pb2.Alert]) -> None:
+        for alert in alerts.values():
+            await self._alert_delete(peer, alert)
