@@ -1,0 +1,1 @@
+"""Unit tests of the services, one package per daemon."""

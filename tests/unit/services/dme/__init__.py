@@ -1,0 +1,1 @@
+"""Unit tests of the DME's in-process logic: cookies, world, ranking, rate limits."""
