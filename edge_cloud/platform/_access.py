@@ -1,0 +1,192 @@
+"""`AccessApi`: how a platform asks for secrets, DNS records and certificates.
+
+A platform never reads Vault or a DNS provider itself; it gets an `AccessApi` bound to its
+cloudlet (crm_platforms.md §1.4). The CCRM and Controller implement it over Vault and the
+DNS provider; an edge CRM implements it as `CloudletAccessApi.GetAccessData` calls. Method
+names follow the original's, snake_cased; the comment on each names its wire `type`
+string for the CRM implementation.
+
+`LocalAccessApi` is the local default for daemons started without Vault (tests, `make
+run`): access variables and DNS records in memory, everything that needs Vault refused
+with a message saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgeproto import cloudletnode_pb2
+
+from edge_cloud.errors import FailedPrecondition, InvalidArgument
+
+__all__ = ["AccessApi", "DnsRecord", "LocalAccessApi", "RegistryAuth"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryAuth:
+    """Credentials for an image registry.
+
+    Attributes:
+        auth_type: `basic`, `token` or `noauth`.
+        hostname: Registry host.
+        username: User for basic auth.
+        password: Password for basic auth.
+        token: Token for token auth.
+    """
+
+    auth_type: str
+    hostname: str = ""
+    username: str = ""
+    password: str = ""
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRecord:
+    """One DNS record.
+
+    Attributes:
+        name: Fully qualified name.
+        rtype: `A`, `AAAA` or `CNAME`.
+        content: Address or target.
+        ttl: Seconds.
+    """
+
+    name: str
+    rtype: str
+    content: str
+    ttl: int = 300
+
+
+class AccessApi(Protocol):
+    """Secrets and shared services for one cloudlet's platform; every call may be remote."""
+
+    async def get_cloudlet_access_vars(self) -> dict[str, str]:
+        """The cloudlet's access variables (`get-cloudlet-access-vars`)."""
+        ...
+
+    async def get_registry_auth(self, image_url: str) -> RegistryAuth:
+        """Pull credentials for an image (`get-registry-auth`)."""
+        ...
+
+    async def sign_ssh_key(self, public_key: str) -> str:
+        """Sign an ssh public key with the cloudlet CA (`sign-ssh-key`)."""
+        ...
+
+    async def get_ssh_public_key(self) -> str:
+        """The ssh CA public key (`get-ssh-public-key`)."""
+        ...
+
+    async def create_or_update_dns_record(
+        self, name: str, rtype: str, content: str, ttl: int = 300, proxy: bool = False
+    ) -> None:
+        """Register a DNS record; only A, AAAA and CNAME (`create-or-update-dns-record`)."""
+        ...
+
+    async def get_dns_records(self, fqdn: str) -> list[DnsRecord]:
+        """Records of a name (`get-dns-records`)."""
+        ...
+
+    async def delete_dns_record(self, fqdn: str) -> None:
+        """Remove the records of a name (`delete-dns-record`)."""
+        ...
+
+    async def get_session_tokens(self, secret_name: str) -> str:
+        """The current TOTP code of a secret (`get-session-tokens`)."""
+        ...
+
+    async def get_public_cert(self, common_name: str) -> tuple[str, str]:
+        """Certificate and key PEMs for a name (`get-public-cert`)."""
+        ...
+
+    async def create_cloudlet_node(self, node: cloudletnode_pb2.CloudletNode) -> str:
+        """Register an edge node; returns its one-time password (`create-cloudlet-node`)."""
+        ...
+
+    async def delete_cloudlet_node(self, key: cloudletnode_pb2.CloudletNodeKey) -> None:
+        """Unregister an edge node (`delete-cloudlet-node`)."""
+        ...
+
+    async def get_app_secret_vars(self, app_key: str) -> dict[str, str]:
+        """Secret environment of an App, empty if none (`get-app-secret-vars`)."""
+        ...
+
+
+_DNS_TYPES = frozenset({"A", "AAAA", "CNAME"})
+
+
+class LocalAccessApi:
+    """The local default `AccessApi`: in-memory access vars and DNS, no Vault.
+
+    Args:
+        access_vars: What `get_cloudlet_access_vars` returns.
+        app_secret_vars: Secret environment by App key string.
+    """
+
+    def __init__(
+        self,
+        access_vars: Mapping[str, str] | None = None,
+        app_secret_vars: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self._access_vars = dict(access_vars or {})
+        self._app_secrets = {k: dict(v) for k, v in (app_secret_vars or {}).items()}
+        self.dns: dict[str, list[DnsRecord]] = {}
+
+    @staticmethod
+    def _no_vault(what: str) -> FailedPrecondition:
+        return FailedPrecondition(f"{what} needs Vault, and this daemon runs without it")
+
+    async def get_cloudlet_access_vars(self) -> dict[str, str]:
+        """The access variables given at construction."""
+        return dict(self._access_vars)
+
+    async def get_registry_auth(self, image_url: str) -> RegistryAuth:
+        """No credentials: public registries only."""
+        return RegistryAuth(auth_type="noauth", hostname=image_url.partition("/")[0])
+
+    async def sign_ssh_key(self, public_key: str) -> str:
+        """Refused: signing needs the Vault SSH CA."""
+        raise self._no_vault("signing an ssh key")
+
+    async def get_ssh_public_key(self) -> str:
+        """Refused: the CA key lives in Vault."""
+        raise self._no_vault("the ssh CA public key")
+
+    async def create_or_update_dns_record(
+        self, name: str, rtype: str, content: str, ttl: int = 300, proxy: bool = False
+    ) -> None:
+        """Keep the record in memory."""
+        if rtype not in _DNS_TYPES:
+            raise InvalidArgument(f"DNS record type {rtype} is not allowed (A, AAAA, CNAME)")
+        records = [r for r in self.dns.get(name, []) if r.rtype != rtype]
+        records.append(DnsRecord(name, rtype, content, ttl))
+        self.dns[name] = records
+
+    async def get_dns_records(self, fqdn: str) -> list[DnsRecord]:
+        """Records kept for the name."""
+        return list(self.dns.get(fqdn, []))
+
+    async def delete_dns_record(self, fqdn: str) -> None:
+        """Forget the name's records; a missing name is fine."""
+        self.dns.pop(fqdn, None)
+
+    async def get_session_tokens(self, secret_name: str) -> str:
+        """Refused: TOTP codes come from Vault."""
+        raise self._no_vault("a session token")
+
+    async def get_public_cert(self, common_name: str) -> tuple[str, str]:
+        """Refused: certificates come from Vault."""
+        raise self._no_vault(f"a certificate for {common_name}")
+
+    async def create_cloudlet_node(self, node: cloudletnode_pb2.CloudletNode) -> str:
+        """Refused: node passwords are kept through the Controller and Vault."""
+        raise self._no_vault("registering a cloudlet node")
+
+    async def delete_cloudlet_node(self, key: cloudletnode_pb2.CloudletNodeKey) -> None:
+        """Nothing was registered, so nothing to remove."""
+
+    async def get_app_secret_vars(self, app_key: str) -> dict[str, str]:
+        """Secrets given at construction, empty if none."""
+        return dict(self._app_secrets.get(app_key, {}))

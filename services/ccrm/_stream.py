@@ -1,0 +1,90 @@
+"""Streaming an operation's Info updates back to the caller while the operation runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Final, TypeVar
+
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+
+from edge_cloud.platform import InfoSender
+
+__all__ = ["field_number", "info_fields", "stream_items", "stream_work"]
+
+InfoT = TypeVar("InfoT", bound=Message)
+ItemT = TypeVar("ItemT")
+
+_DONE: Final = object()
+
+
+def info_fields(cls: type[Message]) -> tuple[str, str, str]:
+    """The field numbers of `state`, `errors` and `status` of an Info message."""
+    by_name = cls.DESCRIPTOR.fields_by_name
+    return (
+        str(by_name["state"].number),
+        str(by_name["errors"].number),
+        str(by_name["status"].number),
+    )
+
+
+def field_number(cls: type[Message], name: str) -> str:
+    """One field's number as a `fields` path."""
+    return str(cls.DESCRIPTOR.fields_by_name[name].number)
+
+
+async def stream_items(
+    work: Callable[[Callable[[ItemT], None]], Coroutine[Any, Any, None]],
+) -> AsyncIterator[ItemT]:
+    """Run `work(emit)` and yield what it emits, as it emits it.
+
+    The work's exception is raised after its last item, so the RPC ends with that status.
+    If the caller goes away (the generator is closed or cancelled), the work is cancelled
+    and awaited, so platforms get to clean up.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            await work(queue.put_nowait)
+        finally:
+            queue.put_nowait(_DONE)
+
+    task = asyncio.create_task(run())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            yield item
+        await task  # raises the work's failure, if any
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def stream_work(
+    info: InfoT,
+    state_enum: EnumDescriptor,
+    work: Callable[[InfoSender[InfoT]], Coroutine[Any, Any, None]],
+) -> AsyncIterator[InfoT]:
+    """Run `work(sender)` and yield every Info update it sends.
+
+    Args:
+        info: The starting Info (its key).
+        state_enum: The enum of its `state` field.
+        work: The operation; it reports through the sender (also a `Progress`).
+
+    Returns:
+        The stream of Info updates.
+    """
+
+    async def run(emit: Callable[[InfoT], None]) -> None:
+        sender = InfoSender(info, emit, state_enum=state_enum, fields=info_fields(type(info)))
+        await work(sender)
+
+    return stream_items(run)
