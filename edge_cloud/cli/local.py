@@ -163,6 +163,9 @@ def cmd_up(args: Any) -> int:
         console.print(_servers_table(servers, run_dir))
         env = dict(os.environ)
         env.update(localservers.client_environment(servers))
+        # the local platform: fake cloudlets run by the CCRM on its default port
+        env.setdefault("EDGE_PLATFORM_SERVICE_ADDRS", "ccrm=127.0.0.1:19001")
+        env.setdefault("EDGE_TEST_MODE", "true")
         names = [] if args.no_daemons else serve.available()
         for name in names:
             if stop.is_set():
