@@ -10,7 +10,8 @@ asks for a delta on reconnect (the default), the other does not (`delta=False`, 
 original client does). Both sync, both disconnect (`close()`, caches kept), `--changes`
 changes are committed to etcd one by one (70% updates, 20% deletes, 10% creates), then each
 reconnects in turn (`start()`), timed in the client from `start()` to the end of its resync
-(`stats` counts it), while the server counts the bytes of every notice it serializes.
+(`wait_resynced`; `stats` tells which kind), while the server counts the bytes of every notice
+it serializes.
 
 Two situations, each measured separately (`--scenario`):
 
@@ -322,14 +323,12 @@ async def child_main(args: argparse.Namespace) -> None:
         seen["deletes"] += 1
 
     async def start() -> tuple[str, float]:
-        before = client.stats.delta_syncs, client.stats.full_syncs
+        before = client.sync_generation, client.stats.delta_syncs
         started = time.monotonic_ns()
         await client.start()
-        # Polled: `wait_synced` covers only the first sync; later ones show only in `stats`.
-        while (client.stats.delta_syncs, client.stats.full_syncs) == before:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+        await client.wait_resynced(before[0])
         ms = common.elapsed_ms(started)
-        return ("delta" if client.stats.delta_syncs > before[0] else "full"), ms
+        return ("delta" if client.stats.delta_syncs > before[1] else "full"), ms
 
     try:
         _, ms = await start()

@@ -14,7 +14,9 @@ theirs::
     UPDATE / DELETE any=<CloudletInfo>         (upstream, any time after the handshake)
 
 - A server whose first notice is not VERSION closes the stream with INVALID_ARGUMENT
-  "Notify server expected action version".
+  "Notify server expected action version". Ours accept a stream at once (response headers)
+  and reply VERSION once they hold their first snapshot, however long loading takes; our
+  clients wait for that reply, bounding only the wait for the headers.
 - Data notices carry one object in `any` (`type.googleapis.com/edgeproto.<Msg>`): UPDATE the
   whole object, DELETE the object with only its key; `mod_rev` is the etcd revision.
 - After SENDALL_END a client drops every cached object the send-all did not include.
@@ -52,15 +54,23 @@ Either way the caches' callbacks fire only for real differences, so a client can
 the two apart except by what it costs.
 
 Main pieces: `NotifyServer` (a servicer for any grpc.aio server) fed by a `NotifySource`
-(`EtcdNotifySource`, or `MemorySource` in tests); `NotifyClient` with `NotifyCache`s.
+(`EtcdNotifySource`, or `MemorySource` in tests); `NotifyClient` with `NotifyCache`s, which
+counts its syncs (`sync_generation`, `wait_resynced`, `on_synced`).
 """
 
 from edge_cloud.notify._wire import PROTOCOL_VERSION, Action, key_only, key_string, type_name
-from edge_cloud.notify.client import ClientStats, NotifyCache, NotifyClient
+from edge_cloud.notify.client import ClientStats, NotifyCache, NotifyClient, SyncInfo
 from edge_cloud.notify.etcd_source import EtcdNotifySource
 from edge_cloud.notify.filters import DEFAULT_CLOUDLET_FILTERS, CloudletFilter, ObjectLookup, Stage
 from edge_cloud.notify.server import SERVICE_NAME, FlushFn, NotifyServer, Peer, ReceiveFn
-from edge_cloud.notify.source import Change, MemorySource, NotifySource, Snapshot, Stored
+from edge_cloud.notify.source import (
+    Change,
+    Encoded,
+    MemorySource,
+    NotifySource,
+    Snapshot,
+    Stored,
+)
 
 __all__ = [
     "DEFAULT_CLOUDLET_FILTERS",
@@ -70,6 +80,7 @@ __all__ = [
     "Change",
     "ClientStats",
     "CloudletFilter",
+    "Encoded",
     "EtcdNotifySource",
     "FlushFn",
     "MemorySource",
@@ -83,6 +94,7 @@ __all__ = [
     "Snapshot",
     "Stage",
     "Stored",
+    "SyncInfo",
     "key_only",
     "key_string",
     "type_name",

@@ -8,6 +8,10 @@ that changed while disconnected fires `on_update`, one that vanished fires `on_d
 
 Objects the client sends upstream (`send`, `send_delete`) are remembered and all re-sent
 after every reconnect, since the server forgets a connection's objects when it ends.
+
+Every completed send-all (the first sync and each resync after a reconnect, full or delta)
+counts one sync generation: `wait_resynced` waits for the next one, and `on_synced` callbacks
+hear of each (`SyncInfo`).
 """
 
 from __future__ import annotations
@@ -33,16 +37,18 @@ from edge_cloud.notify._wire import (
     TAG_FULL_TYPES,
     TAG_NAME,
     TAG_SNAPSHOT_REV,
+    TYPE_URL_PREFIX,
     Action,
     Message,
     any_type_name,
     data_notice,
+    key_encoder,
     key_only,
     key_string,
     type_name,
 )
 
-__all__ = ["ClientStats", "NotifyCache", "NotifyClient"]
+__all__ = ["ClientStats", "NotifyCache", "NotifyClient", "SyncInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ class NotifyCache(Mapping[str, T], Generic[T]):
     def __init__(self, cls: type[T]) -> None:
         self.cls = cls
         self.type_name = type_name(cls)
+        self._key = key_encoder(cls)
         self._data: dict[str, T] = {}
         self._on_update: list[Callable[[T, T | None], Awaitable[None]]] = []
         self._on_delete: list[Callable[[T], Awaitable[None]]] = []
@@ -85,6 +92,10 @@ class NotifyCache(Mapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"<NotifyCache {self.type_name}: {len(self._data)} objects>"
+
+    def key_of(self, obj: Message) -> str:
+        """The key string `obj` (an object of this type) is cached under."""
+        return self._key(obj)
 
     def get_for(self, obj: Message) -> T | None:
         """The cached object with the same key as `obj` (any object of this type), or None."""
@@ -113,8 +124,9 @@ class NotifyCache(Mapping[str, T], Generic[T]):
 
     # -- used by NotifyClient --------------------------------------------------------------
 
-    async def _update(self, obj: T) -> None:
-        key = key_string(obj)
+    async def _update(self, obj: T, key: str | None = None) -> None:
+        if key is None:
+            key = self._key(obj)
         old = self._data.get(key)
         if old is not None and old == obj:
             return
@@ -139,6 +151,28 @@ async def _guarded(call: Awaitable[None], what: str) -> None:
         await call
     except Exception:
         log.exception("notify callback for %s failed", what)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncInfo:
+    """One completed send-all, as `NotifyClient.on_synced` callbacks receive it.
+
+    Attributes:
+        generation: Which sync of this client it is: 1 for the first, then one more for
+            each resync (what `NotifyClient.sync_generation` says once callbacks ran).
+        delta: Whether only the changes since our revision came (a delta resync).
+        revision: The revision every cache is complete at; None with an original server.
+        server_name: The name of the server it came from.
+    """
+
+    generation: int
+    delta: bool
+    revision: int | None
+    server_name: str
+
+
+#: An `on_synced` callback.
+SyncedFn = Callable[[SyncInfo], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -170,7 +204,9 @@ class NotifyClient:
         delta: Ask for a delta resync on reconnect (see the package docstring).
         backoff_initial: Seconds before the first reconnect attempt.
         backoff_max: Longest wait between attempts; waits double up to it, with jitter.
-        handshake_timeout: Seconds allowed for the VERSION exchange.
+        handshake_timeout: Seconds the server has to accept the stream. Our servers accept
+            at once and reply VERSION once they have their first snapshot, which the client
+            waits for however long it takes (an original server replies at once).
     """
 
     def __init__(
@@ -196,6 +232,7 @@ class NotifyClient:
         self._backoff_max = backoff_max
         self._handshake_timeout = handshake_timeout
         self._caches: dict[str, NotifyCache[Any]] = {}
+        self._by_url: dict[str, NotifyCache[Any]] = {}  # Any type URL → cache
         # upstream: what we have sent (re-sent after each reconnect), and what is pending
         self._upstream: dict[str, dict[str, Message]] = {}
         self._pending: dict[tuple[str, str], tuple[Action, Message]] = {}
@@ -206,6 +243,9 @@ class NotifyClient:
         self._pending_rev = 0
         self._connected = asyncio.Event()
         self._synced = asyncio.Event()
+        self._generation = 0
+        self._next_sync = asyncio.Event()  # set (and replaced) as a sync completes
+        self._on_synced: list[SyncedFn] = []
         self._server_name = ""
         self._server_addr = ""
         self._task: asyncio.Task[None] | None = None
@@ -230,7 +270,17 @@ class NotifyClient:
             raise RuntimeError(f"register the {name} cache before starting the notify client")
         cache: NotifyCache[T] = NotifyCache(cls)
         self._caches[name] = cache
+        self._by_url[TYPE_URL_PREFIX + name] = cache
         return cache
+
+    def on_synced(self, callback: SyncedFn) -> SyncedFn:
+        """Call `await callback(info)` after every completed send-all, first sync included.
+
+        It runs once the caches hold the whole send-all (and its callbacks ran), before
+        anything after it is applied and before `wait_resynced` returns.
+        """
+        self._on_synced.append(callback)
+        return callback
 
     # -- upstream ------------------------------------------------------------------------------
 
@@ -279,9 +329,32 @@ class NotifyClient:
         """Wait until a stream is up."""
         await self._connected.wait()
 
+    @property
+    def sync_generation(self) -> int:
+        """Send-alls completed so far (first sync and resyncs, full or delta); 0 before any."""
+        return self._generation
+
     async def wait_synced(self) -> None:
         """Wait for the first complete send-all (every cache filled)."""
         await self._synced.wait()
+
+    async def wait_resynced(self, after: int | None = None) -> int:
+        """Wait for a send-all to complete after generation `after`.
+
+        Take `sync_generation` before what causes the resync (a reconnect, `start()`),
+        then pass it here; bound the wait with `asyncio.timeout`.
+
+        Args:
+            after: A generation seen earlier; by default the current one, so this waits
+                for the next send-all.
+
+        Returns:
+            The generation now reached (above `after`).
+        """
+        target = self._generation if after is None else after
+        while self._generation <= target:
+            await self._next_sync.wait()
+        return self._generation
 
     # -- running -------------------------------------------------------------------------------
 
@@ -350,7 +423,8 @@ class NotifyClient:
             try:
                 async with asyncio.timeout(self._handshake_timeout):
                     await call.write(hello)
-                    reply = await call.read()
+                    await call.initial_metadata()  # the server has accepted the stream
+                reply = await call.read()  # maybe only once the server has its snapshot
                 if reply is grpc.aio.EOF:
                     raise ConnectionError("the server closed the stream during the handshake")
                 assert isinstance(reply, Notice)  # noqa: S101 - narrowing for mypy
@@ -401,23 +475,26 @@ class NotifyClient:
             if notice is grpc.aio.EOF:
                 return
             assert isinstance(notice, Notice)  # noqa: S101 - narrowing for mypy
-            if notice.action == notice_pb2.SENDALL_END:
+            action = notice.action
+            if action == notice_pb2.SENDALL_END:
                 if in_sendall:
                     in_sendall = False
                     await self._sendall_end(notice, announced, seen)
                 continue
-            if notice.action not in (notice_pb2.UPDATE, notice_pb2.DELETE):
+            if action != notice_pb2.UPDATE and action != notice_pb2.DELETE:
                 continue
-            cache = self._caches.get(any_type_name(notice.any))
+            packed = notice.any
+            cache = self._by_url.get(packed.type_url)
             if cache is None:
-                continue
-            obj = cache.cls()
-            obj.ParseFromString(notice.any.value)
-            key = key_string(obj)
-            if notice.action == notice_pb2.UPDATE:
+                cache = self._caches.get(any_type_name(packed))  # another URL prefix
+                if cache is None:
+                    continue
+            obj = cache.cls.FromString(packed.value)
+            key = cache._key(obj)
+            if action == notice_pb2.UPDATE:
                 if in_sendall:
                     seen[cache.type_name].add(key)
-                await cache._update(obj)
+                await cache._update(obj, key)
             else:
                 await cache._delete(key)
             if (
@@ -457,6 +534,12 @@ class NotifyClient:
             self._server_name,
             self._synced_rev,
         )
+        info = SyncInfo(self._generation + 1, delta, self._synced_rev, self._server_name)
+        for callback in self._on_synced:
+            await _guarded(callback(info), "sync")
+        self._generation = info.generation
+        self._next_sync.set()
+        self._next_sync = asyncio.Event()
 
 
 def _describe(err: BaseException) -> str:

@@ -15,6 +15,20 @@ of recent deletes), and one send queue per connected client:
   `on_receive(peer, action, obj)`; when the connection ends, `on_flush(peer, objects)` gets
   everything that peer sent and did not delete (the original's flush by notify id).
 - **Cloudlet filtering** for clients that ask for it, per `edge_cloud.notify.filters`.
+
+What it costs:
+
+- **Loading** does not hold up the event loop: a snapshot is applied a thousand objects at a
+  time, and the server is ready once it is applied. Objects a source hands over still
+  encoded (`Encoded`) are decoded in the background afterwards, a millisecond at a time
+  while no client is being sent to (cloudlet-scoped types first: a filtered client checks
+  all of them when it connects), or at once by whatever needs one sooner (a send, a
+  filter, a lookup). Clients that connect while the snapshot loads wait for it.
+- **Each object is serialized once**, however many clients it goes to: an UPDATE notice
+  is built (and, for servers wired by `add_to`, serialized to its wire bytes) the first time
+  it is written, then shared.
+- **A delta costs what changed**: each type keeps its keys ordered by revision, so the
+  objects written after a client's revision are found without looking at the others.
 """
 
 from __future__ import annotations
@@ -24,11 +38,12 @@ import bisect
 import contextlib
 import itertools
 import logging
+import operator
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import grpc
 import grpc.aio
@@ -57,19 +72,28 @@ from edge_cloud.notify.filters import (
     reached,
     stage_of,
 )
-from edge_cloud.notify.source import Change, NotifySource, Snapshot
+from edge_cloud.notify.source import Change, Encoded, NotifySource, Snapshot, Stored
+from edge_cloud.objects import keys
 
 __all__ = ["SERVICE_NAME", "FlushFn", "NotifyServer", "Peer", "ReceiveFn"]
 
 log = logging.getLogger(__name__)
 
 Notice = notice_pb2.Notice
-Context = grpc.aio.ServicerContext[Notice, Notice]
+#: A stream's context; it writes `Notice`s (`StreamNotice`) or their bytes (`add_to`).
+Context = grpc.aio.ServicerContext[Notice, Any]
 SERVICE_NAME: Final = "edgeproto.NotifyApi"
 _CLOUDLET_INFO: Final = "edgeproto.CloudletInfo"
 _EXPECTED_VERSION: Final = "Notify server expected action version"
 _RETRY_MIN: Final = 0.1
 _RETRY_MAX: Final = 5.0
+#: Objects applied between two yields to the event loop while a snapshot is applied.
+_YIELD_EVERY: Final = 1000
+#: Seconds of background decoding between two yields to the event loop.
+_DECODE_SLICE: Final = 0.001
+#: Seconds background decoding waits while a client is being sent to.
+_DECODE_PAUSE: Final = 0.01
+_REVISION = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,19 +120,97 @@ FlushFn = Callable[[Peer, Mapping[str, Mapping[str, Message]]], Awaitable[None]]
 
 
 class _Entry:
-    """An object in the server's copy, with its UPDATE notice built once for every client."""
+    """An object in the server's copy, shared by every client's queue.
 
-    __slots__ = ("_notice", "mod_rev", "obj")
+    Never changed once made (a write makes a new entry), so a queue may hold it and build
+    its notice later. The object may arrive encoded; it is decoded on first use, and its
+    UPDATE notice (or that notice's wire bytes) is built once for every client.
+    """
 
-    def __init__(self, obj: Message, mod_rev: int) -> None:
-        self.obj = obj
+    __slots__ = ("_decode", "_notice", "_obj", "_raw", "_wire", "key", "mod_rev")
+
+    def __init__(
+        self,
+        key: str,
+        mod_rev: int,
+        obj: Message | None = None,
+        *,
+        raw: bytes | None = None,
+        decode: Callable[[bytes], Message] | None = None,
+    ) -> None:
+        self.key = key
         self.mod_rev = mod_rev
+        self._obj = obj
+        self._raw = raw
+        self._decode = decode
         self._notice: Notice | None = None
+        self._wire: bytes | None = None
+
+    @classmethod
+    def of(cls, key: str, item: Stored | Encoded) -> _Entry:
+        if isinstance(item, Encoded):
+            return cls(key, item.mod_rev, raw=item.value, decode=item.decode)
+        return cls(key, item.mod_rev, item.obj)
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the object was handed over decoded or has been decoded since."""
+        return self._raw is None
+
+    @property
+    def obj(self) -> Message | None:
+        """The object; None if its stored bytes do not decode (it is never sent then)."""
+        if self._raw is not None:
+            self.decode()
+        return self._obj
+
+    def decode(self) -> None:
+        """Decode the stored bytes now, if not done yet."""
+        raw, decode = self._raw, self._decode
+        if raw is None or decode is None:
+            return
+        self._raw = self._decode = None
+        try:
+            self._obj = decode(raw)
+        except Exception as err:
+            log.warning("notify: skipping undecodable object %s: %s", self.key, err)
+
+    def notice(self) -> Notice | None:
+        if self._notice is None:
+            obj = self.obj
+            if obj is None:
+                return None
+            self._notice = data_notice(Action.UPDATE, obj, self.mod_rev)
+        return self._notice
+
+    def wire(self) -> bytes | None:
+        if self._wire is None:
+            notice = self._notice
+            if notice is None:
+                obj = self.obj
+                if obj is None:
+                    return None
+                notice = data_notice(Action.UPDATE, obj, self.mod_rev)  # not kept: bytes are
+            self._wire = notice.SerializeToString()
+        return self._wire
+
+
+class _Built:
+    """Any other notice (a DELETE, SENDALL_END), serialized at most once."""
+
+    __slots__ = ("_notice", "_wire")
+
+    def __init__(self, notice: Notice) -> None:
+        self._notice = notice
+        self._wire: bytes | None = None
 
     def notice(self) -> Notice:
-        if self._notice is None:
-            self._notice = data_notice(Action.UPDATE, self.obj, self.mod_rev)
         return self._notice
+
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = self._notice.SerializeToString()
+        return self._wire
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -119,7 +221,58 @@ class _Tombstone:
     obj: Message = field(compare=False)
 
 
-_Item = Notice | list[Notice]
+class _RevisionIndex:
+    """One type's keys by the revision that last wrote them, oldest first: what deltas read.
+
+    Writes are appended (changes come in commit order); a snapshot's objects come in any
+    order and are sorted once it is applied. Pairs whose entry was rewritten or deleted
+    since are skipped when read and dropped once they outnumber the live ones.
+    """
+
+    __slots__ = ("_pairs", "_sorted")
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[int, str]] = []
+        self._sorted = True
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def add(self, mod_rev: int, key: str, objects: Mapping[str, _Entry]) -> None:
+        pairs = self._pairs
+        if pairs and mod_rev < pairs[-1][0]:
+            self._sorted = False
+        pairs.append((mod_rev, key))
+        if len(pairs) > 2 * len(objects) + 1024:
+            self._pairs = [(r, k) for r, k in pairs if _live(objects, r, k)]
+
+    def settle(self) -> None:
+        """Sort after out-of-order additions (one C sort; ~30 ms for 100k pairs)."""
+        if not self._sorted:
+            self._pairs.sort(key=_REVISION)
+            self._sorted = True
+
+    def since(self, mod_rev: int, objects: Mapping[str, _Entry]) -> list[_Entry]:
+        """The current entries written after `mod_rev`, oldest first."""
+        self.settle()
+        start = bisect.bisect_right(self._pairs, mod_rev, key=_REVISION)
+        out: list[_Entry] = []
+        seen: set[str] = set()
+        for rev, key in self._pairs[start:]:
+            entry = objects.get(key)
+            if entry is not None and entry.mod_rev == rev and key not in seen:
+                seen.add(key)
+                out.append(entry)
+        return out
+
+
+def _live(objects: Mapping[str, _Entry], mod_rev: int, key: str) -> bool:
+    entry = objects.get(key)
+    return entry is not None and entry.mod_rev == mod_rev
+
+
+_Out = _Entry | _Built
+_Item = _Out | list[_Out]
 
 
 @dataclass(eq=False, slots=True)
@@ -131,6 +284,7 @@ class _Conn:
     limit: int
     queue: deque[_Item] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: bool = False  # its writer is working through an item
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     abort: tuple[grpc.StatusCode, str] | None = None
     delta_since: int | None = None
@@ -174,7 +328,9 @@ class NotifyServer:
 
     Add it to a grpc.aio server with `add_to`, and run it (`run()` as a daemon background
     coroutine, or `async with server:`) so it loads and follows its source. Clients that
-    connect before the first snapshot is loaded wait for it (up to `sync_timeout`).
+    connect before the first snapshot is loaded wait for it, however long loading takes;
+    only a server that is not loading (not started, or its source failing) refuses them,
+    after `sync_timeout`.
 
     Args:
         source: Where objects come from.
@@ -190,7 +346,9 @@ class NotifyServer:
         tombstone_limit: Deletes remembered for delta resync; older ones push the oldest
             revision a delta can start from forward.
         handshake_timeout: Seconds a client has to send its VERSION notice.
-        sync_timeout: Seconds a client waits for the first snapshot before it is refused.
+        sync_timeout: Seconds a client waits for the first snapshot while none is loading
+            before it is refused (UNAVAILABLE, so it tries another server); also the bound
+            on reading delete history from the source.
     """
 
     def __init__(
@@ -211,6 +369,7 @@ class NotifyServer:
         self._source = source
         self._name = name
         self._order = [type_name(t) for t in send_types]
+        self._classes = {type_name(t): t for t in send_types}
         self._rank = {n: i for i, n in enumerate(self._order)}
         self._receive = {type_name(t): t for t in receive_types}
         self._on_receive = on_receive
@@ -227,10 +386,16 @@ class NotifyServer:
         self._sync_timeout = sync_timeout
 
         self._objects: dict[str, dict[str, _Entry]] = {n: {} for n in self._order}
+        self._index = {n: _RevisionIndex() for n in self._order}
         self._revision = 0
         self._floor = 0  # deltas can start at revisions >= this
         self._tombstones: list[_Tombstone] = []
         self._ready = asyncio.Event()
+        self._loading = False  # a snapshot is being read or applied
+        self._state_changed = asyncio.Event()  # set (and replaced) when either changes
+        self._applying = asyncio.Lock()  # held while a snapshot is applied
+        self._undecoded: deque[tuple[str, _Entry]] = deque()  # for `_decode_ahead`
+        self._undecoded_added = asyncio.Event()
         self._history_lock = asyncio.Lock()
         self._conns: set[_Conn] = set()
         self._ids = itertools.count(1)
@@ -239,14 +404,18 @@ class NotifyServer:
     # -- wiring ------------------------------------------------------------------------------
 
     def add_to(self, server: grpc.aio.Server) -> str:
-        """Serve `edgeproto.NotifyApi` on `server`; returns the service name (for health)."""
+        """Serve `edgeproto.NotifyApi` on `server`; returns the service name (for health).
+
+        The method writes each notice's wire bytes, serialized once for every client (no
+        response serializer); the bytes are those `Notice.SerializeToString` gives.
+        """
         handler = grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 "StreamNotice": grpc.stream_stream_rpc_method_handler(
-                    self.StreamNotice,
+                    self._stream_wire,
                     request_deserializer=Notice.FromString,
-                    response_serializer=Notice.SerializeToString,
+                    response_serializer=None,
                 )
             },
         )
@@ -259,27 +428,59 @@ class NotifyServer:
         A failing source is retried with backoff; each retry starts from a new snapshot,
         compared with what is held, so clients see exactly the differences.
         """
+        decoder = asyncio.create_task(self._decode_ahead(), name=f"notify-decode-{self._name}")
         delay = _RETRY_MIN
+        try:
+            while True:
+                try:
+                    self._set_loading(True)
+                    snapshot = await self._source.snapshot()
+                    await self._apply_snapshot(snapshot)
+                    if not self._ready.is_set():
+                        self._floor = snapshot.revision
+                        self._ready.set()
+                        log.info(
+                            "notify server %s synced at revision %d", self._name, self._revision
+                        )
+                    self._set_loading(False)  # wakes the clients waiting for the snapshot
+                    delay = _RETRY_MIN
+                    async for item in self._source.changes(self._revision):
+                        if isinstance(item, Snapshot):
+                            await self._apply_snapshot(item)
+                        else:
+                            self._apply_change(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    self._set_loading(False)
+                    log.warning("notify source failed (%s); reloading in %.1fs", err, delay)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                    delay = min(delay * 2, _RETRY_MAX)
+        finally:
+            decoder.cancel()
+            await asyncio.wait([decoder])
+            self._set_loading(False)
+
+    async def _decode_ahead(self) -> None:
+        """Decode what snapshots handed over encoded, so that sends and filters need not.
+
+        Only while no client is being sent to: a writer decodes what it sends itself, and
+        would otherwise wait for a slice of decoding before each of its writes.
+        """
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                snapshot = await self._source.snapshot()
-                self._apply_snapshot(snapshot)
-                if not self._ready.is_set():
-                    self._floor = snapshot.revision
-                    self._ready.set()
-                    log.info("notify server %s synced at revision %d", self._name, self._revision)
-                delay = _RETRY_MIN
-                async for item in self._source.changes(self._revision):
-                    if isinstance(item, Snapshot):
-                        self._apply_snapshot(item)
-                    else:
-                        self._apply_change(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("notify source failed (%s); reloading in %.1fs", err, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                delay = min(delay * 2, _RETRY_MAX)
+            while not self._undecoded:
+                self._undecoded_added.clear()
+                await self._undecoded_added.wait()
+            if any(c.sending or c.queue for c in self._conns):
+                await asyncio.sleep(_DECODE_PAUSE)
+                continue
+            until = loop.time() + _DECODE_SLICE
+            while self._undecoded and loop.time() < until:
+                name, entry = self._undecoded.popleft()
+                if self._objects[name].get(entry.key) is entry:  # not replaced meanwhile
+                    entry.decode()
+            await asyncio.sleep(0)
 
     async def start(self) -> None:
         """Run `run()` as a task owned by this server (ended by `close`)."""
@@ -331,100 +532,199 @@ class NotifyServer:
 
     def objects(self, obj_type: type[Message]) -> dict[str, Message]:
         """A copy of the current objects of a type by key string."""
-        return {k: e.obj for k, e in self._objects.get(type_name(obj_type), {}).items()}
+        entries = self._objects.get(type_name(obj_type), {})
+        return {k: obj for k, e in entries.items() if (obj := e.obj) is not None}
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    def _set_loading(self, loading: bool) -> None:
+        if loading != self._loading:
+            self._loading = loading
+            self._signal()
+
+    def _signal(self) -> None:
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    async def _wait_ready(self) -> bool:
+        """Wait for the first snapshot; False once `sync_timeout` passed with none loading."""
+        budget = self._sync_timeout
+        loop = asyncio.get_running_loop()
+        while not self._ready.is_set():
+            changed = self._state_changed
+            if self._loading:
+                await changed.wait()
+                continue
+            started = loop.time()
+            try:
+                async with asyncio.timeout(budget):
+                    await changed.wait()
+            except TimeoutError:
+                return False
+            budget -= loop.time() - started
+        return True
 
     # -- applying the source -------------------------------------------------------------------
 
-    def _apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Replace the held state with `snapshot`, telling clients about every difference."""
-        for name in self._order:
-            current = self._objects[name]
-            fresh = {key_string(s.obj): s for s in snapshot.objects.get(name, ())}
-            for key in [k for k in current if k not in fresh]:
-                gone = current.pop(key)
-                self._tombstone(name, key, gone.obj, snapshot.revision)
-                self._dispatch(name, Action.DELETE, gone.obj, snapshot.revision)
-            for key, stored in fresh.items():
-                old = current.get(key)
-                if old is not None and old.mod_rev == stored.mod_rev:
-                    continue
-                entry = _Entry(stored.obj, stored.mod_rev)
-                current[key] = entry
-                self._dispatch(name, Action.UPDATE, stored.obj, stored.mod_rev, entry)
-        self._revision = max(self._revision, snapshot.revision)
+    async def _apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the held state with `snapshot`, telling clients about every difference.
+
+        Gives the event loop back every `_YIELD_EVERY` objects; no client registers
+        meanwhile (`_open` waits), so none sees a send-all of half a snapshot.
+        """
+        async with self._applying:
+            done = 0
+            scoped: list[tuple[str, _Entry]] = []  # left encoded, for `_decode_ahead`
+            others: list[tuple[str, _Entry]] = []
+            for name in self._order:
+                current = self._objects[name]
+                index = self._index[name]
+                undecoded = scoped if name in self._filters else others
+                fresh: dict[str, Stored | Encoded] = {}
+                for item in snapshot.objects.get(name, ()):
+                    fresh[_key_of(item)] = item
+                    done += 1
+                    if done % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                for key in [k for k in current if k not in fresh]:
+                    gone = current.pop(key)
+                    deleted = self._key_only(name, gone)
+                    if deleted is not None:
+                        self._tombstone(name, key, deleted, snapshot.revision)
+                        self._dispatch(name, key, snapshot.revision, gone=deleted)
+                    done += 1
+                    if done % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                for key, item in fresh.items():
+                    done += 1
+                    if done % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    old = current.get(key)
+                    if old is not None and old.mod_rev == item.mod_rev:
+                        continue
+                    entry = _Entry.of(key, item)
+                    current[key] = entry
+                    index.add(entry.mod_rev, key, current)
+                    if not entry.decoded:
+                        undecoded.append((name, entry))
+                    self._dispatch(name, key, entry.mod_rev, entry)
+                index.settle()
+            self._revision = max(self._revision, snapshot.revision)
+            if scoped or others:
+                self._undecoded.extend(scoped)
+                self._undecoded.extend(others)
+                self._undecoded_added.set()
 
     def _apply_change(self, change: Change) -> None:
         objects = self._objects.get(change.type_name)
         self._revision = max(self._revision, change.mod_rev)
         if objects is None:
             return
-        key = key_string(change.obj)
+        name = change.type_name
+        key = change.key or key_string(change.obj)
         if change.action is Action.UPDATE:
-            entry = _Entry(change.obj, change.mod_rev)
+            entry = _Entry(key, change.mod_rev, change.obj)
             objects[key] = entry
-            self._dispatch(change.type_name, Action.UPDATE, change.obj, change.mod_rev, entry)
+            self._index[name].add(change.mod_rev, key, objects)
+            self._dispatch(name, key, change.mod_rev, entry)
             return
         gone = objects.pop(key, None)
-        self._tombstone(change.type_name, key, change.obj, change.mod_rev)
+        deleted = key_only(change.obj)
+        self._tombstone(name, key, deleted, change.mod_rev)
         if gone is not None:
-            self._dispatch(change.type_name, Action.DELETE, gone.obj, change.mod_rev)
+            self._dispatch(name, key, change.mod_rev, gone=deleted)
 
-    def _tombstone(self, name: str, key: str, obj: Message, mod_rev: int) -> None:
-        self._tombstones.append(_Tombstone(mod_rev, name, key, key_only(obj)))
+    def _key_only(self, name: str, entry: _Entry) -> Message | None:
+        """What a DELETE of `entry` carries: its object with only the key set."""
+        obj = entry.obj if entry.decoded else None
+        if obj is not None:
+            return key_only(obj)
+        try:  # from the key string: cheaper than decoding, and works for undecodable ones
+            deleted: Message = keys.object_from_key_string(self._classes[name], entry.key)
+        except Exception as err:
+            log.warning("notify: cannot delete %s %s: %s", name, entry.key, err)
+            return None
+        return deleted
+
+    def _tombstone(self, name: str, key: str, deleted: Message, mod_rev: int) -> None:
+        self._tombstones.append(_Tombstone(mod_rev, name, key, deleted))
         excess = len(self._tombstones) - self._tombstone_limit
         if excess > self._tombstone_limit // 4:
             self._floor = max(self._floor, self._tombstones[excess - 1].mod_rev)
             del self._tombstones[:excess]
 
     def _dispatch(
-        self, name: str, action: Action, obj: Message, mod_rev: int, entry: _Entry | None = None
+        self,
+        name: str,
+        key: str,
+        mod_rev: int,
+        entry: _Entry | None = None,
+        gone: Message | None = None,
     ) -> None:
-        """Queue one change for every client that should see it."""
+        """Queue one change for every client that should see it.
+
+        Args:
+            name: The object's type.
+            key: Its key string.
+            mod_rev: Revision of the change.
+            entry: The new entry, for an UPDATE.
+            gone: The key-only object, for a DELETE.
+        """
         if not self._conns:
             return
-        if entry is not None:
-            notice = entry.notice()
-        else:
-            notice = data_notice(Action.DELETE, key_only(obj), mod_rev)
+        out: _Out | None = entry
+        delete: _Built | None = None
+        if entry is None and gone is not None:
+            out = delete = _Built(data_notice(Action.DELETE, gone, mod_rev))
+        if out is None:
+            return
         for conn in self._conns:
             if name not in conn.wants:
                 continue
             flt = self._filters.get(name) if conn.filtered else None
             if flt is None:
-                conn.push(notice)
+                conn.push(out)
             else:
                 sent = conn.sent.setdefault(name, {})
-                key = key_string(obj)
-                if action is Action.UPDATE and reached(flt, obj, conn.cloudlets.values(), self):
+                obj = None if entry is None else entry.obj
+                if obj is not None and reached(flt, obj, conn.cloudlets.values(), self):
                     sent[key] = mod_rev
-                    conn.push(notice)
+                    conn.push(out)
                 elif key in sent:
                     del sent[key]
-                    conn.push(data_notice(Action.DELETE, key_only(obj), mod_rev))
+                    if delete is None and entry is not None:
+                        deleted = self._key_only(name, entry)
+                        if deleted is not None:
+                            delete = _Built(data_notice(Action.DELETE, deleted, mod_rev))
+                    if delete is not None:
+                        conn.push(delete)
             if conn.filtered:
                 for dependent in self._dependents.get(name, ()):
                     conn.push(self._recheck(conn, dependent))
 
     # -- filtered clients ------------------------------------------------------------------
 
-    def _recheck(self, conn: _Conn, name: str) -> list[Notice]:
+    def _recheck(self, conn: _Conn, name: str) -> list[_Out]:
         """Bring a filtered client's copy of one scoped type in line with its filter."""
         if name not in conn.wants:
             return []
         flt = self._filters[name]
         sent = conn.sent.setdefault(name, {})
         cloudlets = list(conn.cloudlets.values())
-        out: list[Notice] = []
+        out: list[_Out] = []
         for key in [k for k in sent if k not in self._objects[name]]:
             del sent[key]  # deleted while held back; the delete already went out
         for key, entry in self._objects[name].items():
-            passes = reached(flt, entry.obj, cloudlets, self)
+            obj = entry.obj
+            passes = obj is not None and reached(flt, obj, cloudlets, self)
             if passes and sent.get(key) != entry.mod_rev:
                 sent[key] = entry.mod_rev
-                out.append(entry.notice())
+                out.append(entry)
             elif not passes and key in sent:
                 del sent[key]
-                out.append(data_notice(Action.DELETE, key_only(entry.obj), self._revision))
+                deleted = self._key_only(name, entry)
+                if deleted is not None:
+                    out.append(_Built(data_notice(Action.DELETE, deleted, self._revision)))
         return out
 
     def _cloudlet_info(self, conn: _Conn, action: Action, info: cloudlet_pb2.CloudletInfo) -> None:
@@ -441,13 +741,13 @@ class NotifyServer:
             ck = CloudletKey()
             ck.CopyFrom(info.key)
             conn.cloudlets[key] = (ck, stage)
-        batch: list[Notice] = []
+        batch: list[_Out] = []
         for name in self._order:
             if name in self._filters:
                 batch.extend(self._recheck(conn, name))
         if not conn.sendall_end_sent and any(s is Stage.READY for _, s in conn.cloudlets.values()):
             conn.sendall_end_sent = True
-            batch.append(self._sendall_end(conn))
+            batch.append(_Built(self._sendall_end(conn)))
         conn.push(batch)
 
     # -- connections ---------------------------------------------------------------------------
@@ -468,10 +768,11 @@ class NotifyServer:
         if since is not None and self._floor <= since <= self._revision:
             conn.delta_since = since
         held = self._filters.keys() if conn.filtered else frozenset()
-        batch: list[Notice] = []
-        if conn.delta_since is not None:
+        batch: list[_Out] = []
+        floor = conn.delta_since
+        if floor is not None:
             deletes: dict[tuple[str, str], _Tombstone] = {}
-            start = bisect.bisect_right(self._tombstones, since, key=lambda t: t.mod_rev)
+            start = bisect.bisect_right(self._tombstones, floor, key=lambda t: t.mod_rev)
             for tomb in self._tombstones[start:]:
                 if (
                     tomb.type_name in conn.wants
@@ -480,18 +781,18 @@ class NotifyServer:
                 ):
                     deletes[tomb.type_name, tomb.key] = tomb
             for tomb in sorted(deletes.values(), key=lambda t: -self._rank[t.type_name]):
-                batch.append(data_notice(Action.DELETE, tomb.obj, tomb.mod_rev))
+                batch.append(_Built(data_notice(Action.DELETE, tomb.obj, tomb.mod_rev)))
         for name in self._order:
             if name not in conn.wants or name in held:
                 continue
-            entries: Iterable[_Entry] = self._objects[name].values()
-            if conn.delta_since is not None:
-                floor = conn.delta_since
-                entries = sorted((e for e in entries if e.mod_rev > floor), key=lambda e: e.mod_rev)
-            batch.extend(e.notice() for e in entries)
+            objects = self._objects[name]
+            if floor is None:
+                batch.extend(objects.values())
+            else:
+                batch.extend(self._index[name].since(floor, objects))
         if not conn.filtered:
             conn.sendall_end_sent = True
-            batch.append(self._sendall_end(conn))
+            batch.append(_Built(self._sendall_end(conn)))
         conn.push(batch)
         self._conns.add(conn)
 
@@ -514,7 +815,7 @@ class NotifyServer:
                     tomb = _Tombstone(
                         change.mod_rev,
                         change.type_name,
-                        key_string(change.obj),
+                        change.key or key_string(change.obj),
                         key_only(change.obj),
                     )
                     bisect.insort(self._tombstones, tomb)
@@ -526,7 +827,23 @@ class NotifyServer:
         request_iterator: AsyncIterator[Notice],
         context: grpc.aio.ServicerContext[Notice, Notice],
     ) -> None:
-        """One client connection: handshake, send-all, then both directions until it ends."""
+        """One client connection: handshake, send-all, then both directions until it ends.
+
+        Writes `Notice` messages, for a server that registers this method itself with
+        `Notice.SerializeToString` as its response serializer; `add_to` registers a variant
+        that writes bytes serialized once for every client.
+        """
+        await self._serve(context, wire=False)
+
+    async def _stream_wire(
+        self,
+        request_iterator: AsyncIterator[Notice],
+        context: grpc.aio.ServicerContext[Notice, bytes],
+    ) -> None:
+        """`StreamNotice` writing serialized notices (registered without a serializer)."""
+        await self._serve(context, wire=True)
+
+    async def _serve(self, context: Context, *, wire: bool) -> None:
         try:
             async with asyncio.timeout(self._handshake_timeout):
                 first = await _read(context)
@@ -537,10 +854,10 @@ class NotifyServer:
         if first.action != notice_pb2.VERSION:
             log.info("notify client %s opened with action %d", context.peer(), first.action)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _EXPECTED_VERSION)
-        try:
-            async with asyncio.timeout(self._sync_timeout):
-                await self._ready.wait()
-        except TimeoutError:
+        # Headers now tell the client the stream is accepted; the VERSION reply may wait for
+        # the first snapshot and for history (our clients bound only the wait for headers).
+        await context.send_initial_metadata(())
+        if not await self._wait_ready():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"notify server {self._name} is not synced yet"
             )
@@ -552,7 +869,8 @@ class NotifyServer:
             next(self._ids), context.peer(), first.tags.get(TAG_NAME, ""), first.filter_cloudlet_key
         )
         conn = _Conn(peer, frozenset(first.want_objs) & self._rank.keys(), self._queue_limit)
-        self._open(conn, since)
+        async with self._applying:
+            self._open(conn, since)
         tags = {TAG_NAME: self._name}
         if conn.delta_since is not None:
             tags[TAG_DELTA_SINCE] = str(conn.delta_since)
@@ -570,9 +888,11 @@ class NotifyServer:
             "full send" if conn.delta_since is None else f"delta since revision {conn.delta_since}",
         )
         try:
-            await context.write(reply)
+            await context.write(reply.SerializeToString() if wire else reply)
             await until_first(
-                self._read_loop(conn, context), self._write_loop(conn, context), conn.wait_closed()
+                self._read_loop(conn, context),
+                self._write_loop(conn, context, wire),
+                conn.wait_closed(),
             )
         finally:
             self._conns.discard(conn)
@@ -582,17 +902,19 @@ class NotifyServer:
         if conn.abort is not None:
             await context.abort(*conn.abort)
 
-    async def _write_loop(
-        self, conn: _Conn, context: grpc.aio.ServicerContext[Notice, Notice]
-    ) -> None:
+    async def _write_loop(self, conn: _Conn, context: Context, wire: bool) -> None:
         try:
             while True:
                 while not conn.queue:
+                    conn.sending = False
                     conn.wake.clear()
                     await conn.wake.wait()
+                conn.sending = True
                 item = conn.queue.popleft()
-                for notice in item if isinstance(item, list) else (item,):
-                    await context.write(notice)
+                for out in item if isinstance(item, list) else (item,):
+                    data = out.wire() if wire else out.notice()  # maybe decodes
+                    if data is not None:
+                        await context.write(data)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -600,9 +922,7 @@ class NotifyServer:
         finally:
             conn.close()
 
-    async def _read_loop(
-        self, conn: _Conn, context: grpc.aio.ServicerContext[Notice, Notice]
-    ) -> None:
+    async def _read_loop(self, conn: _Conn, context: Context) -> None:
         try:
             while True:
                 notice = await _read(context)
@@ -657,6 +977,12 @@ async def _read(context: Context) -> Notice | None:
     """The next notice, or None at the end of the stream."""
     notice: object = await context.read()
     return notice if isinstance(notice, Notice) else None
+
+
+def _key_of(item: Stored | Encoded) -> str:
+    if isinstance(item, Encoded) or item.key:
+        return item.key
+    return key_string(item.obj)
 
 
 def _parse_revision(text: str | None) -> int | None:

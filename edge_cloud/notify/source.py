@@ -8,18 +8,22 @@ tests and for daemons that replicate objects they hold only in memory.
 Revisions are the database's (etcd's `mod_revision`): they increase with every commit, several
 objects changed by one commit share one, and they mean the same on every server of a region,
 which is what lets a client resume from a revision with any of them (delta resync).
+
+A source that knows an object's key string says so (`key`), sparing the server from computing
+it; one whose objects are costly to decode may hand snapshot objects over still encoded
+(`Encoded`), and the server decodes each the first time it needs it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_cloud.notify._wire import Action, Message, key_only, key_string, type_name
 
-__all__ = ["Change", "MemorySource", "NotifySource", "Snapshot", "Stored"]
+__all__ = ["Change", "Encoded", "MemorySource", "NotifySource", "Snapshot", "Stored"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +33,30 @@ class Stored:
     Attributes:
         obj: The whole object. Never mutated once handed over.
         mod_rev: Revision of the commit that last wrote it.
+        key: Its key string (`key_string(obj)`), or empty when the source leaves it to the
+            server.
     """
 
     obj: Message
     mod_rev: int
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One object of a snapshot, not decoded yet: decoding is most of what loading costs.
+
+    Attributes:
+        key: Its key string.
+        mod_rev: Revision of the commit that last wrote it.
+        value: The stored bytes.
+        decode: Makes the object from `value`; raises when the bytes are not one.
+    """
+
+    key: str
+    mod_rev: int
+    value: bytes
+    decode: Callable[[bytes], Message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +65,11 @@ class Snapshot:
 
     Attributes:
         objects: Objects by full type name (`edgeproto.App`); types with no objects may be
-            missing.
+            missing. Each is decoded (`Stored`) or not yet (`Encoded`).
         revision: The revision the snapshot describes: every change up to it is included.
     """
 
-    objects: Mapping[str, Sequence[Stored]]
+    objects: Mapping[str, Sequence[Stored | Encoded]]
     revision: int
 
 
@@ -58,12 +82,14 @@ class Change:
         action: UPDATE (created or changed) or DELETE.
         obj: The whole new object for an UPDATE; for a DELETE at least its key.
         mod_rev: Revision of the commit.
+        key: Its key string, or empty when the source leaves it to the server.
     """
 
     type_name: str
     action: Action
     obj: Message
     mod_rev: int
+    key: str = ""
 
 
 class NotifySource(Protocol):
@@ -150,14 +176,14 @@ class MemorySource:
         for obj in puts:
             copy = type(obj)()
             copy.CopyFrom(obj)
-            name = type_name(obj)
-            self._objects.setdefault(name, {})[key_string(copy)] = Stored(copy, revision)
-            changes.append(Change(name, Action.UPDATE, copy, revision))
+            name, key = type_name(obj), key_string(copy)
+            self._objects.setdefault(name, {})[key] = Stored(copy, revision, key)
+            changes.append(Change(name, Action.UPDATE, copy, revision, key))
         for obj in deletes:
-            name = type_name(obj)
-            gone = self._objects.get(name, {}).pop(key_string(obj), None)
+            name, key = type_name(obj), key_string(obj)
+            gone = self._objects.get(name, {}).pop(key, None)
             if gone is not None:
-                changes.append(Change(name, Action.DELETE, key_only(obj), revision))
+                changes.append(Change(name, Action.DELETE, key_only(obj), revision, key))
         if not changes:
             return self._revision
         self._revision = revision

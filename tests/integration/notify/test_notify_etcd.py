@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
-from edge_cloud.notify import EtcdNotifySource, NotifyClient, key_string
+import pytest
+
+from edge_cloud.notify import EtcdNotifySource, NotifyClient, NotifyServer, key_string
 from edge_cloud.notify._wire import Message
 from edge_cloud.objects import codec, keys
 from edge_cloud.store import Delete, EtcdStore, Op, Put
@@ -19,6 +22,7 @@ from tests.unit.edge_cloud.notify.harness import (
     eventually,
     flavor,
     notify_server,
+    serving,
 )
 
 
@@ -176,6 +180,43 @@ async def test_compacted_history_falls_back_to_a_full_send(etcd_store: EtcdStore
             )
     finally:
         await client.close()
+
+
+async def test_etcd_objects_are_decoded_once_after_the_server_is_ready(
+    etcd_store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+    ready_then: list[bool] = []
+    real_decode = codec.decode
+
+    def counting(objtype: Any, data: bytes | str) -> Any:
+        obj = real_decode(objtype, data)
+        decoded.append(key_string(obj))
+        ready_then.append(notify.delta_floor > 0)  # set as the first snapshot is in
+        return obj
+
+    monkeypatch.setattr(codec, "decode", counting)
+    for i in range(20):
+        await put(etcd_store, flavor(f"flavor-{i}"))
+    bad = flavor("bad")
+    await etcd_store.put(keys.object_store_key(bad), b"not json")
+    notify = NotifyServer(
+        EtcdNotifySource(etcd_store, SEND_TYPES), name="ctrl", send_types=SEND_TYPES
+    )
+    async with notify, serving(notify) as port:
+        async with asyncio.timeout(10):
+            await notify.wait_ready()
+        for _ in range(2):
+            client = new_client(port)
+            flavors = client.cache(Flavor)
+            async with client:
+                async with asyncio.timeout(10):
+                    await client.wait_synced()
+                assert len(flavors) == 20  # the undecodable one is left out
+                assert key_string(bad) not in flavors
+        assert notify.lookup("edgeproto.Flavor", key_string(bad)) is None
+        assert sorted(decoded) == sorted(key_string(flavor(f"flavor-{i}")) for i in range(20))
+        assert all(ready_then)
 
 
 def _diff(old: dict[str, bytes], new: dict[str, bytes], name: str) -> list[tuple[str, str, str]]:

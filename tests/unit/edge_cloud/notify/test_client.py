@@ -19,6 +19,8 @@ from edge_cloud.notify import (
     NotifyClient,
     NotifyServer,
     Peer,
+    Snapshot,
+    SyncInfo,
     key_string,
 )
 from edge_cloud.notify._wire import Message, pack
@@ -278,6 +280,105 @@ async def test_unknown_and_unwanted_objects_are_ignored() -> None:
             await synced(c)
             assert list(flavors) == [key_string(flavor("a"))]
             assert len(c.cache(CloudletInfo)) == 0
+
+
+async def test_wait_resynced_and_on_synced_follow_every_sync() -> None:
+    source = MemorySource([flavor("a"), flavor("b")])
+    c = client(0)
+    infos: list[SyncInfo] = []
+    generations: list[int] = []
+    async with notify_server(source) as (_, port):
+        c = client(port)
+        flavors = c.cache(Flavor)
+
+        @c.on_synced
+        async def broken(info: SyncInfo) -> None:
+            raise RuntimeError("handler bug")
+
+        @c.on_synced
+        async def synced_(info: SyncInfo) -> None:
+            infos.append(info)
+            generations.append(c.sync_generation)  # counted once callbacks ran
+            assert len(flavors) == (2 if info.generation == 1 else 3)
+
+        assert c.sync_generation == 0
+        await c.start()
+        async with asyncio.timeout(5):
+            assert await c.wait_resynced() == 1  # by default: the next sync
+            assert await c.wait_resynced(0) == 1  # already past it: at once
+        assert infos == [SyncInfo(1, False, source.revision, "ctrl")]
+        assert c.sync_generation == 1
+        nothing = asyncio.create_task(c.wait_resynced())
+    try:
+        source.put(flavor("c"))
+        async with notify_server(source, port=port):
+            async with asyncio.timeout(10):
+                assert await c.wait_resynced(1) == 2
+            assert await nothing == 2
+            assert infos[1] == SyncInfo(2, True, source.revision, "ctrl")
+            assert generations == [0, 1]
+            assert (c.stats.full_syncs, c.stats.delta_syncs) == (1, 1)
+    finally:
+        await c.close()
+
+
+async def test_cache_keys_are_computed_once_per_notice() -> None:
+    source = MemorySource([flavor(f"f{i}") for i in range(50)])
+    async with notify_server(source) as (_, port):
+        c = client(port)
+        flavors = c.cache(Flavor)
+        assert flavors.key_of(flavor("f1")) == key_string(flavor("f1"))
+        calls: list[str] = []
+        encode = flavors._key
+
+        def counting(obj: Message) -> str:
+            key = encode(obj)
+            calls.append(key)
+            return key
+
+        flavors._key = counting
+        async with c:
+            await synced(c)
+            assert len(calls) == 50
+            source.delete(flavor("f1"))
+            await eventually(lambda: _assert(len(flavors) == 49))
+            assert len(calls) == 51
+            assert flavors.get_for(flavor("f2")) == flavor("f2")
+
+
+async def test_client_waits_for_a_loading_server_past_its_handshake_timeout() -> None:
+    class SlowSource(MemorySource):
+        release = asyncio.Event()
+
+        async def snapshot(self) -> Snapshot:
+            await self.release.wait()
+            return await super().snapshot()
+
+    source = SlowSource([flavor("a")])
+    notify = NotifyServer(source, name="ctrl", send_types=[Flavor])
+    async with notify, serving(notify) as port:
+        c = client(port, handshake_timeout=0.1)
+        flavors = c.cache(Flavor)
+        async with c:
+            await asyncio.sleep(0.5)  # five handshake timeouts
+            assert not c.cache(Flavor).synced
+            source.release.set()
+            await synced(c)
+            assert c.stats.connects == 1  # one stream, never given up
+            assert list(flavors) == [key_string(flavor("a"))]
+
+
+async def test_client_retries_a_server_that_refuses_until_it_is_synced() -> None:
+    source = MemorySource([flavor("a")])
+    notify = NotifyServer(source, name="ctrl", send_types=[Flavor], sync_timeout=0.05)
+    async with serving(notify) as port:
+        c = client(port)
+        c.cache(Flavor)
+        async with c:
+            await asyncio.sleep(0.3)  # refused (not started, so not loading) again and again
+            assert c.stats.connects == 0
+            async with notify:
+                await synced(c)
 
 
 def _assert(condition: bool) -> None:
