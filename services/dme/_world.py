@@ -696,6 +696,17 @@ class World:
                 record.state = _NOT_PRESENT
                 self._refresh(key)
 
+    def instances_on(self, key: CloudletKey) -> Collection[Instance]:
+        """The instances on a cloudlet (read-only).
+
+        Args:
+            key: The cloudlet.
+
+        Returns:
+            Its instances, usable or not.
+        """
+        return self._on(key)
+
     def _on(self, key: CloudletKey) -> Collection[Instance]:
         return self._insts_by_cloudlet.get(key, {}).values()
 

@@ -1,0 +1,1 @@
+"""The DME's gRPC services: one servicer class, registered under every service name."""

@@ -1,0 +1,1 @@
+"""Integration tests of the DME against real servers."""
