@@ -19,7 +19,15 @@ from typing import Any, Final
 
 import grpc
 import grpc.aio
-from edgeproto import ccrm_pb2, ccrm_pb2_grpc, cloudlet_pb2, cloudletkey_pb2
+from edgeproto import (
+    appinst_pb2,
+    ccrm_pb2,
+    ccrm_pb2_grpc,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    clusterinst_pb2,
+    result_pb2,
+)
 
 from edge_cloud import api
 from edge_cloud.config import TlsFiles
@@ -213,6 +221,71 @@ class CcrmClients:
             raise _error(err, "") from err
         finally:
             call.cancel()
+
+    async def apply_cluster_inst(
+        self,
+        node_type: str,
+        cluster: clusterinst_pb2.ClusterInst,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+        on_info: Callable[[clusterinst_pb2.ClusterInstInfo], Awaitable[None]],
+    ) -> None:
+        """Run ClusterPlatformAPI.ApplyClusterInst, handing each streamed info to `on_info`.
+
+        Raises:
+            EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
+        """
+        stub = ccrm_pb2_grpc.ClusterPlatformAPIStub(self.channel(node_type))
+        call: Any = stub.ApplyClusterInst(cluster, timeout=timeout)
+        try:
+            async for info in call:
+                await on_info(info)
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        finally:
+            call.cancel()
+
+    async def apply_app_inst(
+        self,
+        node_type: str,
+        inst: appinst_pb2.AppInst,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+        on_info: Callable[[appinst_pb2.AppInstInfo], Awaitable[None]],
+    ) -> None:
+        """Run AppInstPlatformAPI.ApplyAppInst, handing each streamed info to `on_info`.
+
+        Raises:
+            EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
+        """
+        stub = ccrm_pb2_grpc.AppInstPlatformAPIStub(self.channel(node_type))
+        call: Any = stub.ApplyAppInst(inst, timeout=timeout)
+        try:
+            async for info in call:
+                await on_info(info)
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        finally:
+            call.cancel()
+
+    async def get_cluster_credentials(
+        self,
+        node_type: str,
+        request: clusterinst_pb2.ClusterCredentialsRequest,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> result_pb2.Result:
+        """CloudletPlatformAPI.GetClusterCredentials on the CCRM of a node type.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        call: Any = self.cloudlet_api(node_type).GetClusterCredentials(request, timeout=timeout)
+        try:
+            result: result_pb2.Result = await call
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, "") from err
+        return result
 
     async def close(self) -> None:
         """Close every channel. Idempotent."""

@@ -68,6 +68,7 @@ from services.controller._cloudletinfo import (
     state_name,
 )
 from services.controller._engine import DELETE_PREPARE, Txn
+from services.controller._inst_ops import ClusterInstOps
 from services.controller._progress import ERROR, OpStream, StreamStart, compact_text, stream_key
 from services.controller._sync import Caches
 from services.controller._tracked import (
@@ -97,6 +98,7 @@ RES_TAG_TABLE: Final = registry.by_class(restagtable_pb2.ResTagTable)
 CLOUDLET_REFS: Final = registry.by_class(refs_pb2.CloudletRefs)
 CLOUDLET_IPS: Final = registry.by_class(refs_pb2.CloudletIPs)
 CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
+CLUSTER_REFS: Final = registry.by_class(refs_pb2.ClusterRefs)
 APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
 NETWORK: Final = registry.by_class(network_pb2.Network)
 AUTOPROV_INFO: Final = registry.by_class(autoprovpolicy_pb2.AutoProvInfo)
@@ -598,6 +600,8 @@ class CloudletOps:
             txn.put(cloudlet)
             return cloudlet
 
+        if not cctx.undo:
+            await self._delete_idle_auto_clusters(key, sink)
         cloudlet, revision = await rt.engine.apply_at(mark)
         prev_state = previous[0]
         try:
@@ -666,6 +670,28 @@ class CloudletOps:
                 log.warning("could not undo delete prepare of %s: %s", key, undo_err)
 
         await self._run(stream, revision, work, on_error=on_error, cleanup_on_success=True)
+
+    async def _delete_idle_auto_clusters(
+        self, key: cloudletkey_pb2.CloudletKey, sink: Sink
+    ) -> None:
+        """Cascade: the cloudlet's reservable autoclusters without AppInsts go first.
+
+        Worker errors are ignored (the cloudlet is going away); clusters still in use stay
+        and make the cloudlet's in-use check refuse the delete.
+        """
+        caches = self._rt.caches
+        ops = ClusterInstOps(self._rt)
+        for ckey, cluster in list(caches.items(CLUSTER_INST)):
+            if cluster.cloudlet_key != key or not (cluster.auto and cluster.reservable):
+                continue
+            crefs = caches.get(CLUSTER_REFS, ckey)
+            if crefs is not None and crefs.apps:
+                continue
+            cctx = CallContext(override=TS.IGNORE_CRM_ERRORS, skip_cloudlet_ready_check=True)
+            try:
+                await ops.delete_internal(cctx, cluster, sink)
+            except EdgeError as err:
+                log.warning("cascaded delete of autocluster %s failed: %s", ckey, err)
 
     async def _ccrm_delete(
         self,

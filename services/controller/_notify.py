@@ -13,7 +13,7 @@ Upstream objects are handled per type:
 | VMPoolInfo | published; VMs, state and errors copied to the VMPool | - | - |
 | AutoProvInfo | stored | deleted | - |
 | Alert | monitored ones stored under the controller lease | deleted (same sender) | deleted |
-| ClusterInstInfo, AppInstInfo | handlers of the next slice (`register`) | | |
+| ClusterInstInfo, AppInstInfo | published; legal state moves merged (`_inst_ops`) | - | - |
 
 Ownership: records written from a connection carry its notify id and this controller's id,
 and disconnect handling touches only records with both, so a CRM that reconnected to
@@ -60,6 +60,7 @@ from edge_cloud.objects import codec, fields, keys, registry
 from edge_cloud.store import Store
 from services.controller._cloudletinfo import ALL_FIELDS, apply_info, mark_offline
 from services.controller._engine import Txn
+from services.controller._inst_ops import receive_app_inst_info, receive_cluster_inst_info
 from services.controller._progress import stream_key
 from services.controller._tracked import TrackedRuntime
 
@@ -202,6 +203,8 @@ class ControllerNotify:
             Handler(self._autoprov_info, self._autoprov_info_delete),
         )
         self.register(alert_pb2.Alert, Handler(self._alert, self._alert_delete, self._alert_flush))
+        self.register(clusterinst_pb2.ClusterInstInfo, Handler(self._cluster_inst_info))
+        self.register(appinst_pb2.AppInstInfo, Handler(self._app_inst_info))
 
     def register(self, cls: type[Message], handler: Handler) -> None:
         """Handle an upstream type (one of `RECEIVE_TYPES`); replaces an earlier handler."""
@@ -247,6 +250,15 @@ class ControllerNotify:
         self, peer: Peer, infos: Mapping[str, cloudlet_pb2.CloudletInfo]
     ) -> None:
         await mark_offline(self._rt, [i.key for i in infos.values()], peer.notify_id)
+
+    # -- ClusterInstInfo / AppInstInfo --------------------------------------------------------
+
+    async def _cluster_inst_info(self, peer: Peer, info: clusterinst_pb2.ClusterInstInfo) -> None:
+        info.notify_id = peer.notify_id
+        await receive_cluster_inst_info(self._rt, info)
+
+    async def _app_inst_info(self, peer: Peer, info: appinst_pb2.AppInstInfo) -> None:
+        await receive_app_inst_info(self._rt, info)
 
     # -- PlatformFeatures --------------------------------------------------------------------
 

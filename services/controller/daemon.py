@@ -19,6 +19,7 @@ from services.controller import api
 from services.controller._ccrm import CcrmClients, parse_platform_service_addrs
 from services.controller._cloudlet_ops import CloudletRecovery
 from services.controller._engine import Engine
+from services.controller._inst_ops import APP_INST, CLUSTER_INST, InstRecovery
 from services.controller._notify import ControllerNotify
 from services.controller._progress import Progress
 from services.controller._startup import (
@@ -103,7 +104,13 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self.runtime.attach(engine)
         self.runtime.attach_tracked(services)
         self._recovery = Recovery(
-            self.runtime, [CloudletRecovery(self.runtime)], interval=RECOVERY_INTERVAL
+            self.runtime,
+            [
+                CloudletRecovery(self.runtime),
+                InstRecovery(self.runtime, CLUSTER_INST),
+                InstRecovery(self.runtime, APP_INST),
+            ],
+            interval=RECOVERY_INTERVAL,
         )
         # Notify only once the caches are loaded: its handlers read and write through them.
         self._notify = ControllerNotify(

@@ -11,10 +11,12 @@ from services.controller._runtime import Runtime
 from services.controller.api import (
     alertpolicy,
     app,
+    appinst,
     autoprovpolicy,
     autoscalepolicy,
     cloudlet,
     cloudletinfo,
+    clusterinst,
     controller,
     flavor,
     gpudriver,
@@ -53,6 +55,8 @@ _MODULES = (
     vmpool,
     cloudlet,
     cloudletinfo,
+    clusterinst,
+    appinst,
     network,
     streamobj,
 )

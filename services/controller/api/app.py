@@ -19,8 +19,10 @@ from edgeproto import (
     alertpolicy_pb2,
     app_pb2,
     app_pb2_grpc,
+    appinst_pb2,
     autoscalepolicy_pb2,
     cloudletkey_pb2,
+    common_pb2,
     refs_pb2,
     result_pb2,
 )
@@ -37,7 +39,9 @@ from services.controller import _app, _uses
 from services.controller._app import APP, APP_INST, APP_INST_REFS, AppEnv, IdKeys, TxnReferences
 from services.controller._engine import Txn
 from services.controller._ids import now_timestamp, ulid
+from services.controller._inst_ops import AppInstOps, ClusterInstOps
 from services.controller._runtime import Runtime
+from services.controller._tracked import CallContext, TrackedRuntime
 
 __all__ = ["AppApi", "add"]
 
@@ -162,15 +166,16 @@ class AppApi(app_pb2_grpc.AppApiServicer):
     async def DeleteApp(self, request: app_pb2.App, context: _Ctx) -> result_pb2.Result:
         """Delete-prepare (refused while static AppInsts exist), checks, then delete all three.
 
-        Instances that could be deleted along with the App (dynamic, AutoDelete App,
-        auto-provisioned) need the AppInst API, which a later slice brings: until then such
-        a delete fails with the original's partial-failure message and nothing is deleted.
+        Instances that may be deleted along with the App (dynamic, AutoDelete App,
+        auto-provisioned) are deleted first, ignoring worker errors as the original's
+        cascades do; if any of them remains, the delete fails with the original's
+        partial-failure message and the App is kept.
         """
         engine = self._rt.engine
         key = keys.key_string(request)
         reads = [keys.store_key("App", key), keys.store_key("AppInstRefs", key)]
 
-        def mark(txn: Txn) -> tuple[app_pb2.App, int]:
+        def mark(txn: Txn) -> tuple[app_pb2.App, list[appinst_pb2.AppInst]]:
             current = txn.get(APP, key)
             if current is None:
                 raise keys.not_found(request)
@@ -182,7 +187,7 @@ class AppApi(app_pb2_grpc.AppApiServicer):
             dynamic = _app.instances_to_delete(current, zip(names, found, strict=True))
             current.delete_prepare = True
             txn.put(current)
-            return current, len(dynamic)
+            return current, dynamic
 
         (marked, dynamic), revision = await engine.apply_at(mark, reads=reads, wait=False)
         try:
@@ -191,14 +196,7 @@ class AppApi(app_pb2_grpc.AppApiServicer):
                 await engine.sync.wait_for_revision(revision)
             _uses.app_users(engine.caches, marked)
             if dynamic:
-                log.warning(
-                    "App %s has %d auto-deletable AppInsts; deleting them needs the AppInst API",
-                    key,
-                    dynamic,
-                )
-                raise FailedPrecondition(
-                    f"Auto-deleted 0 AppInsts but failed to delete {dynamic} AppInsts for App"
-                )
+                await self._auto_delete(dynamic)
 
             def remove(txn: Txn, ids: IdKeys) -> None:
                 current = txn.get(APP, key)
@@ -323,6 +321,33 @@ class AppApi(app_pb2_grpc.AppApiServicer):
 
         await self._rt.engine.modify(APP, request.app_key, remove_alert)
         return result_pb2.Result()
+
+    async def _auto_delete(self, instances: list[appinst_pb2.AppInst]) -> None:
+        """Delete an App's auto-deletable instances (worker errors ignored).
+
+        Raises:
+            FailedPrecondition: `Auto-deleted <n> AppInsts but failed to delete <m> AppInsts
+                for App` when some could not be deleted (or no AppInst API runs here).
+        """
+        deleted = 0
+        if isinstance(self._rt, TrackedRuntime):
+            ops = AppInstOps(self._rt, ClusterInstOps(self._rt))
+            for inst in instances:
+                request = appinst_pb2.AppInst(key=inst.key)
+                try:
+                    await ops.delete_internal(
+                        CallContext(override=common_pb2.IGNORE_CRM_ERRORS),
+                        request,
+                        lambda _line: None,
+                    )
+                    deleted += 1
+                except EdgeError as err:
+                    log.warning("auto-delete of AppInst %s failed: %s", inst.key, err)
+        failed = len(instances) - deleted
+        if failed:
+            raise FailedPrecondition(
+                f"Auto-deleted {deleted} AppInsts but failed to delete {failed} AppInsts for App"
+            )
 
 
 def add(server: grpc.aio.Server, runtime: Runtime) -> list[str]:

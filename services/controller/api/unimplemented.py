@@ -25,8 +25,6 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     # service: (proto module, slice of the Controller issue that brings it)
     "OrganizationApi": ("org_pb2", "App/ClusterInst"),
     "CloudletManagedClusterApi": ("cloudlet_pb2", "Cloudlet"),
-    "ClusterInstApi": ("clusterinst_pb2", "ClusterInst"),
-    "AppInstApi": ("appinst_pb2", "AppInst"),
     "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
     "AlertApi": ("alert_pb2", "notify"),

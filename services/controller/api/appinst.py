@@ -1,0 +1,90 @@
+"""AppInstApi: application instances on clusters and cloudlets (controller.md §3.9).
+
+Create, update, refresh and delete are long-running and server-streaming (`_inst_ops`);
+Show is answered from the caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc.aio
+from edgeproto import appinst_pb2, appinst_pb2_grpc, result_pb2
+
+from edge_cloud.errors import Unavailable, Unimplemented
+from services.controller._inst_ops import AppInstOps, ClusterInstOps
+from services.controller._runtime import Runtime
+from services.controller._tracked import TrackedRuntime, streamed
+
+__all__ = ["AppInstApi", "add"]
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class AppInstApi(appinst_pb2_grpc.AppInstApiServicer):
+    """Every AppInstApi RPC."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._ops = (
+            AppInstOps(runtime, ClusterInstOps(runtime))
+            if isinstance(runtime, TrackedRuntime)
+            else None
+        )
+
+    def _tracked(self) -> AppInstOps:
+        if self._ops is None:
+            raise Unavailable("this Controller runs without Redis progress tracking")
+        return self._ops
+
+    async def CreateAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Create an instance; progress lines until it is Ready (or undone)."""
+        ops = self._tracked()
+        async for result in streamed(lambda sink: ops.create(request, sink)):
+            yield result
+
+    async def DeleteAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Delete an instance; progress lines until it is gone."""
+        ops = self._tracked()
+        async for result in streamed(lambda sink: ops.delete(request, sink)):
+            yield result
+
+    async def UpdateAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Change the listed fields; the worker applies them."""
+        ops = self._tracked()
+        async for result in streamed(lambda sink: ops.update(request, sink)):
+            yield result
+
+    async def RefreshAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Push the App's current spec to one instance or all of an App's instances."""
+        ops = self._tracked()
+        async for result in streamed(lambda sink: ops.refresh(request, sink)):
+            yield result
+
+    async def ShowAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[appinst_pb2.AppInst]:
+        """Every cached instance matching the filter."""
+        for inst in self._rt.engine.show(request):
+            yield inst
+
+    async def HandleFedAppInstEvent(
+        self, request: appinst_pb2.FedAppInstEvent, context: _Ctx
+    ) -> result_pb2.Result:
+        """Federation is not part of this Controller yet."""
+        raise Unimplemented("HandleFedAppInstEvent: federation is not supported yet")
+
+
+def add(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
+    """Register the servicer; returns its full service name."""
+    appinst_pb2_grpc.add_AppInstApiServicer_to_server(AppInstApi(runtime), server)
+    return ["edgeproto.AppInstApi"]

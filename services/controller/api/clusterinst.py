@@ -1,0 +1,117 @@
+"""ClusterInstApi: Kubernetes and Docker clusters on cloudlets (controller.md §3.8).
+
+Create, update and delete are long-running and server-streaming (`_inst_ops`); Show is
+answered from the caches; credentials come from the CCRM of the cluster's platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc.aio
+from edgeproto import clusterinst_pb2, clusterinst_pb2_grpc, result_pb2
+
+from edge_cloud.errors import Unavailable
+from edge_cloud.objects import keys
+from services.controller import _clusterinst
+from services.controller._cloudletinfo import CLOUDLET
+from services.controller._inst_ops import CLUSTER_INST, ClusterInstOps, features_of
+from services.controller._runtime import Runtime
+from services.controller._tracked import TrackedRuntime, seconds, streamed
+
+__all__ = ["ClusterInstApi", "add"]
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class ClusterInstApi(clusterinst_pb2_grpc.ClusterInstApiServicer):
+    """Every ClusterInstApi RPC."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._ops = ClusterInstOps(runtime) if isinstance(runtime, TrackedRuntime) else None
+
+    def _tracked(self) -> tuple[TrackedRuntime, ClusterInstOps]:
+        if self._ops is None or not isinstance(self._rt, TrackedRuntime):
+            raise Unavailable("this Controller runs without Redis progress tracking")
+        return self._rt, self._ops
+
+    async def CreateClusterInst(
+        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Create a cluster; progress lines until it is Ready (or undone)."""
+        _, ops = self._tracked()
+        async for result in streamed(lambda sink: ops.create(request, sink)):
+            yield result
+
+    async def DeleteClusterInst(
+        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Delete a cluster; progress lines until it is gone."""
+        _, ops = self._tracked()
+        async for result in streamed(lambda sink: ops.delete(request, sink)):
+            yield result
+
+    async def UpdateClusterInst(
+        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Change the listed updatable fields; the worker applies them."""
+        _, ops = self._tracked()
+        async for result in streamed(lambda sink: ops.update(request, sink)):
+            yield result
+
+    async def ShowClusterInst(
+        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
+    ) -> AsyncIterator[clusterinst_pb2.ClusterInst]:
+        """Every cached cluster matching the filter."""
+        for cluster in self._rt.engine.show(request):
+            yield cluster
+
+    async def DeleteIdleReservableClusterInsts(
+        self, request: clusterinst_pb2.IdleReservableClusterInsts, context: _Ctx
+    ) -> result_pb2.Result:
+        """Delete unreserved autoclusters idle at least `idle_time`."""
+        _, ops = self._tracked()
+        await ops.delete_idle_reservable(request.idle_time)
+        return result_pb2.Result(message="Delete done")
+
+    async def ShowClusterResourceUsage(
+        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
+    ) -> AsyncIterator[clusterinst_pb2.ClusterResourceUsage]:
+        """What each matching cluster takes from its cloudlet (theoretical, §4.1)."""
+        for cluster in self._rt.engine.show(request):
+            usage = clusterinst_pb2.ClusterResourceUsage(
+                key=cluster.key, zone_key=cluster.zone_key, cloudlet_key=cluster.cloudlet_key
+            )
+            totals = _clusterinst.cluster_resources(cluster)
+            for name in sorted(totals):
+                usage.total_resources.add(
+                    name=name, value=totals[name], units=_clusterinst.UNITS.get(name, "")
+                )
+            usage.resource_score = totals.get(_clusterinst.RES_VCPUS, 0) * 1000 + totals.get(
+                _clusterinst.RES_RAM, 0
+            )
+            yield usage
+
+    async def GetClusterCredentials(
+        self, request: clusterinst_pb2.ClusterCredentialsRequest, context: _Ctx
+    ) -> result_pb2.Result:
+        """The cluster's kubeconfig, from the CCRM of its platform."""
+        rt, _ = self._tracked()
+        cluster = rt.caches.get(CLUSTER_INST, keys.key_string(request.key))
+        if cluster is None:
+            raise keys.not_found(request.key)
+        cloudlet = rt.caches.get(CLOUDLET, keys.key_string(cluster.cloudlet_key))
+        if cloudlet is None:
+            raise keys.not_found(cluster.cloudlet_key)
+        features = features_of(rt.caches, cloudlet.platform_type)
+        return await rt.tracked.ccrm.get_cluster_credentials(
+            features.node_type, request, timeout=seconds(rt.settings().ccrm_api_timeout)
+        )
+
+
+def add(server: grpc.aio.Server, runtime: Runtime) -> list[str]:
+    """Register the servicer; returns its full service name."""
+    clusterinst_pb2_grpc.add_ClusterInstApiServicer_to_server(ClusterInstApi(runtime), server)
+    return ["edgeproto.ClusterInstApi"]
