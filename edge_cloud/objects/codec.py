@@ -181,7 +181,8 @@ def _map_durations(desc: Descriptor, data: Any, fn: Callable[[Any], Any]) -> Non
         return
     for field in desc.fields:
         if field.message_type is None and is_duration_field(field):
-            for name in (field.name, field.json_name):
+            # a set: when the JSON name equals the proto name, convert the value only once
+            for name in {field.name, field.json_name}:
                 if name in data and data[name] is not None:
                     data[name] = fn(data[name])
     for sub_desc, sub in _sub_dicts(desc, data):

@@ -142,3 +142,15 @@ def test_objects_without_mask_encode_as_is() -> None:
     assert (
         encode(cloudlet_pb2.PlatformFeatures(platform_type="fake")) == b'{"platform_type":"fake"}'
     )
+
+
+def test_durations_as_text_convert_fields_whose_json_name_is_the_proto_name() -> None:
+    """`interval` is both the proto and the JSON name: it must be formatted exactly once."""
+    settings = settings_pb2.Settings(
+        edge_events_metrics_continuous_queries_collection_intervals=[
+            settings_pb2.CollectionInterval(interval=86_400_000_000_000)
+        ]
+    )
+    data = to_dict(settings, durations_as_text=True)
+    [row] = data["edge_events_metrics_continuous_queries_collection_intervals"]
+    assert row["interval"] == "24h0m0s"
