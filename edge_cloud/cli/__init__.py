@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge_cloud.cli import local, serve
+from edge_cloud.cli import apply, ctl, local, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,16 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(commands)
     local.register(commands)
+    ctl.register(commands)
+    apply.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `edge` console script; returns the process exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     # `edge serve NAME ...` hands every remaining argument to the daemon untouched
     if args_list[:1] == ["serve"]:
         return serve.run(args_list[1:])
+    parser = build_parser()
+    # `edge <object> <verb> ...` is short for `edge ctl <object> <verb> ...`
+    if args_list and ctl.is_object(args_list[0]):
+        args_list.insert(0, "ctl")
     args = parser.parse_args(args_list)
     handler = args.handler
     code: int = handler(args)
