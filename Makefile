@@ -16,7 +16,7 @@ proto: setup
 	@$(PY) scripts/gen_protos.py
 
 run: setup
-	@$(BIN)/edge local up
+	@$(BIN)/edge local up --demo docker/demo/world.yaml
 
 lint: setup
 	$(BIN)/ruff format --check $(LINTED)

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_cloud import localservers
-from edge_cloud.cli import serve
+from edge_cloud.cli import demo, serve
 
 DEFAULT_RUN_DIR = Path(".run")
 DAEMON_READY_TIMEOUT = 60.0
@@ -55,7 +55,18 @@ def register(commands: Any) -> None:
     up.add_argument("--influx-port", type=int, default=8086, help="InfluxDB HTTP port (0: any)")
     up.add_argument("--no-daemons", action="store_true", help="start only etcd, Redis and InfluxDB")
     up.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="give the daemons free ports instead of their defaults (tests, a second copy)",
+    )
+    up.add_argument(
         "--ready-file", type=Path, help="write the endpoints here as JSON once all is up"
+    )
+    up.add_argument(
+        "--demo",
+        type=Path,
+        metavar="WORLD.yaml",
+        help="once up, load this world with `edge apply` and run a FindCloudlet as a device",
     )
     up.set_defaults(handler=cmd_up)
     down = verbs.add_parser("down", help="stop whatever a previous run left running")
@@ -78,7 +89,28 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _start_daemon(name: str, run_dir: Path, env: dict[str, str]) -> Daemon:
+def _free_port_flags() -> dict[str, list[str]]:
+    """Flags wiring the known daemons to each other on free ports instead of the defaults."""
+    ctl_api, ctl_notify, ccrm, dme, dme_http = (localservers.free_port() for _ in range(5))
+    notify = f"127.0.0.1:{ctl_notify}"
+    return {
+        "controller": [
+            f"--api-addr=127.0.0.1:{ctl_api}",
+            f"--notify-addr={notify}",
+            f"--platform-service-addrs=ccrm=127.0.0.1:{ccrm}",
+        ],
+        "ccrm": [f"--api-addr=127.0.0.1:{ccrm}", f"--notify-addrs={notify}"],
+        "dme": [
+            f"--api-addr=127.0.0.1:{dme}",
+            f"--http-addr=127.0.0.1:{dme_http}",
+            f"--notify-addrs={notify}",
+        ],
+    }
+
+
+def _start_daemon(
+    name: str, run_dir: Path, env: dict[str, str], flags: list[str] | None = None
+) -> Daemon:
     """Start one daemon as a child process and wait for its ready file."""
     ready = run_dir / "ready" / f"{name}.json"
     ready.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +119,11 @@ def _start_daemon(name: str, run_dir: Path, env: dict[str, str]) -> Daemon:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "edge_cloud.cli", "serve", name, "--ready-file", str(ready)],
+            [
+                *(sys.executable, "-m", "edge_cloud.cli", "serve", name),
+                *(flags or []),
+                *("--ready-file", str(ready)),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -167,15 +203,25 @@ def cmd_up(args: Any) -> int:
         env.setdefault("EDGE_PLATFORM_SERVICE_ADDRS", "ccrm=127.0.0.1:19001")
         env.setdefault("EDGE_TEST_MODE", "true")
         names = [] if args.no_daemons else serve.available()
+        flags = _free_port_flags() if args.free_ports else {}
         for name in names:
             if stop.is_set():
                 break
-            daemon = _start_daemon(name, run_dir, env)
+            daemon = _start_daemon(name, run_dir, env, flags.get(name))
             state.record_pid(name, daemon.process.pid)
             daemons.append(daemon)
             console.print(f"{name:<10} {daemon.ports}  log {_rel(daemon.log_path)}")
         if not names:
             console.print("no daemons are installed yet; servers only")
+        if args.demo and not stop.is_set():
+            by_name = {d.name: d for d in daemons}
+            if "controller" in by_name and "dme" in by_name:
+                controller = f"127.0.0.1:{by_name['controller'].ports['api']}"
+                dme = f"127.0.0.1:{by_name['dme'].ports['api']}"
+                if not demo.run(args.demo, controller, dme, console):
+                    console.print("[red]the demo did not complete; the services keep running[/]")
+            else:
+                console.print("the demo needs the Controller and the DME; skipped")
         if args.ready_file:
             endpoints = {s.name: s.endpoints for s in servers}
             endpoints.update({d.name: d.ports for d in daemons})

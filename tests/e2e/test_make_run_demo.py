@@ -1,0 +1,54 @@
+"""The `make run` path end to end: every server and daemon, the demo world, a FindCloudlet."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORLD = ROOT / "docker" / "demo" / "world.yaml"
+UP_TIMEOUT = 240.0
+
+
+@pytest.mark.slow
+def test_local_up_loads_the_demo_and_finds_the_nearest_instance(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "edge_cloud.cli", "local", "--run-dir",
+                str(tmp_path / "run"), "up", "--etcd-port", "0", "--redis-port", "0",
+                "--influx-port", "0", "--free-ports", "--demo", str(WORLD),
+                "--ready-file", str(ready),
+            ],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT
+        while not ready.exists():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "edge local up did not finish: " + log.read_text()
+            time.sleep(0.2)
+        endpoints = json.loads(ready.read_text())
+        assert {"etcd", "redis", "influxdb", "controller", "ccrm", "dme"} <= set(endpoints)
+        output = log.read_text()
+        # the device stands in Potsdam: Berlin is nearer than Paris
+        assert "FindCloudlet from (52.3906, 13.0645), Potsdam: FIND_FOUND" in output
+        assert "berlin" in output.split("FIND_FOUND", 1)[1].splitlines()[0]
+        assert 'AppInst {"name":"hello-berlin","organization":"demo-dev"}: created' in output
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text()
+    assert "stopped" in log.read_text()
