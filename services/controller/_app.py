@@ -11,8 +11,8 @@ function of its arguments, so the rules are tested without a store:
   resolution, QoS, health-check ports, HTTP ports, policies. It reads referenced objects
   through `References`, which the API backs with the transaction (`TxnReferences`);
 - `update_app`: the update rules, including those that apply while AppInsts exist;
-- `global_id_candidates`: the region-unique id reserved under `1/AppGlobalId/<id>`;
-- `apply_with_ids`: a guarded transaction that also reads and writes such bare id keys.
+- `global_id_candidates`: the region-unique id reserved under `1/AppGlobalId/<id>` (a bare
+  key, read and written through `Txn.has_key`/`put_key`/`delete_key`).
 
 What needs the network or Vault is refused with FAILED_PRECONDITION instead of being
 half-done: secret env vars and registry credentials (no secrets backend yet), manifests,
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import yaml
@@ -55,9 +55,9 @@ from edgeproto import (
 from edge_cloud.errors import EdgeError, FailedPrecondition, InvalidArgument
 from edge_cloud.objects import keys, registry
 from edge_cloud.objects.fields import FieldSet, apply_fields, field_paths
-from edge_cloud.store import Delete, KeyValue, Op, Put
 from services.controller import _validate
-from services.controller._engine import Engine, Txn
+from services.controller._dns import dns_sanitize, numbered_labels, sanitize_trunc
+from services.controller._engine import Txn
 from services.controller._ports import (
     PortSpec,
     check_port_ambiguity,
@@ -81,7 +81,6 @@ __all__ = [
     "IdKeys",
     "References",
     "TxnReferences",
-    "apply_with_ids",
     "auto_delete_ok",
     "auto_prov_policy_names",
     "check_alert_policies",
@@ -105,7 +104,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
 App = app_pb2.App
 
 APP: Final = registry.by_class(app_pb2.App)
@@ -1512,23 +1510,6 @@ def instances_to_delete(
 # --- global ids -----------------------------------------------------------------------------
 
 
-def dns_sanitize(name: str) -> str:
-    """RFC 1123 label characters only: lower-cased, `_`→`-`, others dropped, no `-` at the ends.
-
-    The original's `util.DNSSanitize` (names are ASCII, so byte and character agree).
-    """
-    out: list[str] = []
-    last = len(name) - 1
-    for i, ch in enumerate(name):
-        if ch.isascii() and (ch.islower() or ch.isdigit()):
-            out.append(ch)
-        elif ch.isascii() and ch.isupper():
-            out.append(ch.lower())
-        elif ch in "-_" and 0 < i < last:
-            out.append("-")
-    return "".join(out)
-
-
 def k8s_sanitize(name: str) -> str:
     """The original's `K8SSanitize`: `_`→`-`, spaces and `&,!` dropped, lower-cased."""
     for old, new in (("_", "-"), (" ", ""), ("&", ""), (",", ""), ("!", "")):
@@ -1544,18 +1525,6 @@ def k8s_service_sanitize(name: str) -> str:
     return out
 
 
-def _trunc(name: str, max_len: int) -> str:
-    return dns_sanitize(name)[:max_len]
-
-
-def _next_label(label: str, max_len: int, counter: int) -> str:
-    suffix = str(counter) if counter > 0 else ""
-    over = len(label) + len(suffix) - max_len
-    if over > 0:
-        label = label[: len(label) - over]
-    return label + suffix
-
-
 def global_id_candidates(region: str, key: app_pb2.AppKey) -> list[str]:
     """The global ids to try in order: `<region10>-<name30><version30><org30>`, then `...1`, ...
 
@@ -1566,12 +1535,12 @@ def global_id_candidates(region: str, key: app_pb2.AppKey) -> list[str]:
         The candidates (10), the first free one is the App's.
     """
     base = (
-        f"{_trunc(region, 10)}-{_trunc(key.name, 30)}{_trunc(key.version, 30)}"
-        f"{_trunc(key.organization, 30)}"
+        f"{sanitize_trunc(region, 10)}-{sanitize_trunc(key.name, 30)}"
+        f"{sanitize_trunc(key.version, 30)}{sanitize_trunc(key.organization, 30)}"
     )
     if len(base) > GLOBAL_ID_MAX_LEN:
-        base = _trunc(base, GLOBAL_ID_MAX_LEN)
-    return [_next_label(base, GLOBAL_ID_MAX_LEN, i) for i in range(GLOBAL_ID_TRIES)]
+        base = sanitize_trunc(base, GLOBAL_ID_MAX_LEN)
+    return numbered_labels(base, GLOBAL_ID_MAX_LEN, GLOBAL_ID_TRIES)
 
 
 def global_id_store_key(global_id: str) -> str:
@@ -1579,14 +1548,14 @@ def global_id_store_key(global_id: str) -> str:
     return keys.store_key(GLOBAL_ID_TYPE, global_id)
 
 
-def choose_global_id(candidates: list[str], ids: IdKeys) -> str:
+def choose_global_id(candidates: list[str], ids: Txn) -> str:
     """The first candidate not reserved yet (read in the transaction).
 
     Raises:
         FailedPrecondition: All taken.
     """
     for candidate in candidates:
-        if not ids.exists(global_id_store_key(candidate)):
+        if not ids.has_key(global_id_store_key(candidate)):
             return candidate
     raise FailedPrecondition(
         f"Unable to generate unique global id from base label of {_go_q(candidates[0])}, "
@@ -1596,74 +1565,8 @@ def choose_global_id(candidates: list[str], ids: IdKeys) -> str:
 
 # --- transactions with bare id keys ---------------------------------------------------------
 
-
-class IdKeys:
-    """Bare-string keys of a transaction (`1/AppGlobalId/<id>`: the value is the id itself).
-
-    The engine's `Txn` holds objects only; these keys share its snapshot and its commit.
-    """
-
-    def __init__(self, values: Mapping[str, KeyValue | None]) -> None:
-        self._values = values
-        self._ops: dict[str, Op] = {}
-
-    def exists(self, store_key: str) -> bool:
-        """Whether the key exists (it must have been read up front)."""
-        if store_key in self._ops:
-            return isinstance(self._ops[store_key], Put)
-        if store_key not in self._values:
-            raise EdgeError(f"transaction did not read {store_key} up front")
-        return self._values[store_key] is not None
-
-    def put(self, store_key: str, value: str) -> None:
-        """Write the key."""
-        self._ops[store_key] = Put(store_key, value.encode())
-
-    def delete(self, store_key: str) -> None:
-        """Delete the key."""
-        self._ops[store_key] = Delete(store_key)
-
-    def ops(self) -> list[Op]:
-        """The buffered writes."""
-        return list(self._ops.values())
-
-
-_TXN_RETRIES: Final = 10
-
-
-async def apply_with_ids(
-    engine: Engine, fn: Callable[[Txn, IdKeys], R], *, reads: Iterable[str]
-) -> R:
-    """`Engine.apply` for transactions that also touch bare id keys.
-
-    Every key the function reads, objects included, must be in `reads` (they are all
-    known before the transaction: the App, its refs, what it names, the id candidates).
-    After a commit, waits until the caches have it.
-
-    Args:
-        engine: The engine.
-        fn: Reads and writes through both views; may raise `EdgeError`; re-entrant.
-        reads: The etcd keys to read and guard.
-
-    Returns:
-        What the committed (or the write-less) run returned.
-    """
-    results: list[R] = []
-    wrote: list[bool] = []
-
-    def attempt(values: Mapping[str, KeyValue | None]) -> list[Op]:
-        results.clear()
-        wrote.clear()
-        txn, ids = Txn(values), IdKeys(values)
-        results.append(fn(txn, ids))
-        ops = [*txn.ops(), *ids.ops()]
-        wrote.append(bool(ops))
-        return ops
-
-    outcome = await engine.store.update(list(dict.fromkeys(reads)), attempt, retries=_TXN_RETRIES)
-    if wrote and wrote[0]:
-        await engine.sync.wait_for_revision(outcome.revision)
-    return results[0]
+IdKeys = Txn
+"""The view `choose_global_id` reads id keys through: the transaction's bare keys."""
 
 
 # --- helpers --------------------------------------------------------------------------------

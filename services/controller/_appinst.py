@@ -14,8 +14,9 @@ from distributed_match_engine import appcommon_pb2
 from edgeproto import app_pb2, appinst_pb2, clusterinst_pb2, common_pb2, refs_pb2
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from services.controller._cloudlet import dns_sanitize, hostname_sanitize
-from services.controller._clusterinst import EDGECLOUD_ORG
+from services.controller._cloudlet import hostname_sanitize
+from services.controller._clusterinst import EDGECLOUD_ORG, cluster_label_candidates
+from services.controller._dns import dns_sanitize
 from services.controller._ports import parse_app_ports
 
 __all__ = [
@@ -289,12 +290,7 @@ def id_candidates(inst: AppInst, cloudlet_name: str, cloudlet_org: str) -> list[
 
 def label_candidates(inst: AppInst) -> list[str]:
     """`<name>-<org>` sanitised (≤63 chars), then numeric suffixes."""
-    base = dns_sanitize(f"{inst.key.name}-{inst.key.organization}")[:DNS_LABEL_MAX_LEN]
-    out = [base]
-    for i in range(1, 100):
-        suffix = str(i)
-        out.append(base[: DNS_LABEL_MAX_LEN - len(suffix)] + suffix)
-    return out
+    return cluster_label_candidates(inst.key.name, inst.key.organization)
 
 
 def default_namespace(inst: AppInst) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 import grpc.aio
@@ -36,6 +36,8 @@ from edge_cloud.errors import DeadlineExceeded, EdgeError, FailedPrecondition, f
 __all__ = ["CcrmClients", "parse_platform_service_addrs"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEADLINE_MESSAGE: Final = "context deadline exceeded"
 """What a CCRM call that ran out of time reports (the Go client's words)."""
@@ -74,6 +76,21 @@ def _error(err: grpc.aio.AioRpcError, what: str) -> EdgeError:
     if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"{what}{DEADLINE_MESSAGE}")
     return from_status(err.code(), f"{what}{err.details() or err.code().name}")
+
+
+async def _drain(call: Any, on_item: Callable[[T], Awaitable[None]]) -> None:
+    """Hand each message of a server-streaming call to `on_item`; cancel the call after.
+
+    Raises:
+        EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
+    """
+    try:
+        async for item in call:
+            await on_item(item)
+    except grpc.aio.AioRpcError as err:
+        raise _error(err, "") from err
+    finally:
+        call.cancel()
 
 
 class CcrmClients:
@@ -236,14 +253,7 @@ class CcrmClients:
             EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
         """
         stub = ccrm_pb2_grpc.ClusterPlatformAPIStub(self.channel(node_type))
-        call: Any = stub.ApplyClusterInst(cluster, timeout=timeout)
-        try:
-            async for info in call:
-                await on_info(info)
-        except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
-        finally:
-            call.cancel()
+        await _drain(stub.ApplyClusterInst(cluster, timeout=timeout), on_info)
 
     async def apply_app_inst(
         self,
@@ -259,14 +269,7 @@ class CcrmClients:
             EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
         """
         stub = ccrm_pb2_grpc.AppInstPlatformAPIStub(self.channel(node_type))
-        call: Any = stub.ApplyAppInst(inst, timeout=timeout)
-        try:
-            async for info in call:
-                await on_info(info)
-        except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
-        finally:
-            call.cancel()
+        await _drain(stub.ApplyAppInst(inst, timeout=timeout), on_info)
 
     async def get_cluster_credentials(
         self,

@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
 from edge_cloud.objects import fields, keys
 from edge_cloud.objects.gojson import go_field_name
+from services.controller._dns import dns_sanitize, numbered_labels, sanitize_trunc
 
 __all__ = [
     "COMMON_RESOURCES",
@@ -30,7 +31,6 @@ __all__ = [
     "check_prop_vars",
     "cloudlet_base_label",
     "dns_sanitize",
-    "gen_next_dns_label",
     "gpu_license_storage_path",
     "hostname_sanitize",
     "precheck_create",
@@ -378,51 +378,20 @@ def validate_resource_quotas(
 # --- names -------------------------------------------------------------------------------------
 
 
-def dns_sanitize(name: str) -> str:
-    """RFC 1123 label characters only (the original's `util.DNSSanitize`).
-
-    Lower-cases letters, keeps digits, turns `-`/`_` into `-` except at either end, drops
-    everything else.
-    """
-    out: list[str] = []
-    last = len(name) - 1
-    for i, ch in enumerate(name):
-        if ch.isascii() and (ch.islower() or ch.isdigit()):
-            out.append(ch)
-        elif ch.isascii() and ch.isupper():
-            out.append(ch.lower())
-        elif ch in "-_" and i not in (0, last):
-            out.append("-")
-    return "".join(out)
-
-
 def hostname_sanitize(name: str) -> str:
     """A valid host name: `dns_sanitize`, at most 63 chars, no trailing `-`."""
     return dns_sanitize(name)[:MAX_HOSTNAME_LENGTH].rstrip("-")
 
 
-def _sanitize_trunc(name: str, max_len: int) -> str:
-    return dns_sanitize(name)[:max_len]
-
-
 def cloudlet_base_label(key: cloudletkey_pb2.CloudletKey) -> str:
     """`<name40>-<org20>`, sanitised: the start of a cloudlet's DNS label."""
-    return f"{_sanitize_trunc(key.name, 40)}-{_sanitize_trunc(key.organization, 20)}"
-
-
-def gen_next_dns_label(label: str, max_len: int, counter: int) -> str:
-    """The `counter`-th candidate label: `label`, then `label1`, `label2`..., cut to fit."""
-    suffix = str(counter) if counter > 0 else ""
-    excess = len(label) + len(suffix) - max_len
-    if excess > 0:
-        label = label[: len(label) - excess]
-    return label + suffix
+    return f"{sanitize_trunc(key.name, 40)}-{sanitize_trunc(key.organization, 20)}"
 
 
 def dns_label_candidates(key: cloudletkey_pb2.CloudletKey) -> list[str]:
     """The labels to try for a cloudlet, in order (`shared` is reserved)."""
     base = cloudlet_base_label(key)
-    out = [gen_next_dns_label(base, DNS_CLOUDLET_LABEL_MAX_LEN, i) for i in range(10)]
+    out = numbered_labels(base, DNS_CLOUDLET_LABEL_MAX_LEN, 10)
     return [label for label in out if label != ROOT_LB_HOSTNAME]
 
 

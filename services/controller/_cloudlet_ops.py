@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from distributed_match_engine import appcommon_pb2
@@ -58,7 +58,7 @@ from edge_cloud.errors import (
 )
 from edge_cloud.objects import codec, fields, keys, registry
 from services.controller import _cloudlet, _ids
-from services.controller._cloudlet_store import KeyTxn, apply_keys, dns_label_key
+from services.controller._cloudlet_store import dns_label_key
 from services.controller._cloudletinfo import (
     CLOUDLET,
     CLOUDLET_INFO,
@@ -76,6 +76,7 @@ from services.controller._tracked import (
     CallContext,
     InfoWait,
     Sink,
+    TrackedOps,
     TrackedRuntime,
     seconds,
     validate_delete_state,
@@ -180,61 +181,14 @@ async def _cached(
         await asyncio.sleep(_POLL)
 
 
-class CloudletOps:
+class CloudletOps(TrackedOps):
     """Create, update and delete cloudlets; run by the CloudletApi servicer.
 
     Args:
         runtime: The runtime with tracked-state services.
     """
 
-    def __init__(self, runtime: TrackedRuntime) -> None:
-        self._rt = runtime
-
     # -- helpers ---------------------------------------------------------------------------
-
-    def _stream(self, cctx: CallContext, key: cloudletkey_pb2.CloudletKey, sink: Sink) -> OpStream:
-        name = stream_key(key)
-        existing = cctx.streams.get(name)
-        if existing is not None:
-            return existing.copy(sink)
-        return self._rt.tracked.progress.new_stream(name, sink)
-
-    async def _run(
-        self,
-        stream: OpStream,
-        revision: int | None,
-        work: Callable[[], Coroutine[Any, Any, None]],
-        *,
-        on_error: Callable[[BaseException], Awaitable[None]],
-        cleanup_on_success: bool = False,
-        cleanup_on_error: Callable[[], Awaitable[bool]] | None = None,
-        subscribe: bool = False,
-    ) -> None:
-        """Start the stream at `revision`, run `work`, handle failure, end the stream.
-
-        Cancellation (the caller went away) runs `on_error` shielded, so the object still
-        reaches a terminal state.
-        """
-        services = self._rt.tracked
-        with services.operation(stream):
-            error: BaseException | None = None
-            try:
-                await stream.start(revision or 0, subscribe=subscribe)
-                await work()
-            except asyncio.CancelledError as err:
-                error = err
-                await asyncio.shield(on_error(err))
-                raise
-            except Exception as err:
-                error = err
-                await on_error(err)
-                raise
-            finally:
-                cleanup = cleanup_on_success if error is None else False
-                if error is not None and cleanup_on_error is not None:
-                    with contextlib.suppress(Exception):
-                        cleanup = await cleanup_on_error()
-                await asyncio.shield(stream.stop(error, cleanup=cleanup))
 
     async def _forward_status(
         self, stream: OpStream, published: set[bytes] | None = None
@@ -245,46 +199,14 @@ class CloudletOps:
             stream: Where the lines go.
             published: Collects what was published for each info (to skip it later).
         """
-        sent = [0]
 
-        async def on_info(info: Message) -> None:
+        async def receive(info: Message) -> None:
             assert isinstance(info, cloudlet_pb2.CloudletInfo)  # noqa: S101 - narrowing
             if published is not None:
                 published.add(report_payload(info))
             await apply_info(self._rt, info)
-            msgs = list(info.status.msgs)
-            for line in msgs[sent[0] :]:
-                await stream.send(line)
-            sent[0] = max(sent[0], len(msgs))
 
-        return on_info
-
-    async def _set_state(
-        self,
-        key: cloudletkey_pb2.CloudletKey,
-        state: int,
-        *,
-        errors: list[str] | None = None,
-        only_from: frozenset[int] | None = None,
-        clear_prepare: bool = False,
-    ) -> None:
-        def fn(txn: Txn) -> None:
-            cloudlet = txn.get(CLOUDLET, key)
-            if cloudlet is None:
-                return
-            if only_from is not None and cloudlet.state not in only_from:
-                return
-            changed = _copy(cloudlet)
-            changed.state = state  # type: ignore[assignment]
-            if errors is not None:
-                del changed.errors[:]
-                changed.errors.extend(errors)
-            if clear_prepare:
-                changed.delete_prepare = False
-            if changed != cloudlet:
-                txn.put(changed)
-
-        await self._rt.engine.apply(fn)
+        return self._forward(stream, receive)
 
     # -- create ----------------------------------------------------------------------------
 
@@ -340,7 +262,7 @@ class CloudletOps:
         notes: list[str] = []
         cfg = rt.config
 
-        def commit(txn: KeyTxn) -> cloudlet_pb2.Cloudlet:
+        def commit(txn: Txn) -> cloudlet_pb2.Cloudlet:
             notes.clear()
             new = _copy(cloudlet)
             existing = txn.get(CLOUDLET, new.key)
@@ -424,8 +346,8 @@ class CloudletOps:
             return new
 
         try:
-            stored, revision = await apply_keys(
-                rt.engine, commit, reads=[keys.object_store_key(cloudlet)]
+            stored, revision = await rt.engine.apply_at(
+                commit, reads=[keys.object_store_key(cloudlet)]
             )
         except AlreadyExists:
             for note in notes:
@@ -442,7 +364,11 @@ class CloudletOps:
         async def on_error(err: BaseException) -> None:
             if isinstance(err, asyncio.CancelledError):
                 await self._set_state(
-                    stored.key, TS.CREATE_ERROR, errors=["operation cancelled"], only_from=TRANSIENT
+                    CLOUDLET,
+                    stored.key,
+                    TS.CREATE_ERROR,
+                    errors=["operation cancelled"],
+                    only_from=TRANSIENT,
                 )
                 return
             await stream.send(err.message if isinstance(err, EdgeError) else str(err))
@@ -630,7 +556,7 @@ class CloudletOps:
                     else:
                         failure = err
 
-            def remove(txn: KeyTxn) -> None:
+            def remove(txn: Txn) -> None:
                 current = txn.get(CLOUDLET, key)
                 if current is None:
                     raise keys.not_found(key)
@@ -642,7 +568,7 @@ class CloudletOps:
                 txn.delete(CLOUDLET_REFS, key)
                 txn.delete(CLOUDLET_IPS, key)
 
-            await apply_keys(rt.engine, remove)
+            await rt.engine.apply_at(remove)
             if failure is not None:
                 raise failure
             await stream.send(DELETED)
@@ -700,7 +626,7 @@ class CloudletOps:
         stream: OpStream,
     ) -> None:
         rt = self._rt
-        await self._set_state(cloudlet.key, TS.DELETE_REQUESTED)
+        await self._set_state(CLOUDLET, cloudlet.key, TS.DELETE_REQUESTED)
         request = _copy(cloudlet)
         request.state = TS.DELETE_REQUESTED
         del request.fields[:]
@@ -913,7 +839,7 @@ class CloudletOps:
             await self._after_update(cctx, merged, features, fmap, outcome, stream, trust_update)
 
         async def on_error(err: BaseException) -> None:
-            await self._set_state(update.key, TS.UPDATE_ERROR)
+            await self._set_state(CLOUDLET, update.key, TS.UPDATE_ERROR)
 
         await self._run(
             stream,

@@ -21,7 +21,8 @@ from edgeproto import (
 )
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from services.controller._cloudlet import dns_sanitize, hostname_sanitize
+from services.controller._cloudlet import hostname_sanitize
+from services.controller._dns import dns_sanitize, numbered_labels
 
 __all__ = [
     "EDGECLOUD_ORG",
@@ -354,11 +355,7 @@ def cloudlet_object_label_key(cloudlet_key_json: str, label: str) -> str:
 def cluster_label_candidates(name: str, org: str) -> list[str]:
     """`<name>-<org>` sanitised, then with numeric suffixes on collision."""
     base = dns_sanitize(f"{name}-{org}")[:DNS_LABEL_MAX_LEN]
-    out = [base]
-    for i in range(1, 100):
-        suffix = str(i)
-        out.append(base[: DNS_LABEL_MAX_LEN - len(suffix)] + suffix)
-    return out
+    return numbered_labels(base, DNS_LABEL_MAX_LEN, 100)
 
 
 def cluster_fqdn(label: str, cloudlet_label: str, region: str, app_dns_root: str) -> str:

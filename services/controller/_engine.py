@@ -80,12 +80,17 @@ class Txn:
     Reads of keys outside the snapshot stop the run; the engine fetches them and runs the
     function again, so a function may read whatever it needs. Every key read is compared at
     commit time. Reads see this run's own earlier writes.
+
+    Besides registered objects, a transaction may read and write bare keys that are not
+    objects (`has_key`/`put_key`/`delete_key`: reservations such as a cloudlet's DNS label
+    or an App's global id), guarded and committed like the rest.
     """
 
     def __init__(self, values: Mapping[str, KeyValue | None]) -> None:
         self._values = values
         self._writes: dict[str, Op] = {}
         self._written: dict[str, Message | None] = {}
+        self._raw: dict[str, bytes | None] = {}
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -156,6 +161,26 @@ class Txn:
         skey = keys.store_key(otype.name, keys.key_string(key))
         self._writes[skey] = Delete(skey)
         self._written[skey] = None
+
+    # -- bare keys ---------------------------------------------------------------------------
+
+    def has_key(self, store_key: str) -> bool:
+        """Whether a bare key exists (this run's own writes included)."""
+        if store_key in self._raw:
+            return self._raw[store_key] is not None
+        if store_key not in self._values:
+            raise _NeedReads([store_key])
+        return self._values[store_key] is not None
+
+    def put_key(self, store_key: str, value: bytes) -> None:
+        """Write a bare key."""
+        self._writes[store_key] = Put(store_key, value)
+        self._raw[store_key] = value
+
+    def delete_key(self, store_key: str) -> None:
+        """Delete a bare key."""
+        self._writes[store_key] = Delete(store_key)
+        self._raw[store_key] = None
 
     def ops(self) -> list[Op]:
         """The buffered writes, in order."""

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from distributed_match_engine import appcommon_pb2
@@ -58,7 +58,6 @@ from edge_cloud.errors import (
 from edge_cloud.objects import codec, fields, keys, registry
 from services.controller import _appinst, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
-from services.controller._cloudlet_store import KeyTxn, apply_keys
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
 from services.controller._engine import Txn
 from services.controller._progress import ERROR, OpStream, stream_key
@@ -68,6 +67,7 @@ from services.controller._tracked import (
     CallContext,
     InfoWait,
     Sink,
+    TrackedOps,
     TrackedRuntime,
     seconds,
     validate_delete_state,
@@ -327,91 +327,61 @@ def _score(caches: Caches, cloudlet: cloudlet_pb2.Cloudlet) -> int:
     return free_cpu * 1000 + free_ram
 
 
-class _OpsBase:
-    def __init__(self, runtime: TrackedRuntime) -> None:
-        self._rt = runtime
-
-    def _stream(self, cctx: CallContext, key: Message, sink: Sink) -> OpStream:
-        name = stream_key(key)
-        existing = cctx.streams.get(name)
-        if existing is not None:
-            return existing.copy(sink)
-        return self._rt.tracked.progress.new_stream(name, sink)
-
-    async def _run(
-        self,
-        stream: OpStream,
-        revision: int | None,
-        work: Callable[[], Coroutine[Any, Any, None]],
-        *,
-        on_error: Callable[[BaseException], Awaitable[None]],
-        cleanup_on_success: bool = False,
-        cleanup_on_error: Callable[[], Awaitable[bool]] | None = None,
-        subscribe: bool = False,
-    ) -> None:
-        """Start the stream at `revision`, run `work`, handle failure, end the stream."""
-        services = self._rt.tracked
-        with services.operation(stream):
-            error: BaseException | None = None
-            try:
-                await stream.start(revision or 0, subscribe=subscribe)
-                await work()
-            except asyncio.CancelledError as err:
-                error = err
-                await asyncio.shield(on_error(err))
-                raise
-            except Exception as err:
-                error = err
-                await on_error(err)
-                raise
-            finally:
-                cleanup = cleanup_on_success if error is None else False
-                if error is not None and cleanup_on_error is not None:
-                    with contextlib.suppress(Exception):
-                        cleanup = await cleanup_on_error()
-                await asyncio.shield(stream.stop(error, cleanup=cleanup))
-
-    def _forward(
-        self, stream: OpStream, receive: Callable[[Any], Awaitable[None]]
-    ) -> Callable[[Any], Awaitable[None]]:
-        sent = [0]
-
-        async def on_info(info: Any) -> None:
-            await receive(info)
-            msgs = list(info.status.msgs)
-            for line in msgs[sent[0] :]:
-                await stream.send(line)
-            sent[0] = max(sent[0], len(msgs))
-
-        return on_info
-
-    async def _set_state(
+class _OpsBase(TrackedOps):
+    async def _run_worker(
         self,
         otype: Any,
-        key: Message,
+        obj: Any,
         state: int,
+        paths: list[str],
+        stream: OpStream,
         *,
-        errors: list[str] | None = None,
-        only_from: frozenset[int] | None = None,
-        clear_prepare: bool = False,
+        on_edge: bool,
+        wait: InfoWait,
+        timeout: float,  # noqa: ASYNC109 - the worker's deadline, in seconds
+        info_type: Any,
+        receive: Callable[[TrackedRuntime, Any], Awaitable[None]],
+        ccrm_apply: Callable[..., Awaitable[None]],
     ) -> None:
-        def fn(txn: Txn) -> None:
-            obj = txn.get(otype, key)
-            if obj is None:
-                return
-            if only_from is not None and obj.state not in only_from:
-                return
-            changed = _copy(obj)
-            changed.state = state
-            if errors is not None:
-                del changed.errors[:]
-                changed.errors.extend(errors)
-            if clear_prepare and hasattr(changed, "delete_prepare"):
-                changed.delete_prepare = False
-            if changed != obj:
-                txn.put(changed)
+        """Run the worker for a requested state; returns when it reached its target.
 
-        await self._rt.engine.apply(fn)
+        A CRM on the edge site is waited for through its `*Info` objects; otherwise the
+        cloudlet's CCRM is called with the object (`ccrm_apply`), its infos merged with
+        `receive` and their status lines forwarded.
+        """
+        rt = self._rt
+        if on_edge:
+            await wait_for_info(
+                wait,
+                current=self._state(otype, obj.key),
+                subscription=stream.subscription,
+                decode=lambda data: codec.decode(info_type, data),
+                send=stream.send,
+                success_msg="",
+                timeout=timeout,
+            )
+            return
+        cloudlet = rt.caches.get(CLOUDLET, keys.key_string(obj.cloudlet_key))
+        if cloudlet is None:
+            raise keys.not_found(obj.cloudlet_key)
+        features = features_of(rt.caches, cloudlet.platform_type)
+        request = _copy(obj)
+        request.state = state
+        del request.fields[:]
+        request.fields.extend(paths)
+
+        async def receive_info(info: Any) -> None:
+            await receive(rt, info)
+
+        await ccrm_apply(
+            features.node_type,
+            request,
+            timeout=timeout,
+            on_info=self._forward(stream, receive_info),
+        )
+        if state != TS.DELETE_REQUESTED:
+            # the stream closing cleanly is success, whatever the last info said
+            await self._set_state(otype, obj.key, TS.READY, only_from=TRANSIENT)
 
     def _state(self, otype: Any, key: Message) -> int:
         obj = self._rt.caches.get(otype, keys.key_string(key))
@@ -476,12 +446,12 @@ class ClusterInstOps(_OpsBase):
         notes: list[str],
         *,
         auto_reservable: bool,
-    ) -> Callable[[KeyTxn], clusterinst_pb2.ClusterInst]:
+    ) -> Callable[[Txn], clusterinst_pb2.ClusterInst]:
         rt = self._rt
         cfg = rt.config
         settings = rt.settings()
 
-        def commit(txn: KeyTxn) -> clusterinst_pb2.ClusterInst:
+        def commit(txn: Txn) -> clusterinst_pb2.ClusterInst:
             notes.clear()
             new = _copy(cluster)
             cl = txn.require(CLOUDLET, cloudlet_key)
@@ -662,8 +632,7 @@ class ClusterInstOps(_OpsBase):
         committed: tuple[clusterinst_pb2.ClusterInst, int | None] | None = None
         for cl in candidates:
             try:
-                committed = await apply_keys(
-                    rt.engine,
+                committed = await rt.engine.apply_at(
                     self._commit_fn(cctx, cluster, cl.key, notes, auto_reservable=auto_reservable),
                 )
                 break
@@ -750,45 +719,24 @@ class ClusterInstOps(_OpsBase):
             wait, timeout = _CLUSTER_UPDATE_WAIT, settings.update_cluster_inst_timeout
         else:
             wait, timeout = _CLUSTER_DELETE_WAIT, settings.delete_cluster_inst_timeout
-        if on_edge:
-            await wait_for_info(
-                wait,
-                current=self._state(CLUSTER_INST, cluster.key),
-                subscription=stream.subscription,
-                decode=lambda data: codec.decode(
-                    registry.by_class(clusterinst_pb2.ClusterInstInfo), data
-                ),
-                send=stream.send,
-                success_msg="",
-                timeout=seconds(timeout),
-            )
-            return
-        cloudlet = rt.caches.get(CLOUDLET, keys.key_string(cluster.cloudlet_key))
-        if cloudlet is None:
-            raise keys.not_found(cluster.cloudlet_key)
-        features = features_of(rt.caches, cloudlet.platform_type)
-        request = _copy(cluster)
-        request.state = state  # type: ignore[assignment]
-        del request.fields[:]
-        request.fields.extend(paths)
-
-        async def receive(info: Any) -> None:
-            await receive_cluster_inst_info(rt, info)
-
-        await rt.tracked.ccrm.apply_cluster_inst(
-            features.node_type,
-            request,
+        await self._run_worker(
+            CLUSTER_INST,
+            cluster,
+            state,
+            paths,
+            stream,
+            on_edge=on_edge,
+            wait=wait,
             timeout=seconds(timeout),
-            on_info=self._forward(stream, receive),
+            info_type=registry.by_class(clusterinst_pb2.ClusterInstInfo),
+            receive=receive_cluster_inst_info,
+            ccrm_apply=rt.tracked.ccrm.apply_cluster_inst,
         )
-        if state != TS.DELETE_REQUESTED:
-            # the stream closing cleanly is success, whatever the last info said
-            await self._set_state(CLUSTER_INST, cluster.key, TS.READY, only_from=TRANSIENT)
 
     async def _remove(self, key: cluster_pb2.ClusterKey) -> None:
         """Delete the object with its refs, IP, id bit and DNS label, in one transaction."""
 
-        def remove(txn: KeyTxn) -> None:
+        def remove(txn: Txn) -> None:
             current = txn.get(CLUSTER_INST, key)
             if current is None:
                 return
@@ -811,7 +759,7 @@ class ClusterInstOps(_OpsBase):
                 txn.delete(CLUSTER_REFS, key)
             txn.delete(CLUSTER_INST, key)
 
-        await apply_keys(self._rt.engine, remove)
+        await self._rt.engine.apply_at(remove)
 
     async def delete(self, request: clusterinst_pb2.ClusterInst, sink: Sink) -> None:
         """DeleteClusterInst: in-use and state checks, delete-prepare, worker, removal."""
@@ -1304,7 +1252,7 @@ class AppInstOps(_OpsBase):
         committed: tuple[appinst_pb2.AppInst, int | None] | None = None
         for target in targets:
             try:
-                committed = await apply_keys(rt.engine, self._commit_fn(cctx, inst, target))
+                committed = await rt.engine.apply_at(self._commit_fn(cctx, inst, target))
                 break
             except _NoFit as err:
                 failures.append(err.message)
@@ -1364,11 +1312,11 @@ class AppInstOps(_OpsBase):
         cctx: CallContext,
         inst: appinst_pb2.AppInst,
         vm_cloudlet: cloudletkey_pb2.CloudletKey | None,
-    ) -> Callable[[KeyTxn], appinst_pb2.AppInst]:
+    ) -> Callable[[Txn], appinst_pb2.AppInst]:
         rt = self._rt
         cfg = rt.config
 
-        def commit(txn: KeyTxn) -> appinst_pb2.AppInst:
+        def commit(txn: Txn) -> appinst_pb2.AppInst:
             new = _copy(inst)
             existing = txn.get(APP_INST, new.key)
             if existing is not None and not (
@@ -1523,42 +1471,24 @@ class AppInstOps(_OpsBase):
             timeout = settings.update_app_inst_timeout
         else:
             wait, timeout = _APP_DELETE_WAIT, settings.delete_app_inst_timeout
-        if on_edge:
-            await wait_for_info(
-                wait,
-                current=self._state(APP_INST, inst.key),
-                subscription=stream.subscription,
-                decode=lambda data: codec.decode(registry.by_class(appinst_pb2.AppInstInfo), data),
-                send=stream.send,
-                success_msg="",
-                timeout=seconds(timeout),
-            )
-            return
-        cloudlet = rt.caches.get(CLOUDLET, keys.key_string(inst.cloudlet_key))
-        if cloudlet is None:
-            raise keys.not_found(inst.cloudlet_key)
-        features = features_of(rt.caches, cloudlet.platform_type)
-        request = _copy(inst)
-        request.state = state  # type: ignore[assignment]
-        del request.fields[:]
-        request.fields.extend(paths)
-
-        async def receive(info: Any) -> None:
-            await receive_app_inst_info(rt, info)
-
-        await rt.tracked.ccrm.apply_app_inst(
-            features.node_type,
-            request,
+        await self._run_worker(
+            APP_INST,
+            inst,
+            state,
+            paths,
+            stream,
+            on_edge=on_edge,
+            wait=wait,
             timeout=seconds(timeout),
-            on_info=self._forward(stream, receive),
+            info_type=registry.by_class(appinst_pb2.AppInstInfo),
+            receive=receive_app_inst_info,
+            ccrm_apply=rt.tracked.ccrm.apply_app_inst,
         )
-        if state != TS.DELETE_REQUESTED:
-            await self._set_state(APP_INST, inst.key, TS.READY, only_from=TRANSIENT)
 
     async def _remove(self, key: appinst_pb2.AppInstKey) -> None:
         """Delete the instance with its id, label, refs, ports and reservation, in one txn."""
 
-        def remove(txn: KeyTxn) -> None:
+        def remove(txn: Txn) -> None:
             current = txn.get(APP_INST, key)
             if current is None:
                 return
@@ -1608,7 +1538,7 @@ class AppInstOps(_OpsBase):
                 )
             txn.delete(APP_INST, key)
 
-        await apply_keys(self._rt.engine, remove)
+        await self._rt.engine.apply_at(remove)
 
     # -- delete ------------------------------------------------------------------------------
 

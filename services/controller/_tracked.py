@@ -40,12 +40,14 @@ from edge_cloud.errors import (
 )
 from edge_cloud.objects import registry
 from services.controller._ccrm import CcrmClients
+from services.controller._engine import Txn
 from services.controller._progress import (
     OpStream,
     Progress,
     StreamStart,
     Subscription,
     op_owner,
+    stream_key,
 )
 from services.controller._runtime import Runtime
 from services.controller._sync import Caches
@@ -60,10 +62,12 @@ __all__ = [
     "InfoWait",
     "Recoverable",
     "Recovery",
+    "TrackedOps",
     "TrackedRuntime",
     "TrackedServices",
     "seconds",
     "streamed",
+    "streamed_rpc",
     "tracked",
     "validate_delete_state",
     "wait_for_info",
@@ -213,6 +217,34 @@ async def streamed(
                 task.exception()  # retrieved: the caller is gone, nobody else will see it
             if cancelled:
                 raise asyncio.CancelledError
+
+
+def streamed_rpc(operation: str, doc: str) -> Any:
+    """A server-streaming servicer method running `self._ops.<operation>(request, sink)`.
+
+    The servicer keeps its operations object in `_ops`, None when the Controller runs
+    without Redis progress tracking (the call is refused with UNAVAILABLE). The lines the
+    operation sinks are streamed as `Result`s (`streamed`).
+
+    Args:
+        operation: The name of the operations method (`create`, `delete`, ...).
+        doc: The servicer method's docstring.
+
+    Returns:
+        The method, an async generator function (typed `Any`: it takes the place of a
+        generated servicer method, whose request type differs per RPC).
+    """
+
+    async def rpc(self: Any, request: Any, context: Any) -> AsyncIterator[result_pb2.Result]:
+        ops = self._ops
+        if ops is None:
+            raise Unavailable("this Controller runs without Redis progress tracking")
+        run = getattr(ops, operation)
+        async for result in streamed(lambda sink: run(request, sink)):
+            yield result
+
+    rpc.__doc__ = doc
+    return rpc
 
 
 # --- waiting for a worker's report ---------------------------------------------------------
@@ -410,6 +442,117 @@ def tracked(runtime: Runtime) -> TrackedServices:
     if isinstance(runtime, TrackedRuntime):
         return runtime.tracked
     raise Unavailable("this Controller runs without Redis progress tracking")
+
+
+class TrackedOps:
+    """What the create/update/delete operations of every tracked type share.
+
+    Args:
+        runtime: The runtime with tracked-state services.
+    """
+
+    def __init__(self, runtime: TrackedRuntime) -> None:
+        self._rt = runtime
+
+    def _stream(self, cctx: CallContext, key: Message, sink: Sink) -> OpStream:
+        """The object's progress stream: the undo's reused one, or a new one."""
+        name = stream_key(key)
+        existing = cctx.streams.get(name)
+        if existing is not None:
+            return existing.copy(sink)
+        return self._rt.tracked.progress.new_stream(name, sink)
+
+    def _forward(
+        self, stream: OpStream, receive: Callable[[Any], Awaitable[None]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        """An `on_info` for CCRM calls: `receive` each info, forward its new status lines."""
+        sent = [0]
+
+        async def on_info(info: Any) -> None:
+            await receive(info)
+            msgs = list(info.status.msgs)
+            for line in msgs[sent[0] :]:
+                await stream.send(line)
+            sent[0] = max(sent[0], len(msgs))
+
+        return on_info
+
+    async def _set_state(
+        self,
+        otype: Any,
+        key: Message,
+        state: int,
+        *,
+        errors: list[str] | None = None,
+        only_from: frozenset[int] | None = None,
+        clear_prepare: bool = False,
+    ) -> None:
+        """Set a stored object's state (and errors) in one transaction, if it still exists.
+
+        Args:
+            otype: Its type.
+            key: Its key.
+            state: The new state.
+            errors: Replace its errors with these.
+            only_from: Change it only from one of these states.
+            clear_prepare: Also clear its `delete_prepare`.
+        """
+
+        def fn(txn: Txn) -> None:
+            obj = txn.get(otype, key)
+            if obj is None:
+                return
+            if only_from is not None and obj.state not in only_from:
+                return
+            changed = type(obj)()
+            changed.CopyFrom(obj)
+            changed.state = state
+            if errors is not None:
+                del changed.errors[:]
+                changed.errors.extend(errors)
+            if clear_prepare and hasattr(changed, "delete_prepare"):
+                changed.delete_prepare = False
+            if changed != obj:
+                txn.put(changed)
+
+        await self._rt.engine.apply(fn)
+
+    async def _run(
+        self,
+        stream: OpStream,
+        revision: int | None,
+        work: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        on_error: Callable[[BaseException], Awaitable[None]],
+        cleanup_on_success: bool = False,
+        cleanup_on_error: Callable[[], Awaitable[bool]] | None = None,
+        subscribe: bool = False,
+    ) -> None:
+        """Start the stream at `revision`, run `work`, handle failure, end the stream.
+
+        Cancellation (the caller went away) runs `on_error` shielded, so the object still
+        reaches a terminal state.
+        """
+        services = self._rt.tracked
+        with services.operation(stream):
+            error: BaseException | None = None
+            try:
+                await stream.start(revision or 0, subscribe=subscribe)
+                await work()
+            except asyncio.CancelledError as err:
+                error = err
+                await asyncio.shield(on_error(err))
+                raise
+            except Exception as err:
+                error = err
+                await on_error(err)
+                raise
+            finally:
+                cleanup = cleanup_on_success if error is None else False
+                if error is not None and cleanup_on_error is not None:
+                    with contextlib.suppress(Exception):
+                        cleanup = await cleanup_on_error()
+                await asyncio.shield(stream.stop(error, cleanup=cleanup))
 
 
 # --- recovery of orphaned operations --------------------------------------------------------

@@ -36,7 +36,7 @@ from edge_cloud.errors import (
 )
 from edge_cloud.objects import fields, keys
 from services.controller import _app, _uses
-from services.controller._app import APP, APP_INST, APP_INST_REFS, AppEnv, IdKeys, TxnReferences
+from services.controller._app import APP, APP_INST, APP_INST_REFS, AppEnv, TxnReferences
 from services.controller._engine import Txn
 from services.controller._ids import now_timestamp, ulid
 from services.controller._inst_ops import AppInstOps, ClusterInstOps
@@ -107,21 +107,21 @@ class AppApi(app_pb2_grpc.AppApiServicer):
             *(_app.global_id_store_key(c) for c in candidates),
         ]
 
-        def create(txn: Txn, ids: IdKeys) -> None:
+        def create(txn: Txn) -> None:
             new = _copy(app)
             if txn.get(APP, key) is not None:
                 raise keys.already_exists(new)
             new.delete_prepare = False
             _app.configure_app(new, TxnReferences(txn, engine.caches), env, revision=None)
-            new.global_id = _app.choose_global_id(candidates, ids)
+            new.global_id = _app.choose_global_id(candidates, txn)
             new.obj_id = ulid()
             new.compatibility_version = _app.COMPATIBILITY_VERSION
             new.created_at.CopyFrom(now_timestamp())
             txn.put(new)
             txn.put(refs_pb2.AppInstRefs(key=new.key))
-            ids.put(_app.global_id_store_key(new.global_id), new.global_id)
+            txn.put_key(_app.global_id_store_key(new.global_id), new.global_id.encode())
 
-        await _app.apply_with_ids(engine, create, reads=reads)
+        await engine.apply(create, reads=reads)
         return result_pb2.Result()
 
     async def UpdateApp(self, request: app_pb2.App, context: _Ctx) -> result_pb2.Result:
@@ -198,7 +198,7 @@ class AppApi(app_pb2_grpc.AppApiServicer):
             if dynamic:
                 await self._auto_delete(dynamic)
 
-            def remove(txn: Txn, ids: IdKeys) -> None:
+            def remove(txn: Txn) -> None:
                 current = txn.get(APP, key)
                 if current is None:
                     return  # already deleted
@@ -213,9 +213,9 @@ class AppApi(app_pb2_grpc.AppApiServicer):
                 txn.delete(APP, key)
                 txn.delete(APP_INST_REFS, key)
                 if current.global_id:
-                    ids.delete(_app.global_id_store_key(current.global_id))
+                    txn.delete_key(_app.global_id_store_key(current.global_id))
 
-            await _app.apply_with_ids(engine, remove, reads=reads)
+            await engine.apply(remove, reads=reads)
         except BaseException:
             # shielded: a cancelled request must not leave the App marked for good
             await asyncio.shield(self._clear_prepare(key))

@@ -12,10 +12,10 @@ from typing import Any
 import grpc.aio
 from edgeproto import appinst_pb2, appinst_pb2_grpc, result_pb2
 
-from edge_cloud.errors import Unavailable, Unimplemented
+from edge_cloud.errors import Unimplemented
 from services.controller._inst_ops import AppInstOps, ClusterInstOps
 from services.controller._runtime import Runtime
-from services.controller._tracked import TrackedRuntime, streamed
+from services.controller._tracked import TrackedRuntime, streamed_rpc
 
 __all__ = ["AppInstApi", "add"]
 
@@ -33,42 +33,17 @@ class AppInstApi(appinst_pb2_grpc.AppInstApiServicer):
             else None
         )
 
-    def _tracked(self) -> AppInstOps:
-        if self._ops is None:
-            raise Unavailable("this Controller runs without Redis progress tracking")
-        return self._ops
+    CreateAppInst = streamed_rpc(
+        "create", "Create an instance; progress lines until it is Ready (or undone)."
+    )
 
-    async def CreateAppInst(
-        self, request: appinst_pb2.AppInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Create an instance; progress lines until it is Ready (or undone)."""
-        ops = self._tracked()
-        async for result in streamed(lambda sink: ops.create(request, sink)):
-            yield result
+    DeleteAppInst = streamed_rpc("delete", "Delete an instance; progress lines until it is gone.")
 
-    async def DeleteAppInst(
-        self, request: appinst_pb2.AppInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Delete an instance; progress lines until it is gone."""
-        ops = self._tracked()
-        async for result in streamed(lambda sink: ops.delete(request, sink)):
-            yield result
+    UpdateAppInst = streamed_rpc("update", "Change the listed fields; the worker applies them.")
 
-    async def UpdateAppInst(
-        self, request: appinst_pb2.AppInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Change the listed fields; the worker applies them."""
-        ops = self._tracked()
-        async for result in streamed(lambda sink: ops.update(request, sink)):
-            yield result
-
-    async def RefreshAppInst(
-        self, request: appinst_pb2.AppInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Push the App's current spec to one instance or all of an App's instances."""
-        ops = self._tracked()
-        async for result in streamed(lambda sink: ops.refresh(request, sink)):
-            yield result
+    RefreshAppInst = streamed_rpc(
+        "refresh", "Push the App's current spec to one instance or all of an App's instances."
+    )
 
     async def ShowAppInst(
         self, request: appinst_pb2.AppInst, context: _Ctx

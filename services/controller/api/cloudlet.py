@@ -37,7 +37,7 @@ from services.controller._cloudlet_ops import CloudletOps, features_for
 from services.controller._cloudletinfo import CLOUDLET, apply_info
 from services.controller._engine import Txn
 from services.controller._runtime import Runtime
-from services.controller._tracked import TrackedRuntime, seconds, streamed
+from services.controller._tracked import TrackedRuntime, seconds, streamed_rpc
 
 __all__ = ["CloudletApi", "add"]
 
@@ -69,29 +69,16 @@ class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def CreateCloudlet(
-        self, request: cloudlet_pb2.Cloudlet, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Create a cloudlet; progress lines until it is Ready (or undone)."""
-        _, ops = self._tracked()
-        async for result in streamed(lambda sink: ops.create(request, sink)):
-            yield result
+    CreateCloudlet = streamed_rpc(
+        "create", "Create a cloudlet; progress lines until it is Ready (or undone)."
+    )
 
-    async def DeleteCloudlet(
-        self, request: cloudlet_pb2.Cloudlet, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Delete a cloudlet; progress lines until it is gone."""
-        _, ops = self._tracked()
-        async for result in streamed(lambda sink: ops.delete(request, sink)):
-            yield result
+    DeleteCloudlet = streamed_rpc("delete", "Delete a cloudlet; progress lines until it is gone.")
 
-    async def UpdateCloudlet(
-        self, request: cloudlet_pb2.Cloudlet, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Change the listed fields; CRM work, trust policy and maintenance stream progress."""
-        _, ops = self._tracked()
-        async for result in streamed(lambda sink: ops.update(request, sink)):
-            yield result
+    UpdateCloudlet = streamed_rpc(
+        "update",
+        "Change the listed fields; CRM work, trust policy and maintenance stream progress.",
+    )
 
     async def ShowCloudlet(
         self, request: cloudlet_pb2.Cloudlet, context: _Ctx

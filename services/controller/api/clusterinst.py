@@ -18,7 +18,7 @@ from services.controller import _clusterinst
 from services.controller._cloudletinfo import CLOUDLET
 from services.controller._inst_ops import CLUSTER_INST, ClusterInstOps, features_of
 from services.controller._runtime import Runtime
-from services.controller._tracked import TrackedRuntime, seconds, streamed
+from services.controller._tracked import TrackedRuntime, seconds, streamed_rpc
 
 __all__ = ["ClusterInstApi", "add"]
 
@@ -37,29 +37,15 @@ class ClusterInstApi(clusterinst_pb2_grpc.ClusterInstApiServicer):
             raise Unavailable("this Controller runs without Redis progress tracking")
         return self._rt, self._ops
 
-    async def CreateClusterInst(
-        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Create a cluster; progress lines until it is Ready (or undone)."""
-        _, ops = self._tracked()
-        async for result in streamed(lambda sink: ops.create(request, sink)):
-            yield result
+    CreateClusterInst = streamed_rpc(
+        "create", "Create a cluster; progress lines until it is Ready (or undone)."
+    )
 
-    async def DeleteClusterInst(
-        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Delete a cluster; progress lines until it is gone."""
-        _, ops = self._tracked()
-        async for result in streamed(lambda sink: ops.delete(request, sink)):
-            yield result
+    DeleteClusterInst = streamed_rpc("delete", "Delete a cluster; progress lines until it is gone.")
 
-    async def UpdateClusterInst(
-        self, request: clusterinst_pb2.ClusterInst, context: _Ctx
-    ) -> AsyncIterator[result_pb2.Result]:
-        """Change the listed updatable fields; the worker applies them."""
-        _, ops = self._tracked()
-        async for result in streamed(lambda sink: ops.update(request, sink)):
-            yield result
+    UpdateClusterInst = streamed_rpc(
+        "update", "Change the listed updatable fields; the worker applies them."
+    )
 
     async def ShowClusterInst(
         self, request: clusterinst_pb2.ClusterInst, context: _Ctx
