@@ -398,6 +398,8 @@ class NotifyServer:
         self._undecoded_added = asyncio.Event()
         self._history_lock = asyncio.Lock()
         self._conns: set[_Conn] = set()
+        # flushes outlive their stream's handler, which gRPC cancels when the client goes away
+        self._flushes: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
 
@@ -496,6 +498,8 @@ class NotifyServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -898,7 +902,13 @@ class NotifyServer:
             self._conns.discard(conn)
             conn.closed.set()
             log.info("notify client %s (%s) disconnected", peer.name, peer.addr)
-            await self._flush(conn)
+            # A client that cancels its stream makes gRPC cancel this handler, possibly in
+            # the middle of the flush; the flush (e.g. marking a CRM's cloudlets OFFLINE)
+            # must finish anyway, so it runs as its own task that close() waits for.
+            flush = asyncio.create_task(self._flush(conn), name=f"notify-flush-{peer.name}")
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+            await asyncio.shield(flush)
         if conn.abort is not None:
             await context.abort(*conn.abort)
 
