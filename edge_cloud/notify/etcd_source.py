@@ -7,10 +7,9 @@ it, which the store keeps alive across etcd restarts and turns into a fresh list
 compaction. Keys of other types (versions, DNS labels, ids) are skipped.
 
 Loading is cheap: a snapshot's objects keep their key string from the etcd key and their value
-undecoded (`Encoded`), so a server is ready once etcd has answered, and decodes each object the
-first time a client needs it (JSON decoding costs ~60 µs an object: seconds for 100k). Building
-a snapshot gives the event loop back every `YIELD_EVERY` keys. Watched changes are decoded as
-they come.
+undecoded (`Encoded`), so a server is ready once etcd has answered and decodes them afterwards
+(JSON decoding costs ~60 µs an object: seconds for 100k). Building a snapshot gives the event
+loop back every `YIELD_EVERY` keys. Watched changes are decoded as they come.
 
 History for delta resync comes from etcd's multi-version store: the keys under `1/` as they
 were at the client's revision, compared with the keys now, name every object deleted since;
