@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge_cloud.cli import apply, ctl, local, serve
+from edge_cloud.cli import apply, ctl, dme, local, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(commands)
     ctl.register(commands)
     apply.register(commands)
+    dme.register(commands)
     return parser
 
 
