@@ -375,6 +375,8 @@ def run(main: Coroutine[Any, Any, None]) -> int:
                 received.append(sig)
                 task.cancel()
 
+            # no signal handlers off the main thread or on loops without them: the bench
+            # then simply runs to its bounded end, nothing is left half-done
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop)
         await main

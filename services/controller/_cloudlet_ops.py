@@ -574,7 +574,7 @@ class CloudletOps(TrackedOps):
             await stream.send(DELETED)
             await cleanup_info(rt, cloudlet, timeout=services.info_cleanup_timeout)
             await self._delete_autoprov_info(key)
-            # TODO(controller issue, alerts): remove the cloudlet's alerts and nodes.
+            # TODO(#4, alerts): remove the cloudlet's alerts and nodes.
 
         async def on_error(err: BaseException) -> None:
             def restore(txn: Txn) -> None:
@@ -801,7 +801,7 @@ class CloudletOps(TrackedOps):
                             organization=update.key.organization, name=update.trust_policy
                         ),
                     )
-                    # TODO(controller slice AppInst): every AppInst here must comply.
+                    # TODO(#4, AppInst): every AppInst here must comply.
             if (
                 current.enable_default_serverless_cluster
                 != merged.enable_default_serverless_cluster
@@ -816,7 +816,7 @@ class CloudletOps(TrackedOps):
                     raise InvalidArgument(
                         f"Serverless cluster not supported on {current.platform_type}"
                     )
-                # TODO(controller slice ClusterInst): create/delete the default MT cluster.
+                # TODO(#4, ClusterInst): create/delete the default MT cluster.
             if needs_crm and not cctx.ignore_crm:
                 merged.state = TS.UPDATE_REQUESTED
             if trust_update and cctx.ignore_crm:
@@ -862,7 +862,7 @@ class CloudletOps(TrackedOps):
         rt = self._rt
         settings = rt.settings()
         timeout = seconds(settings.update_cloudlet_timeout)
-        # TODO(controller slice AppInst): propagate a location change to the AppInsts.
+        # TODO(#4, AppInst): propagate a location change to the AppInsts.
         if outcome["crm"] and not cctx.ignore_crm:
             if merged.crm_on_edge:
                 info = rt.caches.get(CLOUDLET_INFO, keys.key_string(merged.key))

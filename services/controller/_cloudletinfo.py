@@ -207,7 +207,7 @@ async def mark_offline(
             log.info("cloudlet %s offline (notify connection %d ended)", key, notify_id)
         except EdgeError as err:
             log.warning("could not mark cloudlet %s offline: %s", key, err)
-        # TODO(controller issue, alerts): fire CloudletDown / AppInstDown when it was Ready.
+        # TODO(#4, alerts): fire CloudletDown / AppInstDown when it was Ready.
 
 
 async def cleanup_info(

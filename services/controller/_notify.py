@@ -347,7 +347,7 @@ class ControllerNotify:
             txn.put(alert, lease=lease)
 
         await self._rt.engine.apply(put)
-        # TODO(controller issue, alerts): replay alerts after a lost lease; AppInstDown
+        # TODO(#4, alerts): replay alerts after a lost lease; AppInstDown
         # sets the AppInst's health (AppInst slice).
 
     async def _alert_delete(self, peer: Peer, alert: alert_pb2.Alert) -> None:

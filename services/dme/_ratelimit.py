@@ -330,16 +330,12 @@ class RateLimitManager:
         Args:
             settings: The FlowRateLimitSettings message.
         """
-        key = settings.key.rate_limit_key
-        if key.api_endpoint_type != _DME:
-            return
-        limiter = self._api(key.api_name)
-        if key.rate_limit_target in (_ALL, _PER_IP, _PER_USER):
-            target = limiter.targets.setdefault(key.rate_limit_target, _TargetSettings())
-            flow = ratelimit_pb2.FlowSettings()
-            flow.CopyFrom(settings.settings)
-            target.flow[settings.key.flow_settings_name] = flow
-            limiter.changed(key.rate_limit_target)
+        flow = ratelimit_pb2.FlowSettings()
+        flow.CopyFrom(settings.settings)
+        target = self._target(settings.key.rate_limit_key)
+        if target is not None:
+            target[1].flow[settings.key.flow_settings_name] = flow
+            target[0].changed(settings.key.rate_limit_key.rate_limit_target)
 
     def update_max_reqs(self, settings: ratelimit_pb2.MaxReqsRateLimitSettings) -> None:
         """Add or replace max-requests (fixed window) settings; non-DME ones are ignored.
@@ -347,16 +343,23 @@ class RateLimitManager:
         Args:
             settings: The MaxReqsRateLimitSettings message.
         """
-        key = settings.key.rate_limit_key
+        max_reqs = ratelimit_pb2.MaxReqsSettings()
+        max_reqs.CopyFrom(settings.settings)
+        target = self._target(settings.key.rate_limit_key)
+        if target is not None:
+            target[1].max_reqs[settings.key.max_reqs_settings_name] = max_reqs
+            target[0].changed(settings.key.rate_limit_key.rate_limit_target)
+
+    def _target(
+        self, key: ratelimit_pb2.RateLimitSettingsKey
+    ) -> tuple[_ApiLimiter, _TargetSettings] | None:
+        """The limiter and target settings a DME settings key addresses, created if new."""
         if key.api_endpoint_type != _DME:
-            return
+            return None
         limiter = self._api(key.api_name)
-        if key.rate_limit_target in (_ALL, _PER_IP, _PER_USER):
-            target = limiter.targets.setdefault(key.rate_limit_target, _TargetSettings())
-            max_reqs = ratelimit_pb2.MaxReqsSettings()
-            max_reqs.CopyFrom(settings.settings)
-            target.max_reqs[settings.key.max_reqs_settings_name] = max_reqs
-            limiter.changed(key.rate_limit_target)
+        if key.rate_limit_target not in (_ALL, _PER_IP, _PER_USER):
+            return None
+        return limiter, limiter.targets.setdefault(key.rate_limit_target, _TargetSettings())
 
     def delete_flow(self, key: ratelimit_pb2.FlowRateLimitSettingsKey) -> None:
         """Remove flow settings; an API left with none falls back to Global again.

@@ -56,7 +56,7 @@ class FlavorApi(flavor_pb2_grpc.FlavorApiServicer):
             prepare=not_master_flavor,
             in_use=lambda flavor: _uses.flavor_users(engine.caches, flavor),
         )
-        # TODO(controller slice App): delete AutoDelete Apps whose default flavor this was.
+        # TODO(#4, App): delete AutoDelete Apps whose default flavor this was.
         return result_pb2.Result()
 
     async def ShowFlavor(

@@ -50,7 +50,7 @@ async def update_settings(runtime: Runtime, request: settings_pb2.Settings) -> b
                 flavor_pb2.FlavorKey(name=merged.master_node_flavor),
                 missing=lambda: NotFound("Flavor must preexist"),
             )
-        # TODO(controller slice metrics): apply retention and continuous-query changes to
+        # TODO(#4, metrics): apply retention and continuous-query changes to
         # InfluxDB inside the update, as the original does.
         txn.put(merged)
         return True

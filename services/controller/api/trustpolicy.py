@@ -54,7 +54,7 @@ class TrustPolicyApi(trustpolicy_pb2_grpc.TrustPolicyApiServicer):
             txn: Txn, merged: trustpolicy_pb2.TrustPolicy, current: trustpolicy_pb2.TrustPolicy
         ) -> None:
             _validate.check_trust_policy(merged)
-            # TODO(controller slice Cloudlet): every AppInst on cloudlets using the policy
+            # TODO(#4, Cloudlet): every AppInst on cloudlets using the policy
             # must comply, then each such cloudlet is updated through its CRM or CCRM.
 
         await self._rt.engine.update(update, updatable=UPDATABLE, check=check)

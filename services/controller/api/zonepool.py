@@ -121,7 +121,7 @@ class ZonePoolApi(zonepool_pb2_grpc.ZonePoolApiServicer):
             check_zones_exist(txn, pool.zones)
 
         await self._rt.engine.modify(ZONE_POOL, request.key, add_member)
-        # TODO(controller slice TPE): re-apply TrustPolicyExceptions of the pool's zones.
+        # TODO(#4, TPE): re-apply TrustPolicyExceptions of the pool's zones.
         return result_pb2.Result()
 
     async def RemoveZonePoolMember(
