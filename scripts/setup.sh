@@ -41,7 +41,7 @@ if newer_than "$STAMPS/packages" pyproject.toml constraints.txt; then
     say "installing Python packages (pinned by constraints.txt)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -c constraints.txt --group dev -e .
+        -c constraints.txt --group dev -e ".[aws]"
     touch "$STAMPS/packages"
 fi
 

@@ -2,10 +2,10 @@
 
 Registered as a plugin by `tests/conftest.py`, so every test can ask for:
 
-- `etcd_server`, `redis_server`, `influx_server` (session): one real server each per run (per
-  xdist worker), on a free loopback port with a fresh data dir, stopped by PID at the end.
-  A missing binary skips the test with the install line, or fails it under `CI=true`, where
-  a silently skipped integration suite would be a green lie.
+- `etcd_server`, `redis_server`, `influx_server`, `moto_server` (session): one real server
+  each per run (per xdist worker), on a free loopback port with a fresh data dir, stopped by
+  PID at the end. A missing binary skips the test with the install line, or fails it under
+  `CI=true`, where a silently skipped integration suite would be a green lie.
 - `etcd_store`, `redis_client`, `influx_db` (function): a client isolated from other tests by
   a unique etcd key namespace, its own Redis database (flushed), its own Influx database.
 - `private_etcd` (function): an etcd of the test's own, for tests that stop or restart it.
@@ -93,6 +93,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 def influx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One InfluxDB for the whole run; isolate tests by database (`influx_db`)."""
     yield from _session_server("influx_server", localservers.start_influxdb, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One moto (AWS emulator, server mode) for the run; tests isolate by region and tags.
+
+    Its `client_url` is the `endpoint_url` for boto3. Credentials are never checked by moto,
+    but boto3 still signs every request, so tests pass dummy keys explicitly.
+    """
+    yield from _session_server("moto_server", localservers.start_moto, tmp_path_factory)
 
 
 @pytest.fixture
