@@ -9,6 +9,12 @@ type, and shared by every call; each call carries a deadline.
 `apply_cloudlet` runs `CloudletPlatformAPI.ApplyCloudlet`: the CCRM streams CloudletInfo
 snapshots as it works and ends the stream cleanly (success) or with a gRPC error (failure,
 whose message is passed on unwrapped, as the original's `GRPCErrorUnwrap` does).
+
+A CCRM that goes away (killed, restarted, network cut) shows up as gRPC's transport text,
+"Stream removed" or "failed to connect to all addresses", which tells a user nothing. Such
+failures are reworded to name the CCRM, its address and what was being done ("lost contact
+with the CCRM at 127.0.0.1:19001 (node type ccrm) while creating ClusterInst {...}"), still
+UNAVAILABLE, so the object's stored error says what to look at.
 """
 
 from __future__ import annotations
@@ -26,14 +32,27 @@ from edgeproto import (
     cloudlet_pb2,
     cloudletkey_pb2,
     clusterinst_pb2,
+    common_pb2,
     result_pb2,
 )
 
 from edge_cloud import api
 from edge_cloud.config import TlsFiles
-from edge_cloud.errors import DeadlineExceeded, EdgeError, FailedPrecondition, from_status
+from edge_cloud.errors import (
+    DeadlineExceeded,
+    EdgeError,
+    FailedPrecondition,
+    Unavailable,
+    from_status,
+)
+from edge_cloud.objects import keys
 
-__all__ = ["CcrmClients", "parse_platform_service_addrs"]
+__all__ = [
+    "CcrmClients",
+    "is_transport_loss",
+    "operation",
+    "parse_platform_service_addrs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +90,79 @@ def parse_platform_service_addrs(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _error(err: grpc.aio.AioRpcError, what: str) -> EdgeError:
-    """A failed CCRM call as our exception, its message unwrapped."""
+# What gRPC core says when the peer is gone, as opposed to an UNAVAILABLE the CCRM sent on
+# purpose (a platform's transient error travels with the same code but its own words).
+_TRANSPORT_TEXTS: Final = (
+    "stream removed",
+    "socket closed",
+    "failed to connect",
+    "connection reset",
+    "connection refused",
+    "broken pipe",
+    "goaway",
+    "connections to all backends failing",
+    "end of tcp stream",
+    "keepalive watchdog timeout",
+)
+_VERBS: Final[dict[int, str]] = {
+    common_pb2.CREATE_REQUESTED: "creating",
+    common_pb2.UPDATE_REQUESTED: "updating",
+    common_pb2.DELETE_REQUESTED: "deleting",
+}
+
+
+def is_transport_loss(err: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call means the CCRM went away, not that it reported an error."""
+    if err.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    text = (err.details() or "").lower()
+    return any(marker in text for marker in _TRANSPORT_TEXTS)
+
+
+def operation(obj: Any) -> str:
+    """What a request asks for, in words: `creating ClusterInst {"name":...}`."""
+    state: int = getattr(obj, "state", 0)
+    verb = _VERBS.get(state, "applying")
+    return f"{verb} {type(obj).__name__} {keys.key_string(obj.key)}"
+
+
+def _error(err: grpc.aio.AioRpcError, what: str = "", *, lost: str | None = None) -> EdgeError:
+    """A failed CCRM call as our exception, its message unwrapped.
+
+    Args:
+        err: The call's error.
+        what: A prefix for the message.
+        lost: When the CCRM went away, the sentence naming it and the operation (see
+            `CcrmClients._lost`); used instead of gRPC's transport text.
+    """
     if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"{what}{DEADLINE_MESSAGE}")
+    if lost is not None and is_transport_loss(err):
+        return Unavailable(f"{what}{lost} ({err.details()})")
     return from_status(err.code(), f"{what}{err.details() or err.code().name}")
 
 
-async def _drain(call: Any, on_item: Callable[[T], Awaitable[None]]) -> None:
+async def _drain(
+    call: Any, on_item: Callable[[T], Awaitable[None]], lost: Callable[[bool], str]
+) -> None:
     """Hand each message of a server-streaming call to `on_item`; cancel the call after.
 
+    Args:
+        call: The streaming call.
+        on_item: Called with each message, in order.
+        lost: Words for a lost CCRM, given whether anything had arrived yet.
+
     Raises:
-        EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
+        EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline,
+            `Unavailable` naming the CCRM when it went away.
     """
+    started = False
     try:
         async for item in call:
+            started = True
             await on_item(item)
     except grpc.aio.AioRpcError as err:
-        raise _error(err, "") from err
+        raise _error(err, lost=lost(started)) from err
     finally:
         call.cancel()
 
@@ -128,6 +202,24 @@ class CcrmClients:
         self._channels[node_type] = ch
         return ch
 
+    def _lost(self, node_type: str, doing: str) -> Callable[[bool], str]:
+        """Words for a CCRM that went away during `doing`, or could not be reached for it."""
+        addr = self._addrs.get(node_type, "?")
+
+        def words(started: bool) -> str:
+            if started:
+                return (
+                    f"lost contact with the CCRM at {addr} (node type {node_type}) while "
+                    f"{doing}; the platform may have done part of the work, check the CCRM "
+                    "and retry once it is back"
+                )
+            return (
+                f"cannot reach the CCRM at {addr} (node type {node_type}) for {doing}; check "
+                "that it is running, then retry"
+            )
+
+        return words
+
     def cloudlet_api(self, node_type: str) -> ccrm_pb2_grpc.CloudletPlatformAPIStub:
         """A `CloudletPlatformAPI` stub on the CCRM of a node type."""
         return ccrm_pb2_grpc.CloudletPlatformAPIStub(self.channel(node_type))
@@ -154,13 +246,7 @@ class CcrmClients:
         """
         stub = self.cloudlet_api(node_type)
         call: Any = stub.ApplyCloudlet(cloudlet, timeout=timeout)
-        try:
-            async for info in call:
-                await on_info(info)
-        except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
-        finally:
-            call.cancel()
+        await _drain(call, on_info, self._lost(node_type, operation(cloudlet)))
 
     async def get_cloudlet_manifest(
         self,
@@ -178,7 +264,10 @@ class CcrmClients:
         try:
             manifest: cloudlet_pb2.CloudletManifest = await call
         except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
+            lost = self._lost(
+                node_type, f"getting the manifest of cloudlet {keys.key_string(key)}"
+            )(False)
+            raise _error(err, lost=lost) from err
         return manifest
 
     async def get_cloudlet_resources(
@@ -197,7 +286,10 @@ class CcrmClients:
         try:
             info: cloudlet_pb2.CloudletInfo = await call
         except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
+            lost = self._lost(
+                node_type, f"getting the resources of cloudlet {keys.key_string(cloudlet.key)}"
+            )(False)
+            raise _error(err, lost=lost) from err
         return info
 
     async def refresh_certs(
@@ -216,7 +308,11 @@ class CcrmClients:
         try:
             await call
         except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
+            lost = self._lost(
+                node_type,
+                f"refreshing the certificates of cloudlet {keys.key_string(cloudlet.key)}",
+            )(False)
+            raise _error(err, lost=lost) from err
 
     async def restricted_cloudlet_status(
         self,
@@ -235,7 +331,8 @@ class CcrmClients:
             async for status in call:
                 yield status
         except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
+            lost = self._lost(node_type, f"the status of cloudlet {keys.key_string(key)}")(False)
+            raise _error(err, lost=lost) from err
         finally:
             call.cancel()
 
@@ -253,7 +350,8 @@ class CcrmClients:
             EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
         """
         stub = ccrm_pb2_grpc.ClusterPlatformAPIStub(self.channel(node_type))
-        await _drain(stub.ApplyClusterInst(cluster, timeout=timeout), on_info)
+        lost = self._lost(node_type, operation(cluster))
+        await _drain(stub.ApplyClusterInst(cluster, timeout=timeout), on_info, lost)
 
     async def apply_app_inst(
         self,
@@ -269,7 +367,8 @@ class CcrmClients:
             EdgeError: The CCRM's error (unwrapped), `DeadlineExceeded` past the deadline.
         """
         stub = ccrm_pb2_grpc.AppInstPlatformAPIStub(self.channel(node_type))
-        await _drain(stub.ApplyAppInst(inst, timeout=timeout), on_info)
+        lost = self._lost(node_type, operation(inst))
+        await _drain(stub.ApplyAppInst(inst, timeout=timeout), on_info, lost)
 
     async def get_cluster_credentials(
         self,
@@ -287,7 +386,10 @@ class CcrmClients:
         try:
             result: result_pb2.Result = await call
         except grpc.aio.AioRpcError as err:
-            raise _error(err, "") from err
+            lost = self._lost(
+                node_type, f"the credentials of cluster {keys.key_string(request.key)}"
+            )(False)
+            raise _error(err, lost=lost) from err
         return result
 
     async def close(self) -> None:

@@ -498,14 +498,6 @@ def test_ccrm_killed_during_app_inst_delete_leaves_delete_error(api: Api) -> Non
     delete_cloudlet(api, cloudlet)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a CCRM lost mid-operation is reported with gRPC's raw transport text 'Stream removed "
-        "(Socket closed)' (UNAVAILABLE), stored as the object's error: nothing says the platform "
-        "service (CCRM) went away"
-    ),
-)
 def test_a_lost_ccrm_is_named_in_the_error(api: Api) -> None:
     cloudlet = create_cloudlet(api, FAKE_PAUSE_AT="create_cluster:step2")
     cluster = docker_cluster(cloudlet, f"lost{cloudlet.key.name}")
@@ -525,7 +517,18 @@ def test_a_lost_ccrm_is_named_in_the_error(api: Api) -> None:
     finally:
         caller.join(20)
         api.platform.ccrm.start()
-    [(_, err)] = outcome
+    [(messages, err)] = outcome
     code, text = details(err)
     assert code == grpc.StatusCode.UNAVAILABLE
-    assert "ccrm" in text.lower() or "platform service" in text.lower(), text
+    addr = f"127.0.0.1:{api.platform.ccrm_port}"
+    assert text.startswith(
+        f"lost contact with the CCRM at {addr} (node type ccrm) while creating ClusterInst "
+    ), text
+    assert cluster.key.name in text, text
+    # the caller saw the same words, and the object reached a terminal state: the failed
+    # create was undone
+    assert messages[-1] == "DELETING ClusterInst due to failures", messages
+    assert wait_for(lambda: show_clusters(api, cluster.key) == [] or None, 10, "the undo")
+    assert_no_refs(api, cloudlet.key)
+    drop_env(api, cloudlet, "FAKE_PAUSE_AT")
+    delete_cloudlet(api, cloudlet)
