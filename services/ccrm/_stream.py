@@ -10,6 +10,7 @@ from typing import Any, Final, TypeVar
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
+from edge_cloud.crmutil import field_number, info_fields
 from edge_cloud.platform import InfoSender
 
 __all__ = ["field_number", "info_fields", "stream_items", "stream_work"]
@@ -18,21 +19,6 @@ InfoT = TypeVar("InfoT", bound=Message)
 ItemT = TypeVar("ItemT")
 
 _DONE: Final = object()
-
-
-def info_fields(cls: type[Message]) -> tuple[str, str, str]:
-    """The field numbers of `state`, `errors` and `status` of an Info message."""
-    by_name = cls.DESCRIPTOR.fields_by_name
-    return (
-        str(by_name["state"].number),
-        str(by_name["errors"].number),
-        str(by_name["status"].number),
-    )
-
-
-def field_number(cls: type[Message], name: str) -> str:
-    """One field's number as a `fields` path."""
-    return str(cls.DESCRIPTOR.fields_by_name[name].number)
 
 
 async def stream_items(
@@ -70,7 +56,7 @@ async def stream_items(
 def stream_work(
     info: InfoT,
     state_enum: EnumDescriptor,
-    work: Callable[[InfoSender[InfoT]], Coroutine[Any, Any, None]],
+    work: Callable[[InfoSender[InfoT]], Coroutine[Any, Any, object]],
 ) -> AsyncIterator[InfoT]:
     """Run `work(sender)` and yield every Info update it sends.
 
@@ -85,6 +71,6 @@ def stream_work(
 
     async def run(emit: Callable[[InfoT], None]) -> None:
         sender = InfoSender(info, emit, state_enum=state_enum, fields=info_fields(type(info)))
-        await work(sender)
+        await work(sender)  # what it returns (whether it acted) only matters to a CRM
 
     return stream_items(run)
