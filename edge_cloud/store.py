@@ -37,6 +37,7 @@ import asyncio
 import enum
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, Self
@@ -71,6 +72,7 @@ __all__ = [
     "Put",
     "Resync",
     "RevisionCompacted",
+    "Snapshot",
     "Store",
     "TxnResult",
     "UpdateFn",
@@ -97,6 +99,8 @@ _CHANNEL_OPTIONS: Final[dict[str, Any]] = {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
 }
 
+_RETRY_BASE: Final = 0.002
+_RETRY_CAP: Final = 0.05
 _WATCH_BACKOFF_MIN: Final = 0.05
 _WATCH_BACKOFF_MAX: Final = 2.0
 
@@ -253,6 +257,18 @@ class TxnResult:
     deleted: int = 0
 
 
+class Snapshot(dict[str, "KeyValue | None"]):
+    """The values `update` hands its function: key → value (None: absent), read at `revision`.
+
+    The revision lets a function tell whether a local copy of other data (a cache fed by a
+    watch) is at least as new as what it reads here, and so safe to combine with it.
+    """
+
+    def __init__(self, values: Mapping[str, KeyValue | None], *, revision: int) -> None:
+        super().__init__(values)
+        self.revision = revision
+
+
 #: What `update` calls: current values of the keys read (None: absent) → ops to commit.
 UpdateFn = Callable[[Mapping[str, KeyValue | None]], Sequence[Op] | Awaitable[Sequence[Op]]]
 
@@ -291,7 +307,12 @@ class Store(Protocol):
         ...
 
     async def update(
-        self, keys: Iterable[str], fn: UpdateFn, *, retries: int = DEFAULT_UPDATE_RETRIES
+        self,
+        keys: Iterable[str],
+        fn: UpdateFn,
+        *,
+        retries: int = DEFAULT_UPDATE_RETRIES,
+        budget: float | None = None,
     ) -> TxnResult:
         """Read `keys`, let `fn` compute ops, commit guarded by what was read; see EtcdStore."""
         ...
@@ -549,24 +570,37 @@ class EtcdStore:
         return TxnResult(bool(resp.succeeded), resp.header.revision, values, deleted)
 
     async def update(
-        self, keys: Iterable[str], fn: UpdateFn, *, retries: int = DEFAULT_UPDATE_RETRIES
+        self,
+        keys: Iterable[str],
+        fn: UpdateFn,
+        *,
+        retries: int = DEFAULT_UPDATE_RETRIES,
+        budget: float | None = None,
     ) -> TxnResult:
         """Read-modify-write `keys` without lost updates.
 
         Reads every key in one snapshot, calls `fn` with the current values, and commits the
         ops it returns in one transaction that requires every key read to be unchanged (same
         mod revision, or still absent). If another writer got there first, the failed
-        transaction itself returns fresh values, `fn` runs again on them, and so on, at most
-        `retries` more times.
+        transaction itself returns fresh values, `fn` runs again on them, and so on.
+
+        How long it keeps trying adapts to the contention: at least `retries` more
+        attempts, and with a `budget` as many more as fit in that many seconds. A hot key
+        (a per-cloudlet refs record under a burst of creates) thus costs its writers time,
+        not failures, while a writer that can never win still gives up in bounded time.
+        Between attempts it sleeps a jittered, exponentially growing few milliseconds, so
+        writers retrying in lockstep spread out instead of colliding again.
 
         `fn` must be a pure function of its argument (it may run several times) and may raise
-        an `EdgeError` to refuse (nothing is written). It may be a coroutine function. Keys it
-        writes but that are not in `keys` are written unguarded.
+        an `EdgeError` to refuse (nothing is written). It may be a coroutine function. Its
+        argument is a `Snapshot`: the values plus the store revision they were read at. Keys
+        it writes but that are not in `keys` are written unguarded.
 
         Args:
             keys: Keys to read and guard.
             fn: Current values (None: absent) → ops to commit; an empty list writes nothing.
-            retries: Extra attempts after the first lost race.
+            retries: Extra attempts after the first lost race, at least.
+            budget: Seconds during which lost races are retried beyond `retries`.
 
         Returns:
             The successful transaction (or, if `fn` returned no ops, the read).
@@ -577,24 +611,27 @@ class EtcdStore:
         guarded = list(dict.fromkeys(keys))
         reads: list[Op] = [Get(k) for k in guarded]
         snapshot = await self.txn((), reads)
-        current, revision = snapshot.values, snapshot.revision
-        for attempt in range(retries + 1):
+        current = Snapshot(snapshot.values, revision=snapshot.revision)
+        deadline = None if budget is None else time.monotonic() + budget
+        attempt = 0
+        while True:
             result = fn(current)
             ops = result if isinstance(result, Sequence) else await result
             if not ops:
-                return TxnResult(True, revision, dict(current), 0)
+                return TxnResult(True, current.revision, dict(current), 0)
             compares = [ModRevisionIs(k, kv.mod_revision if kv else 0) for k, kv in current.items()]
             outcome = await self.txn(compares, ops, reads)
             if outcome.succeeded:
                 return outcome
-            current, revision = outcome.values, outcome.revision
-            if 0 < attempt < retries:
-                # Two writers retrying in lockstep would collide again; a few ms of jitter,
-                # growing with the attempt, spreads them out.
-                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))  # noqa: S311 - jitter, not security
+            current = Snapshot(outcome.values, revision=outcome.revision)
+            attempt += 1
+            if attempt > retries and (deadline is None or time.monotonic() >= deadline):
+                break
+            if attempt > 1:
+                await asyncio.sleep(_retry_delay(attempt))
         raise Aborted(
             f"concurrent changes to {', '.join(guarded) or '(no keys)'} kept conflicting; "
-            f"gave up after {retries + 1} attempts"
+            f"gave up after {attempt} attempts"
         )
 
     # -- leases --------------------------------------------------------------------------------
@@ -894,6 +931,12 @@ class EtcdStore:
 
 class _WatchBroken(Exception):
     """The watch stream ended or was refused in a way worth reopening."""
+
+
+def _retry_delay(attempt: int) -> float:
+    """Seconds before retry `attempt` (2, 3, ...) of a lost race: jittered, growing, capped."""
+    ceiling = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(attempt - 1, 8))
+    return random.uniform(0, ceiling)  # noqa: S311 - jitter, not security
 
 
 def _op_key(x: Compare | Op) -> str:

@@ -26,13 +26,29 @@ The generic protocols built on `apply`:
 
 After each committing transaction the engine waits for its caches to reach the commit
 revision, so a Show right after a Create sees the object (read-your-writes).
+
+What keeps hot transactions cheap (issue 6, a burst of AppInst creates on one cluster):
+
+- Values read whose mod revision equals the cached entry's are taken from the caches (a
+  protobuf copy) instead of being decoded from JSON again on every run.
+- `Txn.peek_many` reads objects from the caches without guarding them. It is for the
+  members of a refs record (the AppInsts of a ClusterRefs): the caller guards the record
+  itself, and every change to what it looks at in the members also writes the record, so
+  a commit on a stale member view fails on the record instead. The caches must be at
+  least as new as the snapshot for that; otherwise the engine waits for them and re-runs.
+- `apply(..., serialize=names)` makes commits of this process that share a name take turns
+  (per-name asyncio locks, taken in sorted order): creates on one cloudlet all write its
+  refs, so letting them race each other through etcd only burns retries. Other writers
+  (another Controller) are still handled by the guarded commit, now retried for a time
+  budget instead of a fixed count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 from google.protobuf.message import Message
@@ -53,6 +69,8 @@ R = TypeVar("R")
 DELETE_PREPARE: Final = "delete_prepare"
 _MAX_READ_ROUNDS: Final = 20
 _TXN_RETRIES: Final = 10
+_TXN_BUDGET: Final = 20.0
+"""Seconds a transaction keeps retrying lost races after its first `_TXN_RETRIES`."""
 
 
 class _NeedReads(Exception):
@@ -61,6 +79,14 @@ class _NeedReads(Exception):
     def __init__(self, store_keys: Iterable[str]) -> None:
         super().__init__("transaction needs more keys")
         self.store_keys = list(store_keys)
+
+
+class _StaleCaches(Exception):
+    """Raised inside a transaction function that peeked at caches older than its snapshot."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"caches behind revision {revision}")
+        self.revision = revision
 
 
 def _copy(obj: M) -> M:
@@ -86,8 +112,23 @@ class Txn:
     or an App's global id), guarded and committed like the rest.
     """
 
-    def __init__(self, values: Mapping[str, KeyValue | None]) -> None:
+    def __init__(
+        self,
+        values: Mapping[str, KeyValue | None],
+        caches: Caches | None = None,
+        cache_revision: Callable[[], int] | None = None,
+    ) -> None:
+        """Start a run on `values` (a `Snapshot` carries its revision).
+
+        Args:
+            values: The snapshot read for this run.
+            caches: Decoded objects to reuse for values with the same mod revision, and
+                what `peek_many` reads.
+            cache_revision: The revision the caches are at (`peek_many` needs it).
+        """
         self._values = values
+        self._caches = caches
+        self._cache_revision = cache_revision
         self._writes: dict[str, Op] = {}
         self._written: dict[str, Message | None] = {}
         self._raw: dict[str, bytes | None] = {}
@@ -105,18 +146,62 @@ class Txn:
 
     def get_many(self, otype: ObjectType[M], keys_: Iterable[Message | str]) -> list[M | None]:
         """Several objects of one type (fetched in one round when not read yet)."""
-        store_keys = [keys.store_key(otype.name, keys.key_string(k)) for k in keys_]
+        key_strings = [keys.key_string(k) for k in keys_]
+        store_keys = [keys.store_key(otype.name, k) for k in key_strings]
         missing = [k for k in store_keys if k not in self._written and k not in self._values]
         if missing:
             raise _NeedReads(missing)
         out: list[M | None] = []
-        for skey in store_keys:
+        for key_string, skey in zip(key_strings, store_keys, strict=True):
             if skey in self._written:
                 written = self._written[skey]
                 out.append(None if written is None else _copy(written))  # type: ignore[arg-type]
                 continue
             kv = self._values[skey]
-            out.append(None if kv is None else codec.decode(otype, kv.value))
+            out.append(None if kv is None else self._decode(otype, key_string, kv))
+        return out
+
+    def _decode(self, otype: ObjectType[M], key_string: str, kv: KeyValue) -> M:
+        """The value as an object: a copy of the cached one when it is the same write."""
+        if self._caches is not None:
+            entry = self._caches.entry(otype, key_string)
+            if entry is not None and entry.mod_revision == kv.mod_revision:
+                return entry.copy()  # type: ignore[return-value]  # cached under its type
+        return codec.decode(otype, kv.value)
+
+    def peek_many(self, otype: ObjectType[M], keys_: Iterable[Message | str]) -> list[M | None]:
+        """Objects from the caches, NOT guarded: their changes do not fail the commit.
+
+        Only for objects whose relevant changes always also write a key this transaction
+        reads guarded (the members of a refs record the caller reads with `get`): then a
+        commit computed from a member that changed since fails on that record and runs
+        again. Needs the caches to be at least as new as the snapshot (a member committed
+        with the record must be in them); if they are behind, the engine waits and re-runs.
+        This run's own writes are seen, as with `get_many`.
+
+        Args:
+            otype: Their type.
+            keys_: Their keys.
+
+        Returns:
+            The objects (copies), None for those absent.
+        """
+        if self._caches is None or self._cache_revision is None:
+            return self.get_many(otype, keys_)
+        revision = getattr(self._values, "revision", None)
+        if revision is None:
+            return self.get_many(otype, keys_)
+        if self._cache_revision() < revision:
+            raise _StaleCaches(revision)
+        out: list[M | None] = []
+        for k in keys_:
+            key_string = keys.key_string(k)
+            skey = keys.store_key(otype.name, key_string)
+            if skey in self._written:
+                written = self._written[skey]
+                out.append(None if written is None else _copy(written))  # type: ignore[arg-type]
+                continue
+            out.append(self._caches.get(otype, key_string))
         return out
 
     def require(
@@ -198,6 +283,32 @@ class Engine:
     def __init__(self, store: Store, sync: Sync) -> None:
         self.store = store
         self.sync = sync
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def serialized(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the per-name locks of `names` (sorted order, so two holders never deadlock).
+
+        Locks exist only while someone holds or waits for them.
+        """
+        registered: list[str] = []
+        held: list[asyncio.Lock] = []
+        try:
+            for name in sorted(set(names)):
+                lock, users = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+                users[0] += 1
+                registered.append(name)
+                await lock.acquire()
+                held.append(lock)
+            yield
+        finally:
+            for lock in reversed(held):
+                lock.release()
+            for name in registered:
+                users = self._locks[name][1]
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[name]
 
     @property
     def caches(self) -> Caches:
@@ -212,6 +323,7 @@ class Engine:
         *,
         reads: Iterable[str] = (),
         wait: bool = True,
+        serialize: Iterable[str] = (),
     ) -> R:
         """Run `fn` as one guarded etcd transaction and return what its last run returned.
 
@@ -220,6 +332,8 @@ class Engine:
                 (nothing is written). Must be re-entrant: it may run several times.
             reads: etcd keys to fetch up front (saves a round per key read).
             wait: After a commit, wait for the caches to reach its revision.
+            serialize: Names of hot records the commit writes; commits of this process
+                naming the same one take turns (the wait for the caches is outside).
 
         Returns:
             The value of the run that committed (or of the run that wrote nothing).
@@ -227,7 +341,7 @@ class Engine:
         Raises:
             Aborted: Other writers kept winning the race.
         """
-        result, _ = await self.apply_at(fn, reads=reads, wait=wait)
+        result, _ = await self.apply_at(fn, reads=reads, wait=wait, serialize=serialize)
         return result
 
     async def apply_at(
@@ -236,8 +350,16 @@ class Engine:
         *,
         reads: Iterable[str] = (),
         wait: bool = True,
+        serialize: Iterable[str] = (),
     ) -> tuple[R, int | None]:
         """`apply`, also returning the commit revision (None when nothing was written)."""
+        async with self.serialized(serialize):
+            result, revision = await self._commit(fn, reads)
+        if revision is not None and wait:
+            await self.sync.wait_for_revision(revision)
+        return result, revision
+
+    async def _commit(self, fn: Callable[[Txn], R], reads: Iterable[str]) -> tuple[R, int | None]:
         wanted: dict[str, None] = dict.fromkeys(reads)
         results: list[R] = []
         wrote: list[bool] = []
@@ -246,7 +368,7 @@ class Engine:
             # runs once per attempt: keep only the last run's outcome
             results.clear()
             wrote.clear()
-            txn = Txn(values)
+            txn = Txn(values, self.caches, self._cache_revision)
             results.append(fn(txn))
             ops = txn.ops()
             wrote.append(bool(ops))
@@ -254,16 +376,22 @@ class Engine:
 
         for _ in range(_MAX_READ_ROUNDS):
             try:
-                outcome = await self.store.update(list(wanted), attempt, retries=_TXN_RETRIES)
+                outcome = await self.store.update(
+                    list(wanted), attempt, retries=_TXN_RETRIES, budget=_TXN_BUDGET
+                )
             except _NeedReads as need:
                 wanted.update(dict.fromkeys(need.store_keys))
                 continue
+            except _StaleCaches as stale:
+                await self.sync.wait_for_revision(stale.revision)
+                continue
             if not (wrote and wrote[0]):
                 return results[0], None
-            if wait:
-                await self.sync.wait_for_revision(outcome.revision)
             return results[0], outcome.revision
         raise EdgeError(f"transaction kept reading new keys after {_MAX_READ_ROUNDS} rounds")
+
+    def _cache_revision(self) -> int:
+        return self.sync.revision
 
     # -- reads from the caches ---------------------------------------------------------------
 
