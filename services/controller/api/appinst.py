@@ -1,6 +1,6 @@
 """AppInstApi: application instances on clusters and cloudlets (controller.md §3.9).
 
-Create, update, refresh and delete are long-running and server-streaming (`_inst_ops`);
+Create, update, refresh and delete are long-running and server-streaming (`_appinst_ops`);
 Show is answered from the caches.
 """
 
@@ -13,7 +13,8 @@ import grpc.aio
 from edgeproto import appinst_pb2, appinst_pb2_grpc, result_pb2
 
 from edge_cloud.errors import Unimplemented
-from services.controller._inst_ops import AppInstOps, ClusterInstOps
+from services.controller._appinst_ops import AppInstOps
+from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._runtime import Runtime
 from services.controller._tracked import TrackedRuntime, streamed_rpc
 

@@ -1,7 +1,7 @@
 """ClusterInstApi: Kubernetes and Docker clusters on cloudlets (controller.md §3.8).
 
-Create, update and delete are long-running and server-streaming (`_inst_ops`); Show is
-answered from the caches; credentials come from the CCRM of the cluster's platform.
+Create, update and delete are long-running and server-streaming (`_clusterinst_ops`); Show
+is answered from the caches; credentials come from the CCRM of the cluster's platform.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from edge_cloud.errors import Unavailable
 from edge_cloud.objects import keys
 from services.controller import _clusterinst
 from services.controller._cloudletinfo import CLOUDLET
-from services.controller._inst_ops import CLUSTER_INST, ClusterInstOps, features_of
+from services.controller._clusterinst_ops import ClusterInstOps
+from services.controller._inst_common import CLUSTER_INST, features_of
 from services.controller._runtime import Runtime
 from services.controller._tracked import TrackedRuntime, seconds, streamed_rpc
 
