@@ -24,6 +24,7 @@ from rich.table import Table
 
 from edge_cloud import localservers
 from edge_cloud.cli import demo, serve
+from edge_cloud.secrets import load_key
 
 DEFAULT_RUN_DIR = Path(".run")
 DAEMON_READY_TIMEOUT = 60.0
@@ -202,6 +203,12 @@ def cmd_up(args: Any) -> int:
         # the local platform: fake cloudlets run by the CCRM on its default port
         env.setdefault("EDGE_PLATFORM_SERVICE_ADDRS", "ccrm=127.0.0.1:19001")
         env.setdefault("EDGE_TEST_MODE", "true")
+        if not env.get("VAULT_ADDR"):
+            # the local secrets backend: one key for the Controller and the CCRM, generated
+            # once and kept in the run dir (mode 0600) so secrets survive a restart
+            key_file = run_dir / "secrets.key"
+            load_key(key_file, create=True)
+            env.setdefault("EDGE_SECRETS_KEY_FILE", str(key_file.resolve()))
         names = [] if args.no_daemons else serve.available()
         flags = _free_port_flags() if args.free_ports else {}
         for name in names:

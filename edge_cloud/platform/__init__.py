@@ -12,7 +12,8 @@ Pieces:
 - `PlatformFeatures`, `PropertyInfo`, `QuotaResource`: features as frozen data mirroring the
   wire messages, `to_proto()` / `from_proto()`;
 - `PlatformConfig`, `PlatformCaches`: what `init` receives;
-- `AccessApi` (protocol) and `LocalAccessApi`: secrets and DNS for a platform;
+- `AccessApi` (protocol), `LocalAccessApi` and `SecretsAccessApi` (over `edge_cloud.secrets`):
+  secrets and DNS for a platform;
 - `Progress`, `InfoSender` and the `StatusInfo` rendering: how progress reaches users;
 - errors: `PlatformTransientError`, `PlatformPermanentError`, `PlatformResourceExhausted`,
   `NotSupportedByPlatform`, and `classify`;
@@ -20,7 +21,13 @@ Pieces:
 """
 
 from edge_cloud.platform import registry
-from edge_cloud.platform._access import AccessApi, DnsRecord, LocalAccessApi, RegistryAuth
+from edge_cloud.platform._access import (
+    AccessApi,
+    DnsRecord,
+    LocalAccessApi,
+    RegistryAuth,
+    SecretsAccessApi,
+)
 from edge_cloud.platform._base import CommandClient, Platform
 from edge_cloud.platform._config import PlatformCaches, PlatformConfig
 from edge_cloud.platform._errors import (
@@ -99,6 +106,7 @@ __all__ = [
     "QuotaResource",
     "RecordedProgress",
     "RegistryAuth",
+    "SecretsAccessApi",
     "UpdateType",
     "classify",
     "registry",

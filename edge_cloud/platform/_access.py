@@ -8,20 +8,25 @@ string for the CRM implementation.
 
 `LocalAccessApi` is the local default for daemons started without Vault (tests, `make
 run`): access variables and DNS records in memory, everything that needs Vault refused
-with a message saying so.
+with a message saying so. `SecretsAccessApi` is what the CCRM hands its platforms: the
+cloudlet's access vars, App secret env vars and registry credentials come from the
+secrets backend (Vault or the local sealed store, `edge_cloud.secrets`) at the paths the
+original uses; DNS and the rest behave as in `LocalAccessApi`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from edgeproto import cloudletnode_pb2
 
+from edge_cloud import secrets
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
 
-__all__ = ["AccessApi", "DnsRecord", "LocalAccessApi", "RegistryAuth"]
+__all__ = ["AccessApi", "DnsRecord", "LocalAccessApi", "RegistryAuth", "SecretsAccessApi"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +195,95 @@ class LocalAccessApi:
     async def get_app_secret_vars(self, app_key: str) -> dict[str, str]:
         """Secrets given at construction, empty if none."""
         return dict(self._app_secrets.get(app_key, {}))
+
+
+def _app_key_parts(app_key: str) -> tuple[str, str, str]:
+    """Organization, name and version from an App key string (`keys.key_string`)."""
+    try:
+        parsed = json.loads(app_key)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(
+            f"app key {app_key!r} is not an App key string such as "
+            '{"organization":"dev","name":"app","version":"1.0"}'
+        )
+    org, name, version = (str(parsed.get(k, "")) for k in ("organization", "name", "version"))
+    if not org or not name:
+        raise InvalidArgument(f"app key {app_key!r} needs an organization and a name")
+    return org, name, version
+
+
+class SecretsAccessApi(LocalAccessApi):
+    """The access API of one cloudlet over the secrets backend (the original's VaultClient).
+
+    Reads happen on every call, so an access-var update through the Controller reaches the
+    platform on its next call without a restart. Secrets are returned, never logged.
+
+    Args:
+        backend: Where the secrets live.
+        region: The region, the first segment of every path.
+        organization: The cloudlet's organization.
+        name: The cloudlet's name.
+        physical_name: The cloudlet's physical name (access vars are kept under it).
+    """
+
+    def __init__(
+        self,
+        backend: secrets.SecretsBackend,
+        *,
+        region: str,
+        organization: str,
+        name: str,
+        physical_name: str = "",
+    ) -> None:
+        super().__init__()
+        self._backend = backend
+        self._region = region
+        self._org = organization
+        self._name = name
+        self._physical = physical_name
+
+    async def get_cloudlet_access_vars(self) -> dict[str, str]:
+        """The stored access vars of the cloudlet, empty if none were given."""
+        path = secrets.cloudlet_access_vars_path(
+            self._region, self._org, self._name, self._physical
+        )
+        found = await self._backend.get(path)
+        return {} if found is None else dict(found.data)
+
+    async def get_session_tokens(self, secret_name: str) -> str:
+        """The current TOTP code of one of the cloudlet's TOTP-seed access vars."""
+        return await secrets.totp_session_token(
+            self._backend,
+            region=self._region,
+            org=self._org,
+            name=self._name,
+            physical_name=self._physical,
+            secret_name=secret_name,
+        )
+
+    async def get_registry_auth(self, image_url: str) -> RegistryAuth:
+        """Stored credentials of the image's registry host, else none (public registry)."""
+        rest = image_url.split("://", 1)[-1]
+        hostname = rest.partition("/")[0].partition(":")[0].lower()
+        if not hostname:
+            raise InvalidArgument(f"image URL {image_url!r} names no registry host")
+        found = await self._backend.get(f"registry/{hostname}")
+        if found is None:
+            return RegistryAuth(auth_type="noauth", hostname=hostname)
+        data = found.data
+        return RegistryAuth(
+            auth_type=data.get("AuthType", "basic" if data.get("username") else "token"),
+            hostname=data.get("hostname", hostname),
+            username=data.get("username", ""),
+            password=data.get("password", ""),
+            token=data.get("token", ""),
+        )
+
+    async def get_app_secret_vars(self, app_key: str) -> dict[str, str]:
+        """The App's secret env vars from the backend, empty if it has none."""
+        org, name, version = _app_key_parts(app_key)
+        path = secrets.app_secret_vars_path(self._region, org, name, version)
+        found = await self._backend.get(path)
+        return {} if found is None else dict(found.data)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from edgeproto import cloudlet_pb2, cloudletkey_pb2, flavor_pb2, settings_pb2
 
+from edge_cloud import secrets
 from edge_cloud.errors import ConfigError, DeadlineExceeded, EdgeError, NotFound
 from edge_cloud.objects import keys
 from edge_cloud.platform import (
@@ -26,6 +27,7 @@ from edge_cloud.platform import (
     PlatformCaches,
     PlatformConfig,
     PlatformFeatures,
+    SecretsAccessApi,
     registry,
 )
 from services.ccrm.config import CcrmConfig
@@ -88,6 +90,8 @@ class PlatformHost:
         caches: Controller objects (notify caches), handed to platforms too.
         settings: The Controller's Settings (a notify cache; defaults when empty).
         environ: The process environment, consulted for properties cloudlets do not set.
+        secrets_backend: Where cloudlet access vars and App secrets are read; None opens
+            the one the config selects on first use (none configured: `LocalAccessApi`).
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class PlatformHost:
         caches: PlatformCaches,
         settings: Mapping[str, settings_pb2.Settings],
         environ: Mapping[str, str],
+        secrets_backend: secrets.SecretsBackend | None = None,
     ) -> None:
         self._config = config
         self._classes = dict(classes)
@@ -104,6 +109,17 @@ class PlatformHost:
         self._settings = settings
         self._environ = dict(environ)
         self._platforms: dict[str, tuple[bytes, Platform]] = {}
+        self._secrets = secrets_backend
+        if self._secrets is None and config.secrets_settings().configured:
+            chosen = config.secrets_settings()
+            self._secrets = secrets.LazySecretsBackend(
+                chosen.kind,
+                lambda: secrets.connect_backend(
+                    chosen,
+                    etcd_urls=config.etcd_urls,
+                    etcd_namespace=config.etcd_namespace,
+                ),
+            )
 
     @property
     def node_type(self) -> str:
@@ -208,8 +224,21 @@ class PlatformHost:
         return pf
 
     def access_for(self, cloudlet: cloudlet_pb2.Cloudlet) -> AccessApi:
-        """The access API of a cloudlet: the local default until the Vault slice."""
-        return LocalAccessApi()
+        """The access API of a cloudlet: its secrets from the backend, or the local default."""
+        if self._secrets is None:
+            return LocalAccessApi()
+        return SecretsAccessApi(
+            self._secrets,
+            region=self._config.region,
+            organization=cloudlet.key.organization,
+            name=cloudlet.key.name,
+            physical_name=cloudlet.physical_name,
+        )
+
+    async def close_secrets(self) -> None:
+        """Close the secrets backend (the daemon's shutdown)."""
+        if self._secrets is not None:
+            await self._secrets.close()
 
     def bare(self, cloudlet: cloudlet_pb2.Cloudlet) -> Platform:
         """An uninitialised platform object, for features-only calls (naming, admission)."""

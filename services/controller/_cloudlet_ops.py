@@ -14,7 +14,12 @@ A create that fails after its commit is undone by an internal delete (§5.7), wh
 the caller's stream; a delete that fails after its mark restores the previous state or
 leaves DeleteError. A cancelled call (its client went away) leaves a terminal error state.
 
-Not here yet (later slices): Vault (access vars, Kafka credentials, CRM access keys),
+Access vars go to the secrets backend (`Runtime.secrets`), never to etcd: the stored
+Cloudlet keeps `***` per key; the vars are written once the create is committed (so a
+refused create never overwrites another cloudlet's), merged on update, and removed with the
+cloudlet unless another cloudlet on the same site (organization + physical name) uses them.
+
+Not here yet (later slices): Kafka credentials and CRM access keys in the secrets backend,
 the built-in cluster of single-Kubernetes platforms, the default multi-tenant cluster,
 ClusterInst/AppInst cascades and resource accounting.
 """
@@ -47,6 +52,7 @@ from edgeproto import (
 )
 from google.protobuf.message import Message
 
+from edge_cloud import secrets
 from edge_cloud.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -208,6 +214,62 @@ class CloudletOps(TrackedOps):
 
         return self._forward(stream, receive)
 
+    async def _save_access_vars(
+        self,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        values: dict[str, str],
+        features: cloudlet_pb2.PlatformFeatures,
+        *,
+        merge: bool,
+    ) -> dict[str, str]:
+        """Write access vars to the secrets backend; returns the redacted full set.
+
+        Raises:
+            InvalidArgument: A var the platform does not declare (a create has checked the
+                mandatory ones already; a merge cannot lose one).
+            FailedPrecondition: The Controller has no secrets backend.
+        """
+        props = features.access_vars
+        if any(k not in props for k in values):
+            _cloudlet.check_prop_vars(values, props, "access")
+        backend = self._rt.secrets("Cloudlet access vars")
+        redacted = await secrets.save_cloudlet_access_vars(
+            backend,
+            region=self._rt.config.region,
+            org=cloudlet.key.organization,
+            name=cloudlet.key.name,
+            physical_name=cloudlet.physical_name,
+            values=values,
+            totp_names=[k for k, p in props.items() if p.totp_secret],
+            merge=merge,
+        )
+        return redacted
+
+    async def _delete_access_vars(self, cloudlet: cloudlet_pb2.Cloudlet) -> None:
+        """Remove a deleted cloudlet's access vars, unless another cloudlet shares them.
+
+        Failures are logged, not raised: the cloudlet is gone already.
+        """
+        if not cloudlet.access_vars:
+            return
+
+        def site(c: cloudlet_pb2.Cloudlet) -> tuple[str, str]:
+            return c.key.organization, c.physical_name or c.key.name
+
+        others = (c for _, c in self._rt.caches.items(CLOUDLET) if c.key != cloudlet.key)
+        if any(site(other) == site(cloudlet) for other in others):
+            return
+        try:
+            await secrets.delete_cloudlet_access_vars(
+                self._rt.secrets("Cloudlet access vars"),
+                region=self._rt.config.region,
+                org=cloudlet.key.organization,
+                name=cloudlet.key.name,
+                physical_name=cloudlet.physical_name,
+            )
+        except EdgeError as err:
+            log.warning("access vars of deleted cloudlet %s stay stored: %s", site(cloudlet), err)
+
     # -- create ----------------------------------------------------------------------------
 
     async def create(self, request: cloudlet_pb2.Cloudlet, sink: Sink) -> None:
@@ -241,9 +303,12 @@ class CloudletOps(TrackedOps):
             await stream.send("Setting physicalname to match cloudlet name")
         if not cloudlet.flavor.name:
             cloudlet.flavor.name = _cloudlet.DEFAULT_PLATFORM_FLAVOR
-        if cloudlet.access_vars:
-            _cloudlet.check_prop_vars(cloudlet.access_vars, features.access_vars, "access")
-            raise FailedPrecondition(f"Cloudlet access vars are kept in Vault, {NO_VAULT}")
+        access_vars = dict(cloudlet.access_vars)
+        if access_vars:
+            _cloudlet.check_prop_vars(access_vars, features.access_vars, "access")
+            self._rt.secrets("Cloudlet access vars")  # refuse now if there is no backend
+            cloudlet.access_vars.clear()
+            cloudlet.access_vars.update(secrets.redact(access_vars))
         if bool(cloudlet.kafka_user) != bool(cloudlet.kafka_password):
             raise InvalidArgument("Must specify both kafka username and password, or neither")
         if not cloudlet.kafka_cluster and cloudlet.kafka_user:
@@ -357,6 +422,8 @@ class CloudletOps(TrackedOps):
         state: dict[str, bool] = {"resources_created": False}
 
         async def work() -> None:
+            if access_vars:
+                await self._save_access_vars(stored, access_vars, features, merge=False)
             if cctx.ignore_crm:
                 return
             await self._after_create(cctx, stored, features, stream, state)
@@ -572,6 +639,7 @@ class CloudletOps(TrackedOps):
             if failure is not None:
                 raise failure
             await stream.send(DELETED)
+            await self._delete_access_vars(cloudlet)
             await cleanup_info(rt, cloudlet, timeout=services.info_cleanup_timeout)
             await self._delete_autoprov_info(key)
             # TODO(#4, alerts): remove the cloudlet's alerts and nodes.
@@ -705,7 +773,13 @@ class CloudletOps(TrackedOps):
                 raise InvalidArgument("Cannot set envvars if maintenance state is set")
             crm_update = True
         if fmap.has_or_child(_cloudlet.ACCESS_VARS):
-            raise FailedPrecondition(f"Cloudlet access vars are kept in Vault, {NO_VAULT}")
+            # merged into what is stored (the original's UpdateCloudletAccessVars), before
+            # the commit, so the object records the redacted full set
+            redacted = await self._save_access_vars(
+                cur, dict(update.access_vars), features, merge=True
+            )
+            update.access_vars.clear()
+            update.access_vars.update(redacted)
         if fmap.has_or_child(_cloudlet.GPU_CONFIG) and update.gpu_config.license_config:
             raise FailedPrecondition(
                 "Validating a GPU driver license config needs the registry credentials kept in "

@@ -6,9 +6,10 @@ from typing import Final
 
 from edgeproto import settings_pb2
 
-from edge_cloud.errors import Unavailable
+from edge_cloud.errors import FailedPrecondition, Unavailable
 from edge_cloud.objects import registry
 from edge_cloud.objects.registry import SETTINGS_KEY
+from edge_cloud.secrets import SecretsBackend
 from services.controller._engine import Engine
 from services.controller._settings import default_settings
 from services.controller._sync import Caches
@@ -29,10 +30,30 @@ class Runtime:
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self._engine: Engine | None = None
+        self._secrets: SecretsBackend | None = None
 
     def attach(self, engine: Engine) -> None:
         """Make the engine available to the servicers (end of start-up)."""
         self._engine = engine
+
+    def attach_secrets(self, backend: SecretsBackend | None) -> None:
+        """Make the secrets backend available (start-up; None: the daemon has none)."""
+        self._secrets = backend
+
+    def secrets(self, what: str) -> SecretsBackend:
+        """The secrets backend, for a request that must keep `what` out of etcd.
+
+        Raises:
+            FailedPrecondition: The Controller runs without one; the message says how to
+                give it one.
+        """
+        if self._secrets is None:
+            raise FailedPrecondition(
+                f"{what} are kept in the secrets backend (Vault, or the local sealed store), "
+                "and this Controller has none: start it with VAULT_ADDR (and VAULT_TOKEN or an "
+                "AppRole), or with --secrets-key-file for the local backend"
+            )
+        return self._secrets
 
     @property
     def engine(self) -> Engine:

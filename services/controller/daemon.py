@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from edge_cloud import redis
 from edge_cloud.errors import EdgeError
+from edge_cloud.secrets import SecretsBackend, open_backend
 from edge_cloud.server import Daemon, bind, new_server
 from edge_cloud.store import EtcdStore
 from services.controller import api
@@ -64,6 +65,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         super().__init__(config)
         self.runtime = TrackedRuntime(config)
         self._store: EtcdStore | None = None
+        self._secrets: SecretsBackend | None = None
         self._sync: Sync | None = None
         self._lease: ControllerLease | None = None
         self._redis: redis.Redis | None = None
@@ -85,6 +87,11 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             cfg.etcd_urls, timeout=cfg.etcd_timeout, namespace=cfg.etcd_namespace
         )
         await check_version(store)
+        secrets = cfg.secrets_settings()
+        if secrets.configured:
+            self._secrets = open_backend(secrets, store)
+            self.runtime.attach_secrets(self._secrets)
+            log.info("secrets backend: %s", self._secrets.kind)
         self._sync = sync = Sync(store)
         engine = Engine(store, sync)
         # Before the listing, so the caches start with the settings (no watch runs yet to
@@ -147,6 +154,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             log.warning("operations still running at shutdown: %s", sorted(self._tracked.running))
         if self._notify is not None:
             await self._notify.server.close()
+            await self._notify.close()
         if self._notify_grpc is not None:
             await self._notify_grpc.stop(NOTIFY_GRACE)
         if self._ccrm is not None:
@@ -157,5 +165,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         if self._lease is not None:
             with contextlib.suppress(EdgeError):
                 await self._lease.revoke()
+        if self._secrets is not None:
+            await self._secrets.close()
         if self._store is not None:
             await self._store.close()

@@ -1,0 +1,85 @@
+"""Secrets: Vault (hvac, KV v2) or a local backend in etcd sealed with AES-GCM.
+
+Secrets never sit in etcd in plaintext and never reach a log (controller.md §2.3): objects
+keep `REDACTED` in their place, and the values live behind `SecretsBackend`:
+
+- `VaultSecretsBackend` when `VAULT_ADDR` is set (production; shares the original's layout,
+  `paths`),
+- `LocalSecretsBackend` otherwise (`make run`, tests): etcd values sealed with a key from
+  the configuration.
+
+`open_backend` applies that rule for every daemon.
+"""
+
+from __future__ import annotations
+
+from edge_cloud.secrets._backend import (
+    REDACTED,
+    CasMismatch,
+    Secret,
+    SecretsBackend,
+    check_data,
+    check_path,
+)
+from edge_cloud.secrets._cloudlet import (
+    delete_cloudlet_access_vars,
+    redact,
+    save_cloudlet_access_vars,
+    totp_code,
+    totp_secrets_path,
+    totp_session_token,
+)
+from edge_cloud.secrets._local import (
+    DEFAULT_PREFIX,
+    LocalSecretsBackend,
+    SecretDecryptError,
+    generate_key,
+    load_key,
+    parse_key,
+)
+from edge_cloud.secrets._open import (
+    LazySecretsBackend,
+    SecretsSettings,
+    connect_backend,
+    open_backend,
+)
+from edge_cloud.secrets._paths import (
+    app_registry_auth_path,
+    app_secret_vars_path,
+    cloudlet_access_vars_path,
+    crm_access_keys_path,
+    kafka_creds_path,
+)
+from edge_cloud.secrets._vault import VaultAuth, VaultSecretsBackend
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "REDACTED",
+    "CasMismatch",
+    "LazySecretsBackend",
+    "LocalSecretsBackend",
+    "Secret",
+    "SecretDecryptError",
+    "SecretsBackend",
+    "SecretsSettings",
+    "VaultAuth",
+    "VaultSecretsBackend",
+    "app_registry_auth_path",
+    "app_secret_vars_path",
+    "check_data",
+    "check_path",
+    "cloudlet_access_vars_path",
+    "connect_backend",
+    "crm_access_keys_path",
+    "delete_cloudlet_access_vars",
+    "generate_key",
+    "kafka_creds_path",
+    "load_key",
+    "open_backend",
+    "parse_key",
+    "redact",
+    "save_cloudlet_access_vars",
+    "totp_code",
+    "totp_secrets_path",
+    "totp_session_token",
+]

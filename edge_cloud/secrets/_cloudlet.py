@@ -1,0 +1,150 @@
+"""Cloudlet access vars in the secrets backend: save, merge, delete, redact, TOTP codes.
+
+The Controller takes access vars off a Cloudlet before it is stored (the object keeps
+`***` per key) and writes them here; the CCRM's `SecretsAccessApi` reads them back for the
+cloudlet's platform. Vars the platform flags `totp_secret` are seeds: they are kept apart
+and never handed out, only the current code generated from them (RFC 6238, what Vault's
+TOTP engine computes in the original).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+import time
+from collections.abc import Collection, Mapping
+from typing import Final
+
+from edge_cloud.errors import InvalidArgument, NotFound
+from edge_cloud.secrets._backend import REDACTED, SecretsBackend
+from edge_cloud.secrets._paths import cloudlet_access_vars_path
+
+__all__ = [
+    "delete_cloudlet_access_vars",
+    "redact",
+    "save_cloudlet_access_vars",
+    "totp_code",
+    "totp_secrets_path",
+    "totp_session_token",
+]
+
+TOTP_PERIOD: Final = 30
+TOTP_DIGITS: Final = 6
+
+
+def totp_secrets_path(region: str, org: str, name: str, physical_name: str = "") -> str:
+    """`<region>/cloudlet/<org>/<physical name or name>/totp`: the TOTP seeds of a cloudlet."""
+    return f"{region}/cloudlet/{org}/{physical_name or name}/totp"
+
+
+def redact(values: Mapping[str, str]) -> dict[str, str]:
+    """The same keys with every value replaced by `***` (what the stored object keeps)."""
+    return dict.fromkeys(values, REDACTED)
+
+
+async def save_cloudlet_access_vars(
+    backend: SecretsBackend,
+    *,
+    region: str,
+    org: str,
+    name: str,
+    physical_name: str = "",
+    values: Mapping[str, str],
+    totp_names: Collection[str] = (),
+    merge: bool = False,
+) -> dict[str, str]:
+    """Write a cloudlet's access vars (TOTP seeds apart); returns the redacted full set.
+
+    A value of `***` means "keep the stored one" (a redacted object sent back unchanged),
+    so it is never written as a secret.
+
+    Args:
+        backend: Where to write.
+        region: Region of the Controller.
+        org: Cloudlet organization.
+        name: Cloudlet name.
+        physical_name: Cloudlet physical name (the path uses it when set).
+        values: The access vars given.
+        totp_names: Keys whose values are TOTP seeds.
+        merge: Update: add to / overwrite the stored vars instead of replacing them.
+    """
+    plain_path = cloudlet_access_vars_path(region, org, name, physical_name)
+    totp_path = totp_secrets_path(region, org, name, physical_name)
+    given = {k: v for k, v in values.items() if v != REDACTED}
+    plain = {k: v for k, v in given.items() if k not in totp_names}
+    seeds = {k: v for k, v in given.items() if k in totp_names}
+    for key, seed in seeds.items():
+        _seed_bytes(seed, key)
+    full: dict[str, str] = {}
+    for path, new in ((plain_path, plain), (totp_path, seeds)):
+        current = await backend.get(path)
+        stored = dict(current.data) if current is not None else {}
+        if merge:
+            merged = {**stored, **new}
+        else:
+            kept = {k: v for k, v in stored.items() if values.get(k) == REDACTED}
+            merged = {**kept, **new}
+        if merged and merged != stored:
+            await backend.put(path, merged, cas=current.version if current else 0)
+        elif not merged and stored:
+            await backend.delete(path)
+        full.update(merged)
+    return redact(full)
+
+
+async def delete_cloudlet_access_vars(
+    backend: SecretsBackend, *, region: str, org: str, name: str, physical_name: str = ""
+) -> bool:
+    """Remove a cloudlet's access vars and TOTP seeds; returns whether any existed."""
+    removed = await backend.delete(cloudlet_access_vars_path(region, org, name, physical_name))
+    removed_totp = await backend.delete(totp_secrets_path(region, org, name, physical_name))
+    return removed or removed_totp
+
+
+def _seed_bytes(seed: str, key: str) -> bytes:
+    cleaned = seed.replace(" ", "").upper()
+    try:
+        return base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"access var {key} must be a base32 TOTP seed") from None
+
+
+def totp_code(seed: str, *, at: float | None = None) -> str:
+    """The RFC 6238 code (HMAC-SHA1, 30 s, 6 digits) of a base32 seed at a time.
+
+    Raises:
+        InvalidArgument: The seed is not base32.
+    """
+    counter = int((time.time() if at is None else at) // TOTP_PERIOD)
+    digest = hmac.new(_seed_bytes(seed, "seed"), struct.pack(">Q", counter), hashlib.sha1)
+    mac = digest.digest()
+    offset = mac[-1] & 0x0F
+    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10**TOTP_DIGITS).zfill(TOTP_DIGITS)
+
+
+async def totp_session_token(
+    backend: SecretsBackend,
+    *,
+    region: str,
+    org: str,
+    name: str,
+    physical_name: str = "",
+    secret_name: str,
+) -> str:
+    """The current code of one of a cloudlet's TOTP seeds.
+
+    Raises:
+        NotFound: The cloudlet has no seed of that name.
+    """
+    found = await backend.get(totp_secrets_path(region, org, name, physical_name))
+    seed = None if found is None else found.data.get(secret_name)
+    if seed is None:
+        raise NotFound(
+            f"no TOTP secret {secret_name} for cloudlet {org}/{name}; give it as an access var "
+            "the platform flags as a TOTP secret"
+        )
+    return totp_code(seed)

@@ -1,0 +1,164 @@
+"""Cloudlet access vars end to end: Controller → secrets backend (never etcd) → CCRM's AccessApi.
+
+A Controller of the in-process harness gets a local secrets backend; the CCRM side is a real
+`PlatformHost` configured as the daemon would be (same etcd namespace and key, its own etcd
+connection), so what a platform's `get_cloudlet_access_vars()` returns is read back across
+two connections exactly as across two processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from edgeproto import cloudlet_pb2
+
+from edge_cloud.errors import FailedPrecondition, InvalidArgument
+from edge_cloud.platform import PlatformCaches
+from edge_cloud.secrets import REDACTED, LocalSecretsBackend, generate_key, parse_key
+from edge_cloud.store import EtcdStore
+from services.ccrm._host import PlatformHost
+from services.ccrm.config import CcrmConfig
+from tests.integration.controller.cloudlet_harness import (
+    ControllerHarness,
+    FakeCcrm,
+    ccrm_server,
+    collect,
+    features,
+    harness,
+    new_cloudlet,
+    put_features,
+    unique_org,
+)
+
+__all__ = ["harness"]
+
+SECRET = "sekrit-api-key-8d1f"
+ACCESS_VARS = "23"
+
+
+@pytest.fixture
+async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
+    fake = FakeCcrm()
+    async with ccrm_server(fake) as addr:
+        harness.ccrm_addr = addr
+        yield fake
+
+
+async def etcd_values(store: EtcdStore) -> list[bytes]:
+    found, _ = await store.range("")
+    return [kv.value for kv in found]
+
+
+async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
+    harness: ControllerHarness, ccrm: FakeCcrm, etcd_store: EtcdStore
+) -> None:
+    key_text = generate_key()
+    bare = await harness.start()  # no secrets backend: refused, with the way out named
+    ctl = await harness.start()
+    ctl.runtime.attach_secrets(LocalSecretsBackend(ctl.store, parse_key(key_text)))
+    props = {
+        "APIKey": cloudlet_pb2.PropertyInfo(name="API key", secret=True, mandatory=True),
+        "REGION": cloudlet_pb2.PropertyInfo(name="region"),
+    }
+    await put_features(ctl, features(access_vars=props))
+    org = unique_org()
+
+    cloudlet = new_cloudlet(org, access_vars={"APIKey": SECRET})
+    _, err = await collect(bare.cloudlets.CreateCloudlet(cloudlet, timeout=30))
+    assert isinstance(err, FailedPrecondition)
+    assert "secrets backend" in err.message
+    assert "--secrets-key-file" in err.message
+    _, err = await collect(
+        ctl.cloudlets.CreateCloudlet(new_cloudlet(org, access_vars={"NOPE": "x"}), timeout=30)
+    )
+    assert isinstance(err, InvalidArgument)
+    assert err.message == "Invalid access vars NOPE, valid vars are APIKey, REGION"
+    _, err = await collect(
+        ctl.cloudlets.CreateCloudlet(new_cloudlet(org, access_vars={"REGION": "x"}), timeout=30)
+    )
+    assert isinstance(err, InvalidArgument)
+    assert err.message == "Missing required access vars APIKey"
+
+    lines, err = await collect(ctl.cloudlets.CreateCloudlet(cloudlet, timeout=30))
+    assert err is None, err
+    assert lines[-1] == "Created Cloudlet successfully"
+    stored = ctl.cloudlet(cloudlet.key)
+    assert stored is not None
+    assert dict(stored.access_vars) == {"APIKey": REDACTED}
+    assert dict(ccrm.requests[-1].access_vars) == {"APIKey": REDACTED}
+    assert not [v for v in await etcd_values(etcd_store) if SECRET.encode() in v]
+
+    host = PlatformHost(
+        CcrmConfig(
+            region="local",
+            secrets_key=key_text,
+            etcd_urls=(harness.etcd_url,),
+            etcd_namespace=harness.namespace,
+        ),
+        {},
+        PlatformCaches(),
+        {},
+        {},
+    )
+    try:
+        access = host.access_for(stored)
+        assert await access.get_cloudlet_access_vars() == {"APIKey": SECRET}
+
+        update = cloudlet_pb2.Cloudlet(key=cloudlet.key, access_vars={"REGION": "eu-west-1"})
+        update.fields.append(ACCESS_VARS)
+        _, err = await collect(ctl.cloudlets.UpdateCloudlet(update, timeout=30))
+        assert err is None, err
+        stored = ctl.cloudlet(cloudlet.key)
+        assert stored is not None
+        assert dict(stored.access_vars) == {"APIKey": REDACTED, "REGION": REDACTED}
+        assert await access.get_cloudlet_access_vars() == {
+            "APIKey": SECRET,
+            "REGION": "eu-west-1",
+        }
+        bad = cloudlet_pb2.Cloudlet(key=cloudlet.key, access_vars={"NOPE": "x"})
+        bad.fields.append(ACCESS_VARS)
+        _, err = await collect(ctl.cloudlets.UpdateCloudlet(bad, timeout=30))
+        assert isinstance(err, InvalidArgument)
+
+        _, err = await collect(ctl.cloudlets.DeleteCloudlet(stored, timeout=30))
+        assert err is None, err
+        assert await access.get_cloudlet_access_vars() == {}
+        found, _ = await etcd_store.range("secrets/")
+        assert found == []
+    finally:
+        await host.close_secrets()
+
+
+async def test_shared_site_keeps_its_vars_and_a_failed_create_removes_them(
+    harness: ControllerHarness, ccrm: FakeCcrm, etcd_store: EtcdStore
+) -> None:
+    ctl = await harness.start()
+    backend = LocalSecretsBackend(ctl.store, parse_key(generate_key()))
+    ctl.runtime.attach_secrets(backend)
+    props = {"APIKey": cloudlet_pb2.PropertyInfo(name="API key", mandatory=True)}
+    await put_features(ctl, features(access_vars=props))
+    org = unique_org()
+    path = f"local/cloudlet/{org}/site/accessvars"
+
+    first = new_cloudlet(org, "c1", physical_name="site", access_vars={"APIKey": SECRET})
+    second = new_cloudlet(org, "c2", physical_name="site", access_vars={"APIKey": SECRET})
+    for cloudlet in (first, second):
+        _, err = await collect(ctl.cloudlets.CreateCloudlet(cloudlet, timeout=30))
+        assert err is None, err
+    _, err = await collect(ctl.cloudlets.DeleteCloudlet(first, timeout=30))
+    assert err is None, err
+    kept = await backend.get(path)
+    assert kept is not None
+    assert kept.data == {"APIKey": SECRET}  # c2 still runs on that site
+    _, err = await collect(ctl.cloudlets.DeleteCloudlet(second, timeout=30))
+    assert err is None, err
+    assert await backend.get(path) is None
+
+    ccrm.fail_create = "no capacity"
+    failing = new_cloudlet(org, "c3", access_vars={"APIKey": SECRET})
+    lines, err = await collect(ctl.cloudlets.CreateCloudlet(failing, timeout=30))
+    assert err is not None
+    assert "Deleting Cloudlet due to failures" in lines
+    assert ctl.cloudlet(failing.key) is None
+    assert await backend.get(f"local/cloudlet/{org}/c3/accessvars") is None
