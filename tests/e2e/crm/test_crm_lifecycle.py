@@ -1,0 +1,262 @@
+"""The on-edge mode as operators run it: etcd, Redis, the Controller, the CCRM (it onboards the
+site) and a CRM for the cloudlet, all real processes, driven through the Controller's API.
+
+The cloudlets have `crm_on_edge` set, so after onboarding every ClusterInst and AppInst
+operation goes from the Controller to the CRM over notify and its reports come back the same
+way; the CRM reports the cloudlet's resource snapshot itself. Each test starts its own CRM.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import grpc
+import pytest
+from distributed_match_engine import appcommon_pb2, loc_pb2
+from edgeproto import appinst_pb2, cloudlet_pb2, cloudletkey_pb2, common_pb2
+
+from edge_cloud.objects import keys
+from tests.e2e.platform.test_fake_lifecycle import (
+    TIMEOUT,
+    Api,
+    app_inst,
+    assert_no_refs,
+    cloudlet_info,
+    details,
+    docker_cluster,
+    ensure_app,
+    k8s_cluster,
+    ok,
+    run,
+    show_clusters,
+    show_insts,
+)
+from tests.e2e.platform.test_fake_lifecycle import api as api  # the Controller + CCRM fixture
+from tests.e2e.support import Daemon, clean_env, wait_for
+
+TS = common_pb2
+CS = appcommon_pb2
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def edge_cloudlet(**env: str) -> cloudlet_pb2.Cloudlet:
+    key = cloudletkey_pb2.CloudletKey(organization="e2eop", name=f"e{uuid.uuid4().hex[:8]}")
+    cloudlet = cloudlet_pb2.Cloudlet(
+        key=key,
+        platform_type="fake",
+        location=loc_pb2.Loc(latitude=52.5, longitude=13.4),
+        num_dynamic_ips=10,
+        crm_on_edge=True,
+    )
+    cloudlet.env_var.update({"FAKE_STEP_DELAY": "0.01", **env})
+    return cloudlet
+
+
+class Crm:
+    """One CRM process for one cloudlet, restartable with the same flags."""
+
+    started: ClassVar[dict[Path, list[Crm]]] = {}
+
+    def __init__(self, api: Api, cloudlet: cloudlet_pb2.Cloudlet, workdir: Path) -> None:
+        Crm.started.setdefault(workdir, []).append(self)
+        self.daemon = Daemon(
+            "crm",
+            [
+                "--notify-addrs", f"127.0.0.1:{api.platform.notify_port}",
+                "--cloudlet-key", keys.key_string(cloudlet.key),
+                "--metrics-addr", "",
+                "--test-mode",
+                "--init-timeout", "20",
+                "--shutdown-grace", "2",
+            ],
+            workdir,
+            env=clean_env(),
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.daemon.start()
+
+    def exited(self, within: float) -> int:
+        process = self.daemon.process
+        assert process is not None
+        return wait_for(process.poll, within, "the CRM to exit")
+
+
+@pytest.fixture
+def crm_dir(tmp_path: Path) -> Iterator[Path]:
+    """A test's working directory; any CRM started in it is stopped at the end."""
+    yield tmp_path
+    for crm in Crm.started.pop(tmp_path, []):
+        crm.daemon.stop(grace=5)
+
+
+def onboard(api: Api, cloudlet: cloudlet_pb2.Cloudlet, workdir: Path) -> tuple[Crm, list[str]]:
+    """CreateCloudlet, with the CRM started once the Controller has the cloudlet (as the
+    platform's onboarding would start it); returns the CRM and the create's messages."""
+    outcome: list[tuple[list[str], grpc.RpcError | None]] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(run(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT)))
+    )
+    caller.start()
+    crm = Crm(api, cloudlet, workdir)
+    try:
+        wait_for(
+            lambda: (
+                list(api.cloudlets.ShowCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key))) or None
+            ),
+            10,
+            "the cloudlet to be committed",
+        )
+        crm.start()
+    finally:
+        caller.join(TIMEOUT)
+    assert not caller.is_alive()
+    [(messages, err)] = outcome
+    assert err is None, f"{err.code()}: {err.details()} after {messages}"
+    return crm, messages
+
+
+def snapshot(api: Api, cloudlet: cloudlet_pb2.Cloudlet) -> dict[str, int]:
+    """What the CRM last reported as used on its cloudlet."""
+    return {r.name: r.value for r in cloudlet_info(api, cloudlet.key).resources_snapshot.info}
+
+
+def wait_snapshot(
+    api: Api, cloudlet: cloudlet_pb2.Cloudlet, want: dict[str, int]
+) -> dict[str, int]:
+    """The snapshot once it holds `want` (the CRM refreshes it after each operation)."""
+
+    def matches() -> dict[str, int] | None:
+        found = snapshot(api, cloudlet)
+        return found if all(found.get(k) == v for k, v in want.items()) else None
+
+    return wait_for(matches, 10, f"the resource snapshot to show {want}")
+
+
+def offboard(api: Api, cloudlet: cloudlet_pb2.Cloudlet, crm: Crm) -> None:
+    """DeleteCloudlet: the CRM sees its cloudlet go and exits cleanly."""
+    ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
+    assert list(api.cloudlets.ShowCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key))) == []
+    assert crm.exited(10) == 0
+
+
+def test_on_edge_lifecycle_is_driven_by_the_crm(api: Api, crm_dir: Path) -> None:
+    cloudlet = edge_cloudlet()
+    crm, messages = onboard(api, cloudlet, crm_dir)
+    assert messages[-1] == "Created Cloudlet successfully", messages
+    assert "Gathering Cloudlet Info" in messages, messages
+    info = cloudlet_info(api, cloudlet.key)
+    assert info.state == CS.CLOUDLET_STATE_READY
+    assert info.controller_cache_received
+    assert [f.name for f in info.flavors] == ["x1.tiny", "x1.small", "x1.small.gpu"]
+    [shown] = api.cloudlets.ShowCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=5)
+    assert (shown.state, shown.crm_on_edge) == (TS.READY, True)
+    empty = snapshot(api, cloudlet)
+    assert (empty["Instances"], empty["RAM"], empty["External IPs"]) == (2, 8192, 1)
+
+    cluster = k8s_cluster(cloudlet, "edge")
+    assert ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT)) == [
+        "Creating", "First Create Task", "Second Create Task",
+        "Getting Cluster Infra Resources", "Ready", "Created ClusterInst successfully",
+    ]  # fmt: skip
+    [stored] = show_clusters(api, cluster.key)
+    assert stored.state == TS.READY
+    assert len(stored.resources.vms) == 2
+    with_cluster = wait_snapshot(api, cloudlet, {"Instances": 4})
+    assert with_cluster["RAM"] == empty["RAM"] + 2 * 4096
+
+    app = ensure_app(api, "kubernetes")
+    inst = app_inst(app, cluster, "edge1")
+    assert ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT)) == [
+        "Creating", "Creating App Inst", "Ready", "Created AppInst successfully"
+    ]  # fmt: skip
+    [stored_inst] = show_insts(api, inst.key)
+    assert (stored_inst.state, stored_inst.power_state) == (TS.READY, appinst_pb2.POWER_ON)
+
+    update = k8s_cluster(cloudlet, "edge")
+    update.num_nodes, update.fields[:] = 2, ["14"]
+    assert ok(api.clusters.UpdateClusterInst(update, timeout=TIMEOUT)) == [
+        "Updating", "Updating Cluster Inst", "Getting Cluster Infra Resources", "Ready",
+        "Updated ClusterInst successfully",
+    ]  # fmt: skip
+    [stored] = show_clusters(api, cluster.key)
+    assert (stored.state, stored.num_nodes, len(stored.resources.vms)) == (TS.READY, 2, 3)
+    wait_snapshot(api, cloudlet, {"Instances": 5})
+
+    assert ok(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT))[-1] == (
+        "Deleted AppInst successfully"
+    )
+    assert show_insts(api, inst.key) == []
+    assert ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))[-1] == (
+        "Deleted ClusterInst successfully"
+    )
+    assert show_clusters(api, cluster.key) == []
+    assert_no_refs(api, cloudlet.key)
+    assert wait_snapshot(api, cloudlet, empty) == empty  # everything freed on the edge
+    offboard(api, cloudlet, crm)
+
+
+def test_on_edge_failure_is_create_error_with_its_message(api: Api, crm_dir: Path) -> None:
+    cloudlet = edge_cloudlet(FAKE_FAIL_AT="create_cluster:step3")
+    crm, _ = onboard(api, cloudlet, crm_dir)
+    empty = snapshot(api, cloudlet)
+    cluster = docker_cluster(cloudlet, "broken")
+    messages, err = run(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    assert details(err) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "fake platform create cluster failed at step 3 (injected)",
+    )
+    assert messages == [
+        "Creating", "First Create Task", "Second Create Task", "CreateError",
+        "DELETING ClusterInst due to failures",
+    ]  # fmt: skip
+    assert show_clusters(api, cluster.key) == []
+    assert_no_refs(api, cloudlet.key)
+    assert wait_snapshot(api, cloudlet, empty) == empty  # the platform cleaned up
+    offboard(api, cloudlet, crm)
+
+
+def test_crm_killed_mid_create_ends_the_operation_after_restart(api: Api, crm_dir: Path) -> None:
+    cloudlet = edge_cloudlet(FAKE_PAUSE_AT="create_cluster:step2")
+    crm, _ = onboard(api, cloudlet, crm_dir)
+    empty = snapshot(api, cloudlet)
+    cluster = docker_cluster(cloudlet, "killed")
+    outcome: list[tuple[list[str], grpc.RpcError | None]] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(run(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT)))
+    )
+    caller.start()
+    try:
+
+        def creating() -> bool | None:
+            shown = show_clusters(api, cluster.key)
+            return True if shown and shown[0].state == TS.CREATING else None
+
+        wait_for(creating, 10, "the cluster create to reach the pause point")
+        crm.daemon.kill()
+        offline = wait_for(
+            lambda: cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_OFFLINE or None,
+            10,
+            "the Controller to see the CRM gone",
+        )
+        assert offline
+        crm.start()  # the supervisor restarts it
+    finally:
+        caller.join(TIMEOUT)
+    assert not caller.is_alive()
+    [(messages, err)] = outcome
+    code, text = details(err)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert text.startswith("inconsistent Controller vs CRM state"), text
+    assert messages[-1] == "DELETING ClusterInst due to failures", messages
+    # terminal: the failed create is undone, and the restarted CRM counts nothing for it
+    assert wait_for(lambda: show_clusters(api, cluster.key) == [] or None, 10, "the undo")
+    assert_no_refs(api, cloudlet.key)
+    assert cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_READY
+    assert wait_snapshot(api, cloudlet, empty) == empty
+    offboard(api, cloudlet, crm)
