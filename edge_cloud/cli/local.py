@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
 from rich.table import Table
@@ -88,6 +88,10 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     return stop
+
+
+PER_CLOUDLET: Final = frozenset({"crm"})
+"""Daemons that serve one cloudlet (`--cloudlet-key`): not started by `edge local up`."""
 
 
 def _free_port_flags() -> dict[str, list[str]]:
@@ -210,6 +214,8 @@ def cmd_up(args: Any) -> int:
             load_key(key_file, create=True)
             env.setdefault("EDGE_SECRETS_KEY_FILE", str(key_file.resolve()))
         names = [] if args.no_daemons else serve.available()
+        # a CRM serves one on-edge cloudlet and is started for it, not with the region
+        names = [n for n in names if n not in PER_CLOUDLET]
         flags = _free_port_flags() if args.free_ports else {}
         for name in names:
             if stop.is_set():

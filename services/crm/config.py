@@ -18,6 +18,11 @@ class CrmConfig(CommonConfig):
     process that starts it (the original's `--cloudletKey '{"organization":..,"name":..}'`).
     """
 
+    api_addr: str = option(
+        "127.0.0.1:51001",
+        "gRPC listen address (health, reflection; the original CRM's own listener port)",
+        parse=host_port,
+    )
     notify_addrs: tuple[str, ...] = option(
         ("127.0.0.1:50001",),
         "Controller notify addresses (comma list)",
