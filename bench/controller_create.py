@@ -1,0 +1,275 @@
+"""Controller create throughput: CreateFlavor and CreateAppInst (CRM override) against raw etcd.
+
+Figures (issue 4): creates per second through the Controller's gRPC API, for Flavor (a unary
+create: validate, one guarded transaction, caches caught up) and for AppInst with
+`crm_override=IGNORE_CRM` (references, resources, ports, refs objects: no infrastructure),
+each against the raw etcd transaction rate measured in the same run at the same
+concurrency. Goal: at least 50 % of raw.
+
+Raw baseline: aetcd's own Txn stub from this process, one transaction per "create" that does
+what the smallest create must: compare the new key's mod revision with 0 and put the value.
+It is the ceiling any create built on etcd transactions can reach from Python here.
+
+Setup: a throwaway etcd and Redis, a Controller process (`python -m services.controller`),
+no CCRM. The platform features are written into etcd before the Controller starts; the
+cloudlets (IGNORE_CRM) and their clusters (IGNORE_CRM) are created through the API, and a
+READY CloudletInfo with an infra flavor injected for each cloudlet. The server side (etcd,
+Redis, Controller) is pinned to the first CPU and this process to the second.
+
+Every loop is bounded by its count and by `--max-seconds` per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import _common as common
+import _controller as ctl
+import aetcd
+import aetcd.rpc as rpc
+import grpc
+import grpc.aio
+from distributed_match_engine import appcommon_pb2, loc_pb2
+from edgeproto import (
+    app_pb2,
+    app_pb2_grpc,
+    appinst_pb2,
+    appinst_pb2_grpc,
+    cloudlet_pb2,
+    cloudlet_pb2_grpc,
+    clusterinst_pb2,
+    clusterinst_pb2_grpc,
+    common_pb2,
+    flavor_pb2,
+    flavor_pb2_grpc,
+)
+
+from edge_cloud.objects import codec, keys
+from edge_cloud.store import EtcdStore
+
+CALL_TIMEOUT = 60.0
+QUICK_COUNT = 300
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=3000, help="creates per phase")
+    parser.add_argument("--quick", action="store_true", help=f"only {QUICK_COUNT} per phase")
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
+    parser.add_argument("--cloudlets", type=int, default=10, help="cloudlets (1 cluster each)")
+    parser.add_argument("--max-seconds", type=float, default=90.0, help="bound of each phase")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.count = QUICK_COUNT
+    if min(args.count, args.concurrency, args.cloudlets) < 1 or args.max_seconds <= 0:
+        parser.error("--count, --concurrency, --cloudlets and --max-seconds must be positive")
+    return args
+
+
+async def timed_all(
+    count: int, concurrency: int, max_seconds: float, one: Callable[[int], Awaitable[None]]
+) -> tuple[int, float, list[str]]:
+    """`one(i)` for i < count, `concurrency` workers; stops starting new ones after the bound.
+
+    Returns:
+        How many succeeded, the wall time, and the errors.
+    """
+    done = 0
+    errors: list[str] = []
+    next_i = 0
+    stop_at = time.monotonic() + max_seconds
+
+    async def worker() -> None:
+        nonlocal done, next_i
+        while next_i < count and time.monotonic() < stop_at:
+            i = next_i
+            next_i += 1
+            try:
+                await one(i)
+            except grpc.aio.AioRpcError as err:
+                errors.append(f"{i}: {err.code().name} {err.details()}")
+                continue
+            done += 1
+
+    begin = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, time.monotonic() - begin, errors
+
+
+def rate_line(name: str, done: int, wall: float, errors: list[str]) -> float:
+    rate = done / wall if wall > 0 else 0.0
+    line = f"{name}: {done} in {wall:.2f}s = {rate:.0f}/s"
+    if errors:
+        line += f" ({len(errors)} failed, first: {errors[0][:300]})"
+    print(line, flush=True)
+    return rate
+
+
+async def raw_etcd(url: str, prefix: str, args: argparse.Namespace) -> float:
+    """Raw aetcd: compare mod_revision == 0 and put, `count` new keys at `concurrency`."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    client = aetcd.Client(host=host, port=int(port))
+    await client.connect()
+    value = codec.encode(
+        flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name="raw"), ram=1024, vcpus=1, disk=10)
+    )
+    try:
+
+        async def one(i: int) -> None:
+            key = f"{prefix}{i:07d}".encode()
+            request = rpc.TxnRequest(
+                compare=[
+                    rpc.Compare(
+                        key=key,
+                        result=rpc.Compare.EQUAL,
+                        target=rpc.Compare.MOD,
+                        mod_revision=0,
+                    )
+                ],
+                success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))],
+                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+            )
+            resp = await client.kvstub.Txn(request, timeout=CALL_TIMEOUT)
+            if not resp.succeeded:
+                raise RuntimeError(f"raw txn on {key!r} failed its compare")
+
+        done, wall, errors = await timed_all(args.count, args.concurrency, args.max_seconds, one)
+    finally:
+        await client.close()
+    return rate_line("raw aetcd txn (compare+put)", done, wall, errors)
+
+
+async def drain(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+    async for _ in call:
+        pass
+
+
+async def setup_world(
+    channel: grpc.aio.Channel, args: argparse.Namespace
+) -> tuple[list[clusterinst_pb2.ClusterInst], list[app_pb2.AppKey]]:
+    """Flavors, cloudlets (IGNORE_CRM, READY CloudletInfo injected), one cluster each, Apps."""
+    flavors = flavor_pb2_grpc.FlavorApiStub(channel)
+    cloudlets = cloudlet_pb2_grpc.CloudletApiStub(channel)
+    infos = cloudlet_pb2_grpc.CloudletInfoApiStub(channel)
+    clusters = clusterinst_pb2_grpc.ClusterInstApiStub(channel)
+    apps = app_pb2_grpc.AppApiStub(channel)
+    await flavors.CreateFlavor(ctl.CLUSTER_FLAVOR, timeout=CALL_TIMEOUT)
+    await flavors.CreateFlavor(
+        flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name="x1.small"), ram=1024, vcpus=1, disk=10),
+        timeout=CALL_TIMEOUT,
+    )
+    made: list[clusterinst_pb2.ClusterInst] = []
+    for c in range(args.cloudlets):
+        cloudlet = cloudlet_pb2.Cloudlet(
+            key=ctl.cloudlet_key(c),
+            location=loc_pb2.Loc(latitude=50 + c * 0.01, longitude=8),
+            num_dynamic_ips=254,
+            platform_type=ctl.PLATFORM_TYPE,
+            crm_override=common_pb2.IGNORE_CRM,
+        )
+        await drain(cloudlets.CreateCloudlet(cloudlet, timeout=CALL_TIMEOUT))
+        info = cloudlet_pb2.CloudletInfo(
+            key=cloudlet.key,
+            state=appcommon_pb2.CLOUDLET_STATE_READY,
+            flavors=[ctl.INFRA_FLAVOR],
+            os_max_ram=1 << 30,
+            os_max_vcores=1 << 20,
+            os_max_vol_gb=1 << 30,
+        )
+        await infos.InjectCloudletInfo(info, timeout=CALL_TIMEOUT)
+        cluster = clusterinst_pb2.ClusterInst(
+            key=ctl.cluster_key(c, 0),
+            cloudlet_key=cloudlet.key,
+            flavor=ctl.CLUSTER_FLAVOR.key,
+            deployment="docker",
+            crm_override=common_pb2.IGNORE_CRM,
+        )
+        await drain(clusters.CreateClusterInst(cluster, timeout=CALL_TIMEOUT))
+        made.append(cluster)
+    app_keys = []
+    for a in range(-(-args.count // len(made))):  # an App runs once per cluster
+        app = app_pb2.App(
+            key=ctl.app_key(a),
+            image_type=app_pb2.IMAGE_TYPE_DOCKER,
+            deployment="docker",
+            image_path=f"registry.example.com/{ctl.ORG_DEV}/app{a:05d}:1.0",
+            access_ports="tcp:8080",
+            default_flavor=flavor_pb2.FlavorKey(name="x1.small"),
+        )
+        await apps.CreateApp(app, timeout=CALL_TIMEOUT)
+        app_keys.append(app.key)
+    return made, app_keys
+
+
+async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
+    async with await EtcdStore.connect(srv.etcd.client_url) as store:
+        features = cloudlet_pb2.PlatformFeatures(platform_type=ctl.PLATFORM_TYPE, node_type="ccrm")
+        await store.put(keys.object_store_key(features), codec.encode(features))
+    raw_before = await raw_etcd(srv.etcd.client_url, "bench/raw-a/", args)
+    daemon, addr = ctl.controller(srv)
+    daemon.start(timeout=60)
+    try:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            clusters, app_keys = await setup_world(channel, args)
+            flavors = flavor_pb2_grpc.FlavorApiStub(channel)
+            insts = appinst_pb2_grpc.AppInstApiStub(channel)
+
+            async def create_flavor(i: int) -> None:
+                await flavors.CreateFlavor(
+                    flavor_pb2.Flavor(
+                        key=flavor_pb2.FlavorKey(name=f"bench{i:07d}"), ram=1024, vcpus=1, disk=10
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+
+            flavor = rate_line(
+                "CreateFlavor",
+                *await timed_all(args.count, args.concurrency, args.max_seconds, create_flavor),
+            )
+
+            async def create_inst(i: int) -> None:
+                cluster = clusters[i % len(clusters)]
+                inst = appinst_pb2.AppInst(
+                    key=appinst_pb2.AppInstKey(name=f"inst{i:06d}", organization=ctl.ORG_DEV),
+                    app_key=app_keys[i // len(clusters)],
+                    cluster_key=cluster.key,
+                    cloudlet_key=cluster.cloudlet_key,
+                    crm_override=common_pb2.IGNORE_CRM,
+                )
+                await drain(insts.CreateAppInst(inst, timeout=CALL_TIMEOUT))
+
+            inst = rate_line(
+                "CreateAppInst (IGNORE_CRM)",
+                *await timed_all(args.count, args.concurrency, args.max_seconds, create_inst),
+            )
+    finally:
+        daemon.stop()
+    raw_after = await raw_etcd(srv.etcd.client_url, "bench/raw-b/", args)
+    raw = (raw_before + raw_after) / 2
+    print(f"raw baseline (mean of before and after): {raw:.0f}/s")
+    for name, rate in (("CreateFlavor", flavor), ("CreateAppInst", inst)):
+        verdict = "meets" if rate >= 0.5 * raw else "misses"
+        print(f"ratio {name}/raw: {common.ratio(rate, raw)} ({verdict} the goal of 0.50x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = common.plan_cpus(not args.no_pin)
+    print(common.environment_line(plan, count=args.count, concurrency=args.concurrency))
+    ctl.pin_self(plan)
+    with (
+        tempfile.TemporaryDirectory(prefix="edge-bench-ctlcreate-") as tmp,
+        ctl.servers(Path(tmp), plan) as srv,
+    ):
+        return common.run(bench(srv, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
