@@ -8,6 +8,9 @@ that changed while disconnected fires `on_update`, one that vanished fires `on_d
 
 Objects the client sends upstream (`send`, `send_delete`) are remembered and all re-sent
 after every reconnect, since the server forgets a connection's objects when it ends.
+Messages (`send_message`: Metric, AutoProvCounts, AppInstClient, the original's uncached
+notify messages) go once, in order, while connected; a bounded queue holds them across a
+disconnect and drops the oldest when full (counted in `ClientStats.messages_dropped`).
 
 Every completed send-all (the first sync and each resync after a reconnect, full or delta)
 counts one sync generation: `wait_resynced` waits for the next one, and `on_synced` callbacks
@@ -17,6 +20,7 @@ hear of each (`SyncInfo`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -183,11 +187,16 @@ class ClientStats:
         connects: Successful handshakes.
         full_syncs: Send-alls that were complete (the cache was pruned to them).
         delta_syncs: Send-alls that carried only the changes since our revision.
+        messages_sent: Messages (`send_message`) written to a server.
+        messages_dropped: Messages dropped: the queue was full, or the server did not want
+            their type.
     """
 
     connects: int = 0
     full_syncs: int = 0
     delta_syncs: int = 0
+    messages_sent: int = 0
+    messages_dropped: int = 0
 
 
 class NotifyClient:
@@ -207,6 +216,7 @@ class NotifyClient:
         handshake_timeout: Seconds the server has to accept the stream. Our servers accept
             at once and reply VERSION once they have their first snapshot, which the client
             waits for however long it takes (an original server replies at once).
+        message_queue_limit: Messages held while disconnected before the oldest are dropped.
     """
 
     def __init__(
@@ -220,6 +230,7 @@ class NotifyClient:
         backoff_initial: float = 0.25,
         backoff_max: float = 10.0,
         handshake_timeout: float = 10.0,
+        message_queue_limit: int = 10_000,
     ) -> None:
         if not addrs:
             raise ValueError("NotifyClient needs at least one server address")
@@ -237,6 +248,8 @@ class NotifyClient:
         self._upstream: dict[str, dict[str, Message]] = {}
         self._pending: dict[tuple[str, str], tuple[Action, Message]] = {}
         self._pending_wake = asyncio.Event()
+        self._messages: collections.deque[Message] = collections.deque()
+        self._message_limit = message_queue_limit
         self._server_wants: frozenset[str] = frozenset()
         # revisions (delta resync): every change up to _synced_rev is applied
         self._synced_rev: int | None = None
@@ -298,6 +311,19 @@ class NotifyClient:
         self._upstream.get(name, {}).pop(key, None)
         self._pending.pop((name, key), None)
         self._pending[name, key] = (Action.DELETE, key_only(obj))
+        self._pending_wake.set()
+
+    def send_message(self, obj: Message) -> None:
+        """Send a one-off message (not remembered, not re-sent after a reconnect).
+
+        Args:
+            obj: The message, e.g. an `edgeproto.Metric`; the caller must not modify it
+                afterwards.
+        """
+        if len(self._messages) >= self._message_limit:
+            self._messages.popleft()
+            self.stats.messages_dropped += 1
+        self._messages.append(obj)
         self._pending_wake.set()
 
     # -- state ---------------------------------------------------------------------------------
@@ -459,9 +485,18 @@ class NotifyClient:
         for notice in resend:
             await call.write(notice)
         while True:
-            while not self._pending:
+            while not self._pending and not self._messages:
                 self._pending_wake.clear()
                 await self._pending_wake.wait()
+            if self._messages:
+                message = self._messages[0]
+                if type_name(message) in self._server_wants:
+                    await call.write(data_notice(Action.UPDATE, message))
+                    self.stats.messages_sent += 1
+                else:
+                    self.stats.messages_dropped += 1
+                self._messages.popleft()
+                continue
             (name, _key), (action, obj) = next(iter(self._pending.items()))
             del self._pending[name, _key]
             if name in self._server_wants:

@@ -338,6 +338,9 @@ class NotifyServer:
         send_types: Types it offers, in dependency order (controller.md §6.4): a send-all
             goes in this order, deletes of a delta resync in reverse.
         receive_types: Types it accepts from clients (its `want_objs`).
+        receive_messages: Uncached message types it accepts too (the original's notify
+            "messages": Metric, AutoProvCounts, AppInstClient): handed to `on_receive`
+            as UPDATEs but not remembered, so never flushed.
         on_receive: Called with each object a client sends.
         on_flush: Called when a client disconnects, with what it had sent.
         cloudlet_filters: Cloudlet-scoped types and how to match them, for clients that
@@ -358,6 +361,7 @@ class NotifyServer:
         name: str,
         send_types: Sequence[type[Message]],
         receive_types: Sequence[type[Message]] = (),
+        receive_messages: Sequence[type[Message]] = (),
         on_receive: ReceiveFn | None = None,
         on_flush: FlushFn | None = None,
         cloudlet_filters: Mapping[str, CloudletFilter] = DEFAULT_CLOUDLET_FILTERS,
@@ -371,7 +375,8 @@ class NotifyServer:
         self._order = [type_name(t) for t in send_types]
         self._classes = {type_name(t): t for t in send_types}
         self._rank = {n: i for i, n in enumerate(self._order)}
-        self._receive = {type_name(t): t for t in receive_types}
+        self._receive = {type_name(t): t for t in (*receive_types, *receive_messages)}
+        self._messages = frozenset(type_name(t) for t in receive_messages)
         self._on_receive = on_receive
         self._on_flush = on_flush
         self._filters = {n: f for n, f in cloudlet_filters.items() if n in self._rank}
@@ -962,6 +967,15 @@ class NotifyServer:
         if conn.filtered and isinstance(obj, cloudlet_pb2.CloudletInfo):
             self._cloudlet_info(conn, action, obj)
         if name not in self._receive:
+            return
+        if name in self._messages:
+            if self._on_receive is not None and action is Action.UPDATE:
+                try:
+                    await self._on_receive(conn.peer, action, obj)
+                except Exception:
+                    log.exception(
+                        "notify message handler failed for %s from %s", name, conn.peer.name
+                    )
             return
         mine = conn.received.setdefault(name, {})
         if action is Action.UPDATE:

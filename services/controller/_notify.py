@@ -14,6 +14,22 @@ Upstream objects are handled per type:
 | AutoProvInfo | stored | deleted | - |
 | Alert | monitored ones stored under the controller lease | deleted (same sender) | deleted |
 | ClusterInstInfo, AppInstInfo | published; legal state moves merged (`_inst_ops`) | - | - |
+| Device (DMEs) | stored once per key, never deleted by notify (§5.6) | ignored | ignored |
+
+Upstream messages (uncached, `NotifyServer(receive_messages=...)`):
+
+- Metric: one InfluxDB point (measurement = name, tags, typed fields, its timestamp) in
+  `metrics`, or in `edgeevents_metrics` for the DME's edge-events measurements
+  (aux_services.md §1.13).
+- AutoProvCounts: counts without `process_now` become `auto-prov-counts` points in
+  `metrics` (tags `apporg`, `app`, `ver`, `zoneorg`, `zone`, `dmeid`; field `count`);
+  `process_now` ones are logged until AutoProv runs in-process.
+- AppInstClient: kept in a ring of the latest `max_tracked_dme_clients` per App (latest per
+  unique id) for ShowAppInstClient.
+
+Points are queued per database and written by one flush task (every second, or at once above
+50 queued); above 5,000 queued new points are dropped and counted, as the original's queue.
+An unreachable InfluxDB is retried every 10 s without holding up notify.
 
 Ownership: records written from a connection carry its notify id and this controller's id,
 and disconnect handling touches only records with both, so a CRM that reconnected to
@@ -22,7 +38,11 @@ another controller meanwhile is not marked offline (§8).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,7 +59,9 @@ from edgeproto import (
     cloudletnode_pb2,
     clusterinst_pb2,
     common_pb2,
+    device_pb2,
     flavor_pb2,
+    metric_pb2,
     network_pb2,
     operatorcode_pb2,
     ratelimit_pb2,
@@ -55,6 +77,7 @@ from edgeproto import (
 from google.protobuf.message import Message
 
 from edge_cloud.errors import EdgeError
+from edge_cloud.influx import InfluxV1Writer, Point
 from edge_cloud.notify import Action, EtcdNotifySource, NotifyServer, Peer, type_name
 from edge_cloud.objects import codec, fields, keys, registry
 from edge_cloud.store import Store
@@ -64,7 +87,17 @@ from services.controller._inst_ops import receive_app_inst_info, receive_cluster
 from services.controller._progress import stream_key
 from services.controller._tracked import TrackedRuntime
 
-__all__ = ["RECEIVE_TYPES", "SEND_TYPES", "ControllerNotify", "Handler", "is_monitored_alert"]
+__all__ = [
+    "EDGE_EVENTS_MEASUREMENTS",
+    "RECEIVE_MESSAGES",
+    "RECEIVE_TYPES",
+    "SEND_TYPES",
+    "ControllerNotify",
+    "Handler",
+    "MetricsQueue",
+    "is_monitored_alert",
+    "metric_point",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +139,22 @@ RECEIVE_TYPES: Final[tuple[type[Message], ...]] = (
     clusterinst_pb2.ClusterInstInfo,
     alert_pb2.Alert,
     autoprovpolicy_pb2.AutoProvInfo,
+    device_pb2.Device,
 )
 """What the Controller accepts from its clients."""
+
+RECEIVE_MESSAGES: Final[tuple[type[Message], ...]] = (
+    metric_pb2.Metric,
+    autoprovpolicy_pb2.AutoProvCounts,
+    appinstclient_pb2.AppInstClient,
+)
+"""Uncached messages the Controller accepts (the original's notify message types)."""
+
+METRICS_DB: Final = "metrics"
+EDGE_EVENTS_DB: Final = "edgeevents_metrics"
+EDGE_EVENTS_MEASUREMENTS: Final = frozenset({"latency-metric", "device-metric", "custom-metric"})
+AUTOPROV_MEASUREMENT: Final = "auto-prov-counts"
+DEVICE: Final = registry.by_class(device_pb2.Device)
 
 PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
 VM_POOL: Final = registry.by_class(vmpool_pb2.VMPool)
@@ -148,6 +195,127 @@ class Handler:
     flush: FlushFn | None = None
 
 
+def metric_point(metric: metric_pb2.Metric) -> Point | None:
+    """A Metric as the InfluxDB point the original writes (aux_services.md §1.5).
+
+    Args:
+        metric: The record; values keep their kind (double, int, bool, string).
+
+    Returns:
+        The point, or None for a record with no values (InfluxDB needs one field).
+    """
+    values: dict[str, float | int | str | bool] = {}
+    for val in metric.vals:
+        kind = val.WhichOneof("value")
+        if kind == "dval":
+            values[val.name] = val.dval
+        elif kind == "ival":
+            values[val.name] = val.ival
+        elif kind == "bval":
+            values[val.name] = val.bval
+        elif kind == "sval":
+            values[val.name] = val.sval
+    if not values:
+        return None
+    stamp = metric.timestamp
+    when = stamp.seconds * 10**9 + stamp.nanos if stamp.seconds or stamp.nanos else None
+    return Point(
+        measurement=metric.name,
+        fields=values,
+        tags={t.name: t.val for t in metric.tags if t.val},
+        time=when,
+    )
+
+
+class MetricsQueue:
+    """Points waiting for InfluxDB, per database, written by one background flush.
+
+    Args:
+        address: `--influx-addr`.
+        flush_interval: Seconds between flushes.
+        flush_size: Queued points that trigger a flush at once.
+        limit: Queued points above which new ones are dropped.
+        retry: Seconds before an unreachable InfluxDB is tried again.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        flush_interval: float = 1.0,
+        flush_size: int = 50,
+        limit: int = 5000,
+        retry: float = 10.0,
+    ) -> None:
+        self._address = address
+        self._interval = flush_interval
+        self._flush_size = flush_size
+        self._limit = limit
+        self._retry = retry
+        self._queues: dict[str, list[Point]] = {}
+        self._writers: dict[str, InfluxV1Writer] = {}
+        self._down_until = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.written = 0
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def add(self, database: str, point: Point) -> None:
+        """Queue one point; starts the flush task on first use."""
+        if len(self) >= self._limit:
+            self.dropped += 1
+            return
+        self._queues.setdefault(database, []).append(point)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if len(self) > self._flush_size:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is queued (kept for the next flush if InfluxDB is unreachable)."""
+        if time.monotonic() < self._down_until:
+            return
+        for database in list(self._queues):
+            points = self._queues[database]
+            if not points:
+                continue
+            try:
+                writer = self._writers.get(database)
+                if writer is None:
+                    writer = await InfluxV1Writer.connect(self._address, database)
+                    self._writers[database] = writer
+                await writer.write(points)
+            except EdgeError as err:
+                log.warning("metrics for %s not written yet: %s", database, err)
+                self._down_until = time.monotonic() + self._retry
+                return
+            self.written += len(points)
+            del points[: len(points)]
+
+    async def close(self) -> None:
+        """Write what is queued (one try), stop the flush task, close the writers."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._down_until = 0.0
+        await self.flush()
+        for writer in self._writers.values():
+            await writer.close()
+        self._writers.clear()
+
+
 def is_monitored_alert(labels: Mapping[str, str]) -> bool:
     """The original's `IsMonitoredAlert`: which alerts the Controller keeps."""
     name = labels.get("alertname", "")
@@ -184,11 +352,15 @@ class ControllerNotify:
         self._region = region
         self._lease_id = lease_id
         self._handlers: dict[str, Handler] = {}
+        self.metrics = MetricsQueue(runtime.config.influx_addr)
+        self.app_inst_clients: dict[tuple[str, str, str], deque[appinstclient_pb2.AppInstClient]]
+        self.app_inst_clients = {}
         self.server = NotifyServer(
             EtcdNotifySource(store, SEND_TYPES),
             name=name,
             send_types=SEND_TYPES,
             receive_types=RECEIVE_TYPES,
+            receive_messages=RECEIVE_MESSAGES,
             on_receive=self._receive,
             on_flush=self._flush,
         )
@@ -205,6 +377,14 @@ class ControllerNotify:
         self.register(alert_pb2.Alert, Handler(self._alert, self._alert_delete, self._alert_flush))
         self.register(clusterinst_pb2.ClusterInstInfo, Handler(self._cluster_inst_info))
         self.register(appinst_pb2.AppInstInfo, Handler(self._app_inst_info))
+        self.register(device_pb2.Device, Handler(self._device))
+        self.register(metric_pb2.Metric, Handler(self._metric))
+        self.register(autoprovpolicy_pb2.AutoProvCounts, Handler(self._autoprov_counts))
+        self.register(appinstclient_pb2.AppInstClient, Handler(self._app_inst_client))
+
+    async def close(self) -> None:
+        """Write the queued metrics and close the InfluxDB connections."""
+        await self.metrics.close()
 
     def register(self, cls: type[Message], handler: Handler) -> None:
         """Handle an upstream type (one of `RECEIVE_TYPES`); replaces an earlier handler."""
@@ -367,3 +547,70 @@ class ControllerNotify:
     async def _alert_flush(self, peer: Peer, alerts: Mapping[str, alert_pb2.Alert]) -> None:
         for alert in alerts.values():
             await self._alert_delete(peer, alert)
+
+    # -- DME reports -------------------------------------------------------------------------
+
+    async def _metric(self, peer: Peer, metric: metric_pb2.Metric) -> None:
+        point = metric_point(metric)
+        if point is None:
+            return
+        database = EDGE_EVENTS_DB if metric.name in EDGE_EVENTS_MEASUREMENTS else METRICS_DB
+        self.metrics.add(database, point)
+
+    async def _autoprov_counts(self, peer: Peer, counts: autoprovpolicy_pb2.AutoProvCounts) -> None:
+        stamp = counts.timestamp
+        when = stamp.seconds * 10**9 + stamp.nanos if stamp.seconds or stamp.nanos else None
+        for count in counts.counts:
+            if count.process_now:
+                # TODO(#4, autoprov): create the AppInst in-process ("dme-process-now").
+                log.info(
+                    "auto-provisioning demand from %s for %s in zone %s/%s: %d (process now)",
+                    counts.dme_node_name,
+                    keys.key_string(count.app_key),
+                    count.zone_key.organization,
+                    count.zone_key.name,
+                    count.count,
+                )
+                continue
+            self.metrics.add(
+                METRICS_DB,
+                Point(
+                    measurement=AUTOPROV_MEASUREMENT,
+                    fields={"count": count.count},
+                    tags={
+                        "apporg": count.app_key.organization,
+                        "app": count.app_key.name,
+                        "ver": count.app_key.version,
+                        "zoneorg": count.zone_key.organization,
+                        "zone": count.zone_key.name,
+                        "dmeid": counts.dme_node_name,
+                    },
+                    time=when,
+                ),
+            )
+
+    async def _app_inst_client(self, peer: Peer, client: appinstclient_pb2.AppInstClient) -> None:
+        key = client.client_key
+        app = (key.app_key.organization, key.app_key.name, key.app_key.version)
+        limit = max(self._rt.settings().max_tracked_dme_clients, 1)
+        ring = self.app_inst_clients.get(app)
+        if ring is None or ring.maxlen != limit:
+            ring = self.app_inst_clients[app] = deque(ring or (), maxlen=limit)
+        for old in ring:
+            if (old.client_key.unique_id, old.client_key.unique_id_type) == (
+                key.unique_id,
+                key.unique_id_type,
+            ):
+                ring.remove(old)
+                break
+        ring.append(client)
+        # TODO(#4, appinstclient): ShowAppInstClient streams these to its watchers.
+
+    async def _device(self, peer: Peer, device: device_pb2.Device) -> None:
+        device.notify_id = 0
+
+        def put(txn: Txn) -> None:
+            if txn.get(DEVICE, keys.key_string(device)) is None:
+                txn.put(device)
+
+        await self._rt.engine.apply(put)

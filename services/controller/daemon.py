@@ -154,6 +154,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             log.warning("operations still running at shutdown: %s", sorted(self._tracked.running))
         if self._notify is not None:
             await self._notify.server.close()
+            await self._notify.close()
         if self._notify_grpc is not None:
             await self._notify_grpc.stop(NOTIFY_GRACE)
         if self._ccrm is not None:

@@ -34,6 +34,8 @@ from google.protobuf.message import Message
 
 from edge_cloud.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from services.dme._authtoken import TokenError, ksuid, verify_auth_token
+from services.dme._autoprov import AutoProvStats
+from services.dme._clients import AppInstClients, Devices
 from services.dme._cookies import (
     CookieCodec,
     EdgeEventsKey,
@@ -46,6 +48,7 @@ from services.dme._operators import LocationOperator, QosOperator
 from services.dme._ranking import (
     APPINST_ORG_TAG,
     APPINST_TAG,
+    Candidate,
     MatchEngine,
     app_inst_list_reply,
     find_cloudlet_reply,
@@ -171,6 +174,9 @@ class DmeCalls:
         qos: The operator's QoS interface.
         token_server_uri: `toksrvurl`, returned by RegisterClient.
         qos_session_addr: `qossesaddr`; FindCloudlet tries a QoS session only with it.
+        clients: Where clients sent to an instance are recorded (AppInstClient), if anywhere.
+        devices: Where platform devices are recorded (Device), if anywhere.
+        autoprov: Where auto-provisioning demand is counted, if anywhere.
     """
 
     def __init__(
@@ -184,6 +190,9 @@ class DmeCalls:
         *,
         token_server_uri: str = "",
         qos_session_addr: str = "",
+        clients: AppInstClients | None = None,
+        devices: Devices | None = None,
+        autoprov: AutoProvStats | None = None,
     ) -> None:
         self.world = world
         self.engine = engine
@@ -199,6 +208,9 @@ class DmeCalls:
         self._cache_keys = codec.keys
         self.stats = ApiStats()
         self._qos_addr = qos_session_addr
+        self.clients = clients
+        self.devices = devices
+        self.autoprov = autoprov
         self._handlers: dict[str, tuple[Handler, bool]] = {
             "RegisterClient": (self.register_client, False),
             "FindCloudlet": (self.find_cloudlet, True),
@@ -349,7 +361,44 @@ class DmeCalls:
             FIND_FOUND or FIND_NOTFOUND.
         """
         found = self.engine.find_cloudlet(app, carrier, loc.latitude, loc.longitude)
+        if self.autoprov is not None:
+            self._count_demand(app, carrier, loc, found)
         return find_cloudlet_reply(found, lambda inst: self.edge_cookie(inst, loc))
+
+    def _count_demand(
+        self, app: AppKey, carrier: str, loc: loc_pb2.Loc, best: Candidate | None
+    ) -> None:
+        """Auto-provisioning demand of one search (dme.md §2.2.2), for Apps with policies."""
+        record = self.world.app(app)
+        if record is None or not record.auto_prov_policies or self.autoprov is None:
+            return
+        self.autoprov.searched(
+            (app.organization, app.name, app.version),
+            record.auto_prov_policies,
+            record.deployment,
+            self.world.translate_carrier(carrier),
+            loc.latitude,
+            loc.longitude,
+            None if best is None else best.distance,
+        )
+
+    def _record_client(
+        self,
+        app: AppKey,
+        key: SessionKey,
+        loc: loc_pb2.Loc,
+        reply: app_client_pb2.FindCloudletReply,
+    ) -> None:
+        """Keep the client a FindCloudlet sent to an instance (AppInstClient, §2.12)."""
+        if self.clients is None or reply.status != app_client_pb2.FindCloudletReply.FIND_FOUND:
+            return
+        self.clients.record(
+            app=(app.organization, app.name, app.version),
+            app_inst=(reply.tags.get(APPINST_TAG, ""), reply.tags.get(APPINST_ORG_TAG, "")),
+            unique_id=key.unique_id,
+            unique_id_type=key.unique_id_type,
+            location=loc,
+        )
 
     @staticmethod
     def _app_of(key: SessionKey | None) -> AppKey:
@@ -387,6 +436,8 @@ class DmeCalls:
                 else "dme-ksuid"
             )
             reply.unique_id, reply.unique_id_type = unique_id, unique_id_type
+        if self.devices is not None:
+            self.devices.registered(req.org_name, req.app_name, req.unique_id_type, req.unique_id)
         reply.session_cookie = self.codec.session_cookie(
             SessionKey(
                 peer_ip=call.peer_ip,
@@ -426,6 +477,9 @@ class DmeCalls:
             if record is not None and record.qos_session_profile:
                 reply.qos_result = app_client_pb2.FindCloudletReply.QOS_SESSION_FAILED
                 reply.qos_error_msg = "QoS priority sessions are not supported by the operator"
+        if self.clients is not None:
+            assert key is not None  # noqa: S101 - the pipeline verified the cookie
+            self._record_client(app, key, loc, reply)
         return reply
 
     async def platform_find_cloudlet(
@@ -438,7 +492,9 @@ class DmeCalls:
         assert key is not None  # noqa: S101 - the pipeline verified the cookie
         token = check_platform_request(key, req.client_token, app_exists=self.world.app_exists)
         app = AppKey(token.organization, token.name, token.version)
-        return self.find(app, req.carrier_name, token.location)
+        reply = self.find(app, req.carrier_name, token.location)
+        self._record_client(app, key, token.location, reply)
+        return reply
 
     async def get_app_inst_list(
         self, call: Call, key: SessionKey | None, req: app_client_pb2.AppInstListRequest
@@ -449,6 +505,8 @@ class DmeCalls:
         found = self.engine.app_inst_list(
             app, req.carrier_name, loc.latitude, loc.longitude, req.limit
         )
+        if self.autoprov is not None:
+            self._count_demand(app, req.carrier_name, loc, found[0] if found else None)
         return app_inst_list_reply(app, found, lambda inst: self.edge_cookie(inst, loc))
 
     async def get_fqdn_list(

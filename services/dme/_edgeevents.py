@@ -12,7 +12,11 @@ When an instance becomes usable (new, healthy again, or its cloudlet READY / out
 maintenance), every client of the same App whose FindCloudlet result (its carrier, last
 location) is now a different instance than its current one gets `EVENT_CLOUDLET_UPDATE`.
 
-Not yet done: the `request-appinst-latency` debug command and edge-events metrics.
+Statistics (`EdgeEventStats`, when given): a session per connection, and per move to another
+location tile or change of device details; latency samples; custom events, all under the
+client's AppInst, location tile and device (dme.md §2.10, §2.12).
+
+Not yet done: the `request-appinst-latency` debug command.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from edge_cloud.errors import EdgeError, ResourceExhausted
 from services.dme._calls import Call, DmeCalls
 from services.dme._ranking import validate_location
 from services.dme._ratelimit import PERSISTENT_CONNECTION_API
+from services.dme._stats import DeviceInfo, EdgeEventStats, EdgeStatKey, location_tile
 from services.dme._world import AppInstKey, AppKey, CloudletKey, Instance
 
 __all__ = ["EdgeEvents", "StreamError", "latency_statistics"]
@@ -76,6 +81,21 @@ def latency_statistics(samples: Iterable[float], now: float | None = None) -> lo
     return stats
 
 
+def _device(msg: app_client_pb2.ClientEdgeEvent, before: DeviceInfo) -> DeviceInfo:
+    """The device tags after a message: what it carries, else what was known."""
+    static = msg.device_info_static if msg.HasField("device_info_static") else None
+    dynamic = msg.device_info_dynamic if msg.HasField("device_info_dynamic") else None
+    return DeviceInfo(
+        carrier=dynamic.carrier_name if dynamic is not None else before.carrier,
+        data_network_type=(
+            dynamic.data_network_type if dynamic is not None else before.data_network_type
+        ),
+        os=static.device_os if static is not None else before.os,
+        model=static.device_model if static is not None else before.model,
+        signal_strength=dynamic.signal_strength if dynamic is not None else before.signal_strength,
+    )
+
+
 @dataclass(eq=False)
 class _Client:
     app: AppKey
@@ -86,6 +106,9 @@ class _Client:
         default_factory=asyncio.Queue
     )
     attached: bool = False
+    cloudlet: tuple[str, str, str] = ("", "", "")
+    device: DeviceInfo = field(default_factory=DeviceInfo)
+    tile: str = ""
 
 
 class EdgeEvents:
@@ -93,10 +116,12 @@ class EdgeEvents:
 
     Args:
         calls: The DME's calls (cookies, search, rate limits).
+        stats: Where edge-events statistics are counted, if anywhere.
     """
 
-    def __init__(self, calls: DmeCalls) -> None:
+    def __init__(self, calls: DmeCalls, stats: EdgeEventStats | None = None) -> None:
         self._calls = calls
+        self.stats = stats
         self._clients: dict[AppInstKey, set[_Client]] = {}
 
     def clients(self) -> int:
@@ -134,7 +159,12 @@ class EdgeEvents:
             inst=AppInstKey(edge.app_inst_name, session.org_name),
             carrier=first.device_info_dynamic.carrier_name,
             location=edge.location,
+            cloudlet=(edge.cloudlet_org, edge.cloudlet_name, ""),
+            device=_device(first, DeviceInfo()),
         )
+        if self.stats is not None:
+            client.tile = self._tile(edge.location)
+            self.stats.record_device(self._stat_key(client))
         if self._calls.world.instance(client.inst) is not None:  # §2.10 Quirk b
             client.attached = True
             self._clients.setdefault(client.inst, set()).add(client)
@@ -193,6 +223,20 @@ class EdgeEvents:
         except Exception as err:
             client.queue.put_nowait(err)
 
+    def _tile(self, loc: loc_pb2.Loc) -> str:
+        side = self._calls.world.settings.location_tile_side_length_km or 2
+        return location_tile(loc, side)
+
+    @staticmethod
+    def _stat_key(client: _Client) -> EdgeStatKey:
+        return EdgeStatKey(
+            app_inst=(client.inst.name, client.inst.organization),
+            app=(client.app.organization, client.app.name, client.app.version),
+            cloudlet=client.cloudlet,
+            tile=client.tile,
+            device=client.device,
+        )
+
     def _error(self, client: _Client, text: str) -> None:
         self._send(client, _S(event_type=_S.EVENT_ERROR, error_msg=text))
 
@@ -210,6 +254,10 @@ class EdgeEvents:
                 return
             stats = latency_statistics(s.value for s in msg.samples)
             self._send(client, _S(event_type=_S.EVENT_LATENCY_PROCESSED, statistics=stats))
+            if self.stats is not None:
+                client.device = _device(msg, client.device)
+                client.tile = self._tile(msg.gps_location)
+                self.stats.record_latency(self._stat_key(client), (s.value for s in msg.samples))
         elif kind == _C.EVENT_LOCATION_UPDATE:
             try:
                 loc = validate_location(msg.gps_location if msg.HasField("gps_location") else None)
@@ -222,6 +270,11 @@ class EdgeEvents:
                 return
             if msg.device_info_dynamic.carrier_name:
                 client.carrier = msg.device_info_dynamic.carrier_name
+            if self.stats is not None:
+                device, tile = _device(msg, client.device), self._tile(loc)
+                if device != client.device or tile != client.tile:
+                    client.device, client.tile = device, tile
+                    self.stats.record_device(self._stat_key(client))
             client.location = loc_pb2.Loc()
             client.location.CopyFrom(loc)
             reply = self._calls.find(client.app, client.carrier, loc)
@@ -230,7 +283,10 @@ class EdgeEvents:
                 if not new.same_cluster(edge):  # type: ignore[arg-type]
                     self._send(client, _S(event_type=_S.EVENT_CLOUDLET_UPDATE, new_cloudlet=reply))
         elif kind == _C.EVENT_CUSTOM_EVENT:
-            return
+            if self.stats is not None:
+                self.stats.record_custom(
+                    self._stat_key(client), msg.custom_event, (s.value for s in msg.samples)
+                )
         else:
             name = (
                 _C.ClientEventType.Name(kind) if kind in _C.ClientEventType.values() else str(kind)

@@ -92,6 +92,9 @@ class DmeConfig(CommonConfig):
     test_mode: bool = option(
         False, "test mode: test-mode cookie key, no rate limiting", go="testMode"
     )
+    scale_id: str = option(
+        "", "id telling DMEs apart in metrics (dmeId tag); the hostname when empty", go="scaleID"
+    )
     no_random: bool = option(
         False,
         "break near ties deterministically (the original's E2ETEST_NORANDOM)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -13,22 +14,29 @@ import grpc.aio
 from edgeproto import (
     app_pb2,
     appinst_pb2,
+    appinstclient_pb2,
+    autoprovpolicy_pb2,
     cloudlet_pb2,
+    clusterinst_pb2,
     operatorcode_pb2,
     ratelimit_pb2,
     settings_pb2,
 )
 
 from edge_cloud.errors import ConfigError
-from edge_cloud.notify import NotifyClient, SyncInfo
+from edge_cloud.notify import NotifyClient, SyncInfo, key_string
 from edge_cloud.server import Daemon, HttpListener
+from services.dme._autoprov import AutoProvStats
 from services.dme._calls import DmeCalls
+from services.dme._clients import AppInstClients, Devices
 from services.dme._cookies import TEST_MODE_KEYS, CookieCodec, JwtKeys
 from services.dme._edgeevents import EdgeEvents
 from services.dme._operators import StandaloneOperator
 from services.dme._ranking import MatchEngine, SpatialIndex
 from services.dme._ratelimit import RateLimitManager
+from services.dme._reporter import Reporter
 from services.dme._rest import rest_app
+from services.dme._stats import EdgeEventStats
 from services.dme._world import AppInstKey, AppKey, CloudletKey, World
 from services.dme.api.match_engine import add_dme_services
 from services.dme.config import DmeConfig
@@ -117,6 +125,11 @@ class DmeDaemon(Daemon[DmeConfig]):
             edge_events_lifetime=config.edge_events_cookie_expiration,
         )
         self.limiter = RateLimitManager(test_mode=config.test_mode)
+        self.notify = NotifyClient(config.notify_addrs, name="dme", tls=config.tls, backoff_max=5.0)
+        dme_id = config.scale_id or socket.gethostname()
+        self.clients = AppInstClients(self.notify.send_message)
+        self.devices = Devices(self.notify.send)
+        self.autoprov = AutoProvStats(dme_id, self.notify.send_message)
         operator = StandaloneOperator(qos_session_addr=config.qossesaddr)
         self.calls = DmeCalls(
             self.world,
@@ -127,9 +140,20 @@ class DmeDaemon(Daemon[DmeConfig]):
             operator,
             token_server_uri=config.toksrvurl,
             qos_session_addr=config.qossesaddr,
+            clients=self.clients,
+            devices=self.devices,
+            autoprov=self.autoprov,
         )
-        self.events = EdgeEvents(self.calls)
-        self.notify = NotifyClient(config.notify_addrs, name="dme", tls=config.tls, backoff_max=5.0)
+        self.events = EdgeEvents(self.calls, EdgeEventStats())
+        self.reporter = Reporter(
+            lambda: self.world.settings,
+            self.notify.send_message,
+            api_stats=self.calls.stats,
+            edge_stats=self.events.stats or EdgeEventStats(),
+            autoprov=self.autoprov,
+            clients=self.clients,
+            dme_id=dme_id,
+        )
         self._http: HttpListener | None = None
         self._wire_notify()
 
@@ -149,8 +173,8 @@ class DmeDaemon(Daemon[DmeConfig]):
         return {"http": self._http.port} if self._http is not None else {}
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        """The notify client and its connection-state log."""
-        return [self.notify.run(), self._log_connection()]
+        """The notify client, its connection-state log, and the upstream reports."""
+        return [self.notify.run(), self._log_connection(), self.reporter.run()]
 
     async def close(self) -> None:
         """Close the REST listener."""
@@ -170,6 +194,7 @@ class DmeDaemon(Daemon[DmeConfig]):
 
     def _wire_notify(self) -> None:
         world, limiter, events, client = self.world, self.limiter, self.events, self.notify
+        autoprov, clients = self.autoprov, self.clients
 
         apps = client.cache(app_pb2.App)
         insts = client.cache(appinst_pb2.AppInst)
@@ -179,6 +204,9 @@ class DmeDaemon(Daemon[DmeConfig]):
         settings = client.cache(settings_pb2.Settings)
         flows = client.cache(ratelimit_pb2.FlowRateLimitSettings)
         max_reqs = client.cache(ratelimit_pb2.MaxReqsRateLimitSettings)
+        policies = client.cache(autoprovpolicy_pb2.AutoProvPolicy)
+        clusters = client.cache(clusterinst_pb2.ClusterInst)
+        wanted = client.cache(appinstclient_pb2.AppInstClientKey)
 
         @apps.on_update
         async def app_updated(new: app_pb2.App, old: app_pb2.App | None) -> None:
@@ -187,6 +215,7 @@ class DmeDaemon(Daemon[DmeConfig]):
         @apps.on_delete
         async def app_deleted(old: app_pb2.App) -> None:
             world.delete_app(old.key)
+            autoprov.forget_app(old.key)
 
         @insts.on_update
         async def inst_updated(new: appinst_pb2.AppInst, old: appinst_pb2.AppInst | None) -> None:
@@ -201,6 +230,10 @@ class DmeDaemon(Daemon[DmeConfig]):
         async def inst_deleted(old: appinst_pb2.AppInst) -> None:
             world.delete_app_inst(old.key)
             events.app_inst_deleted(AppInstKey.of(old.key))
+            app = old.app_key
+            clients.purge(
+                (app.organization, app.name, app.version), (old.key.name, old.key.organization)
+            )
 
         @cloudlets.on_update
         async def cloudlet_updated(
@@ -209,6 +242,7 @@ class DmeDaemon(Daemon[DmeConfig]):
             key = CloudletKey.of(new.key)
             usable = self._usable_apps(key)
             world.update_cloudlet(new)
+            autoprov.update_cloudlet(new)
             if old is not None and old.maintenance_state != new.maintenance_state:
                 events.cloudlet_maintenance_changed(key, new.maintenance_state)
             events.instances_usable({app for app, _ in self._usable_apps(key) - usable})
@@ -216,6 +250,9 @@ class DmeDaemon(Daemon[DmeConfig]):
         @cloudlets.on_delete
         async def cloudlet_deleted(old: cloudlet_pb2.Cloudlet) -> None:
             world.delete_cloudlet(old.key)
+            autoprov.delete_cloudlet(
+                (old.key.organization, old.key.name, old.key.federated_organization)
+            )
             events.cloudlet_state_changed(CloudletKey.of(old.key), 4)  # NOT_PRESENT
 
         @infos.on_update
@@ -272,6 +309,36 @@ class DmeDaemon(Daemon[DmeConfig]):
         @max_reqs.on_delete
         async def max_reqs_deleted(old: ratelimit_pb2.MaxReqsRateLimitSettings) -> None:
             limiter.delete_max_reqs(old.key)
+
+        @policies.on_update
+        async def policy_updated(
+            new: autoprovpolicy_pb2.AutoProvPolicy, old: autoprovpolicy_pb2.AutoProvPolicy | None
+        ) -> None:
+            autoprov.update_policy(new)
+
+        @policies.on_delete
+        async def policy_deleted(old: autoprovpolicy_pb2.AutoProvPolicy) -> None:
+            autoprov.delete_policy(old.key.organization, old.key.name)
+
+        @clusters.on_update
+        async def cluster_updated(
+            new: clusterinst_pb2.ClusterInst, old: clusterinst_pb2.ClusterInst | None
+        ) -> None:
+            autoprov.update_cluster_inst(new)
+
+        @clusters.on_delete
+        async def cluster_deleted(old: clusterinst_pb2.ClusterInst) -> None:
+            autoprov.delete_cluster_inst(old)
+
+        @wanted.on_update
+        async def client_wanted(
+            new: appinstclient_pb2.AppInstClientKey, old: appinstclient_pb2.AppInstClientKey | None
+        ) -> None:
+            clients.want(key_string(new), new)
+
+        @wanted.on_delete
+        async def client_unwanted(old: appinstclient_pb2.AppInstClientKey) -> None:
+            clients.unwant(key_string(old))
 
         @client.on_synced
         async def synced(info: SyncInfo) -> None:

@@ -457,14 +457,15 @@ async def test_stats_count_calls_by_app_and_found_instance(dme: RunningDme) -> N
         app_client_pb2.FindCloudletRequest(session_cookie=cookie, gps_location=NEAR), timeout=5
     )
     await status_of(stub.FindCloudlet(app_client_pb2.FindCloudletRequest(), timeout=5))
-    stats = dme.calls.stats.take()
+    stats = dme.calls.stats.peek()
     app = (APP.organization, APP.name, APP.version)
     found = stats[StatKey("FindCloudlet", app, ("frankfurt-inst", "devorg"), ("", ""), "dmuus")]
     assert (found.reqs, found.errs, sum(found.latency)) == (1, 0, 1)
     failed = stats[StatKey("FindCloudlet")]
     assert (failed.reqs, failed.errs) == (1, 1)
     assert stats[StatKey("RegisterClient", app)].reqs == 1
-    assert dme.calls.stats.take() == {}
+    assert len(dme.calls.stats.metrics(1.0, "dme1")) == 3
+    assert dme.calls.stats.metrics(2.0, "dme1") == []  # nothing new since
 
 
 def test_latency_buckets() -> None:
