@@ -21,6 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # A registered module is a plugin: its fixtures are visible to every test, its hooks run.
     if not config.pluginmanager.has_plugin("edge-servers"):
         config.pluginmanager.register(servers, "edge-servers")
+    config.pluginmanager.import_plugin("tests.support.vault.fixture")  # `vault_server`
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

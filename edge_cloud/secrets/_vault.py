@@ -30,6 +30,7 @@ from edge_cloud.errors import (
     EdgeError,
     InvalidArgument,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from edge_cloud.secrets._backend import CasMismatch, Secret, check_data, check_path
@@ -119,11 +120,17 @@ class VaultSecretsBackend:
     def _login(self) -> None:
         """Set the client's token (AppRole: log in). Runs in a worker thread."""
         if self._auth.approle:
-            self._client.auth.approle.login(
-                role_id=self._auth.role_id,
-                secret_id=self._auth.secret_id,
-                mount_point=self._auth.approle_mount,
-            )
+            try:
+                self._client.auth.approle.login(
+                    role_id=self._auth.role_id,
+                    secret_id=self._auth.secret_id,
+                    mount_point=self._auth.approle_mount,
+                )
+            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as err:
+                raise Unauthenticated(
+                    f"Vault at {self._addr} refused the AppRole login of role id "
+                    f"{self._auth.role_id}: {'; '.join(err.errors or []) or err}"
+                ) from None
         else:
             self._client.token = self._auth.token
         self._logged_in = True
