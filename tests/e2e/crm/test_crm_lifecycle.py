@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 import pytest
@@ -28,6 +28,7 @@ from tests.e2e.platform.test_fake_lifecycle import (
     cloudlet_info,
     details,
     docker_cluster,
+    drop_env,
     ensure_app,
     k8s_cluster,
     ok,
@@ -40,6 +41,12 @@ from tests.e2e.support import Daemon, clean_env, wait_for
 
 TS = common_pb2
 CS = appcommon_pb2
+
+T = TypeVar("T")
+TRANSIENT = frozenset(
+    {TS.CREATE_REQUESTED, TS.CREATING, TS.UPDATE_REQUESTED, TS.UPDATING, TS.DELETE_REQUESTED,
+     TS.DELETING}
+)  # fmt: skip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -138,6 +145,22 @@ def wait_snapshot(
     return wait_for(matches, 10, f"the resource snapshot to show {want}")
 
 
+def settled(show: Callable[[], list[T]]) -> T:
+    """The one object `show` lists, once it is in a terminal state.
+
+    The Controller publishes a CRM's report to the waiting caller just before it merges
+    the report into etcd, so right after a call returns Show can still list the previous
+    state for a moment.
+    """
+
+    def terminal() -> T | None:
+        found: Any = show()
+        assert len(found) == 1, found
+        return found[0] if found[0].state not in TRANSIENT else None
+
+    return wait_for(terminal, 10, "the object to settle")
+
+
 def offboard(api: Api, cloudlet: cloudlet_pb2.Cloudlet, crm: Crm) -> None:
     """DeleteCloudlet: the CRM sees its cloudlet go and exits cleanly."""
     ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
@@ -164,7 +187,7 @@ def test_on_edge_lifecycle_is_driven_by_the_crm(api: Api, crm_dir: Path) -> None
         "Creating", "First Create Task", "Second Create Task",
         "Getting Cluster Infra Resources", "Ready", "Created ClusterInst successfully",
     ]  # fmt: skip
-    [stored] = show_clusters(api, cluster.key)
+    stored = settled(lambda: show_clusters(api, cluster.key))
     assert stored.state == TS.READY
     assert len(stored.resources.vms) == 2
     with_cluster = wait_snapshot(api, cloudlet, {"Instances": 4})
@@ -175,8 +198,28 @@ def test_on_edge_lifecycle_is_driven_by_the_crm(api: Api, crm_dir: Path) -> None
     assert ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT)) == [
         "Creating", "Creating App Inst", "Ready", "Created AppInst successfully"
     ]  # fmt: skip
-    [stored_inst] = show_insts(api, inst.key)
+    stored_inst = settled(lambda: show_insts(api, inst.key))
     assert (stored_inst.state, stored_inst.power_state) == (TS.READY, appinst_pb2.POWER_ON)
+
+    # a restarted CRM resyncs: READY objects are adopted, not redone, and still counted
+    crm.daemon.stop()
+    wait_for(
+        lambda: cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_OFFLINE or None,
+        10,
+        "the Controller to see the CRM go",
+    )
+    crm.start()
+    wait_for(
+        lambda: cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_READY or None,
+        20,
+        "the restarted CRM to report READY",
+    )
+    assert wait_snapshot(api, cloudlet, {"Instances": 4}) == with_cluster
+    [again] = show_clusters(api, cluster.key)
+    assert (again.state, again.resources) == (TS.READY, stored.resources)
+    [inst_again] = show_insts(api, inst.key)
+    assert inst_again.state == TS.READY
+    assert "Creating" not in crm.daemon.log.read_text()  # nothing was created again
 
     update = k8s_cluster(cloudlet, "edge")
     update.num_nodes, update.fields[:] = 2, ["14"]
@@ -184,7 +227,7 @@ def test_on_edge_lifecycle_is_driven_by_the_crm(api: Api, crm_dir: Path) -> None
         "Updating", "Updating Cluster Inst", "Getting Cluster Infra Resources", "Ready",
         "Updated ClusterInst successfully",
     ]  # fmt: skip
-    [stored] = show_clusters(api, cluster.key)
+    stored = settled(lambda: show_clusters(api, cluster.key))
     assert (stored.state, stored.num_nodes, len(stored.resources.vms)) == (TS.READY, 2, 3)
     wait_snapshot(api, cloudlet, {"Instances": 5})
 
@@ -218,6 +261,16 @@ def test_on_edge_failure_is_create_error_with_its_message(api: Api, crm_dir: Pat
     assert show_clusters(api, cluster.key) == []
     assert_no_refs(api, cloudlet.key)
     assert wait_snapshot(api, cloudlet, empty) == empty  # the platform cleaned up
+
+    # the CRM applies cloudlet updates too: without the failure point the create works
+    assert drop_env(api, cloudlet, "FAKE_FAIL_AT")[-1] == "Cloudlet updated successfully"
+    # (the Controller answers before the CRM is done: it waits for a READY CloudletInfo,
+    # which the previous one already was; so wait for the cloudlet itself)
+    show = cloudlet_pb2.Cloudlet(key=cloudlet.key)
+    settled(lambda: list(api.cloudlets.ShowCloudlet(show, timeout=5)))
+    ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    assert settled(lambda: show_clusters(api, cluster.key)).state == TS.READY
+    ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
     offboard(api, cloudlet, crm)
 
 
