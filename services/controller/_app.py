@@ -14,9 +14,12 @@ function of its arguments, so the rules are tested without a store:
 - `global_id_candidates`: the region-unique id reserved under `1/AppGlobalId/<id>` (a bare
   key, read and written through `Txn.has_key`/`put_key`/`delete_key`).
 
-What needs the network or Vault is refused with FAILED_PRECONDITION instead of being
-half-done: secret env vars and registry credentials (no secrets backend yet), manifests,
-configs and generators given as URLs (nothing is downloaded). Registry existence checks of
+Secret env vars and registry credentials go to the secrets backend (`stash_secrets`, run by
+the API before its transaction; `drop_secrets` after a delete) at the original's Vault
+paths; the stored App keeps `***` in their place, and `configure_app` refuses any value
+that was not moved (nothing secret reaches etcd). What needs the network is refused with
+FAILED_PRECONDITION instead of being half-done: manifests, configs and generators given as
+URLs (nothing is downloaded). Registry existence checks of
 image paths, which the original only warns about in test mode, are skipped.
 """
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -52,6 +55,7 @@ from edgeproto import (
     zonepool_pb2,
 )
 
+from edge_cloud import secrets
 from edge_cloud.errors import EdgeError, FailedPrecondition, InvalidArgument
 from edge_cloud.objects import keys, registry
 from edge_cloud.objects.fields import FieldSet, apply_fields, field_paths
@@ -92,12 +96,14 @@ __all__ = [
     "choose_global_id",
     "configure_app",
     "dns_sanitize",
+    "drop_secrets",
     "global_id_candidates",
     "global_id_store_key",
     "instances_to_delete",
     "kubernetes_basic_manifest",
     "refuse_secret_env_vars",
     "resolve_resources",
+    "stash_secrets",
     "update_app",
     "verify_trust_policies",
 ]
@@ -322,17 +328,158 @@ def _check_enums(app: App) -> None:
 
 
 def refuse_secret_env_vars(app: App) -> None:
-    """Secret env vars live in Vault only, and this Controller has no secrets backend yet.
+    """Secret env vars reach etcd only redacted (`***`); `stash_secrets` moves the values.
 
     Raises:
-        FailedPrecondition: When the request carries any (nothing is stored).
+        FailedPrecondition: A value was not moved to the secrets backend (nothing is
+            stored).
     """
-    if app.secret_env_vars:
+    if any(value != secrets.REDACTED for value in app.secret_env_vars.values()):
         raise FailedPrecondition(
-            "secret environment variables need the secrets backend (Vault), which this "
-            "Controller does not have yet; nothing was stored. Use env_vars for values "
-            "that are not secret"
+            "secret environment variables belong in the secrets backend (Vault), or its "
+            "local sealed stand-in, and were not moved there; nothing was stored. Use "
+            "env_vars for values that are not secret"
         )
+
+
+# --- secrets (the secrets backend, never etcd) -------------------------------------------------
+
+F_SECRET_ENV_VARS: Final = "48"  # noqa: S105 - a field path, not a secret
+F_USERNAME: Final = "57"
+F_CREDENTIALS: Final = "58"
+SECRETS_WHAT: Final = "App secret env vars and registry credentials"
+
+SecretsOf = Callable[[str], secrets.SecretsBackend]
+"""`Runtime.secrets`: the backend, or FailedPrecondition naming what needed it."""
+
+
+def _registry_host(image_path: str) -> tuple[str, str]:
+    """Host and port of an image path (the original's `ParseHost`)."""
+    target = image_path if "://" in image_path else f"https://{image_path}"
+    parts = urlsplit(target)
+    return (parts.hostname or ""), (str(parts.port) if parts.port else "")
+
+
+async def stash_secrets(
+    secrets_of: SecretsOf,
+    region: str,
+    app: App,
+    *,
+    fields: Collection[str] | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """Move a request's secrets into the backend; the request keeps `***` in their place.
+
+    Create (`fields` None): the secret env vars are written at
+    `<region>/apps/<org>/<name>/<version>/secretenvvars`, registry credentials as the
+    original's RegistryAuth at `<region>/app/<org>/<name>/<version>/regauth`. Update: the
+    env vars are merged per `update_list_action` (add, replace, remove), credentials
+    replaced when given and removed when username and credentials are both cleared.
+
+    Args:
+        secrets_of: The backend getter (`Runtime.secrets`).
+        region: The Controller's region.
+        app: The request; changed in place.
+        fields: The update's field paths; None for a create.
+
+    Returns:
+        What undoes a create's writes (the caller runs it when the commit fails).
+
+    Raises:
+        FailedPrecondition: There are secrets to keep and no backend.
+        InvalidArgument: Username without credentials or the reverse.
+    """
+    key = app.key
+    env_path = secrets.app_secret_vars_path(region, key.organization, key.name, key.version)
+    auth_path = secrets.app_registry_auth_path(region, key.organization, key.name, key.version)
+    wanted = None if fields is None else FieldSet(list(fields))
+    creds = wanted is None or wanted.has(F_USERNAME) or wanted.has(F_CREDENTIALS)
+    if creds and bool(app.username) != bool(app.credentials):
+        _check_registry_credentials(app)  # before anything is written
+    written: list[str] = []
+
+    async def undo() -> None:
+        backend = _optional(secrets_of)
+        if backend is None:
+            return
+        for path in written:
+            try:
+                await backend.delete(path)
+            except EdgeError as err:
+                log.warning("could not remove %s of a failed App create: %s", path, err)
+
+    if wanted is None or wanted.has_or_child(F_SECRET_ENV_VARS):
+        action = "" if wanted is None else app.update_list_action
+        given = {k: v for k, v in app.secret_env_vars.items() if v != secrets.REDACTED}
+        # a backend is needed to store values; removing works without (nothing is stored)
+        backend = secrets_of(SECRETS_WHAT) if given and action != "remove" else None
+        backend = backend or _optional(secrets_of)
+        if backend is not None:
+            current = await backend.get(env_path) if wanted is not None else None
+            stored = dict(current.data) if current is not None else {}
+            if action == "remove":
+                merged = {k: v for k, v in stored.items() if k not in app.secret_env_vars}
+            elif action == "replace" or wanted is None:
+                merged = given
+            else:
+                merged = {**stored, **given}
+            if merged and merged != stored:
+                await backend.put(env_path, merged)
+                written.append(env_path)
+            elif not merged and stored:
+                await backend.delete(env_path)
+        redacted = secrets.redact(app.secret_env_vars)
+        app.secret_env_vars.clear()
+        app.secret_env_vars.update(redacted)
+
+    if creds and app.username and app.credentials != secrets.REDACTED:
+        backend = secrets_of(SECRETS_WHAT)
+        hostname, port = _registry_host(app.image_path)
+        auth = {
+            "AuthType": "basic",
+            "username": app.username,
+            "password": app.credentials,
+            "token": "",
+            "apikey": "",
+            "hostname": hostname,
+            "port": port,
+        }
+        await backend.put(auth_path, auth)
+        written.append(auth_path)
+        app.credentials = secrets.REDACTED
+    elif creds and not app.username and wanted is not None:
+        optional = _optional(secrets_of)
+        if optional is not None:
+            await optional.delete(auth_path)  # no stale credentials (the original's rule)
+    return undo if written and wanted is None else _noop
+
+
+async def _noop() -> None:
+    """Nothing to undo."""
+
+
+def _optional(secrets_of: SecretsOf) -> secrets.SecretsBackend | None:
+    try:
+        return secrets_of(SECRETS_WHAT)
+    except FailedPrecondition:
+        return None
+
+
+async def drop_secrets(secrets_of: SecretsOf, region: str, key: app_pb2.AppKey) -> None:
+    """Remove a deleted App's secret env vars and registry credentials; never raises.
+
+    The App is gone already, so a failure is logged (the original does the same).
+    """
+    backend = _optional(secrets_of)
+    if backend is None:
+        return
+    for path in (
+        secrets.app_secret_vars_path(region, key.organization, key.name, key.version),
+        secrets.app_registry_auth_path(region, key.organization, key.name, key.version),
+    ):
+        try:
+            await backend.delete(path)
+        except EdgeError as err:
+            log.warning("secrets of deleted App stay at %s: %s", path, err)
 
 
 def check_public_key(text: str) -> None:
@@ -517,6 +664,7 @@ def configure_app(app: App, refs: References, env: AppEnv, *, revision: str | No
     if docker and app.image_path and not is_platform_app(app.key):
         app.image_path = fix_image_path(app.image_path)
     _check_registry_credentials(app)
+    refuse_secret_env_vars(app)
     _check_vm_image_path(app)
     manifest = _deployment_manifest(app)
     if app.scale_with_cluster and not _has_daemon_set(manifest):
@@ -593,11 +741,10 @@ def _check_registry_credentials(app: App) -> None:
         raise InvalidArgument("registry username specified but credentials missing")
     if not app.username and app.credentials:
         raise InvalidArgument("registry credentials specified but username missing")
-    if app.username and app.credentials:
+    if app.username and app.credentials and app.credentials != secrets.REDACTED:
         raise FailedPrecondition(
-            "registry credentials need the secrets backend (Vault), which this Controller "
-            "does not have yet; nothing was stored. Use a public image or a registry this "
-            "platform can already pull from"
+            "registry credentials belong in the secrets backend (Vault), or its local sealed "
+            "stand-in, and were not moved there; nothing was stored"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
 import grpc.aio
 from edgeproto import (
@@ -48,7 +48,6 @@ __all__ = ["AppApi", "add"]
 log = logging.getLogger(__name__)
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
-_F_SECRET_ENV_VARS: Final = "48"  # noqa: S105 - a field path, not a secret
 
 
 def _copy(app: app_pb2.App) -> app_pb2.App:
@@ -95,10 +94,12 @@ class AppApi(app_pb2_grpc.AppApiServicer):
         app = _copy(request)
         app.ClearField("fields")
         _app.check_app(app)
-        _app.refuse_secret_env_vars(app)
         engine = self._rt.engine
         env = self._env()
         key = keys.key_string(app)
+        if engine.caches.get(APP, key) is not None:
+            raise keys.already_exists(app)  # before its secrets could be overwritten
+        undo_secrets = await _app.stash_secrets(self._rt.secrets, env.region, app)
         candidates = _app.global_id_candidates(env.region, app.key)
         reads = [
             keys.store_key("App", key),
@@ -121,7 +122,11 @@ class AppApi(app_pb2_grpc.AppApiServicer):
             txn.put(refs_pb2.AppInstRefs(key=new.key))
             txn.put_key(_app.global_id_store_key(new.global_id), new.global_id.encode())
 
-        await engine.apply(create, reads=reads)
+        try:
+            await engine.apply(create, reads=reads)
+        except BaseException:
+            await asyncio.shield(undo_secrets())
+            raise
         return result_pb2.Result()
 
     async def UpdateApp(self, request: app_pb2.App, context: _Ctx) -> result_pb2.Result:
@@ -130,11 +135,10 @@ class AppApi(app_pb2_grpc.AppApiServicer):
             raise InvalidArgument("nothing specified to update")
         fields.check_updatable(request.fields, _app.UPDATABLE, app_pb2.App.DESCRIPTOR)
         _app.check_app(request, request.fields)
-        wanted = fields.FieldSet(request.fields)
-        if wanted.has_or_child(_F_SECRET_ENV_VARS) and request.update_list_action != "remove":
-            _app.refuse_secret_env_vars(request)
         engine = self._rt.engine
         env = self._env()
+        request = _copy(request)
+        await _app.stash_secrets(self._rt.secrets, env.region, request, fields=request.fields)
         key = keys.key_string(request)
 
         def update(txn: Txn) -> bool:
@@ -220,6 +224,7 @@ class AppApi(app_pb2_grpc.AppApiServicer):
             # shielded: a cancelled request must not leave the App marked for good
             await asyncio.shield(self._clear_prepare(key))
             raise
+        await _app.drop_secrets(self._rt.secrets, self._env().region, marked.key)
         return result_pb2.Result()
 
     async def _clear_prepare(self, key: str) -> None:
