@@ -22,6 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("edge-servers"):
         config.pluginmanager.register(servers, "edge-servers")
     config.pluginmanager.import_plugin("tests.support.vault.fixture")  # `vault_server`
+    config.pluginmanager.import_plugin("tests.support.k8sapi.fixture")  # `k8s_api_server`
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

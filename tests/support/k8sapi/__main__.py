@@ -1,0 +1,62 @@
+"""Run the Kubernetes API test server as a process: `python -m tests.support.k8sapi`.
+
+For daemons started as subprocesses by e2e tests (a CCRM deploying apps). It prints one
+line, `k8sapi listening on <url>`, once it serves, writes the kubeconfig if asked, and runs
+until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from tests.support.k8sapi._auth import eks_token_checker
+from tests.support.k8sapi._cluster import ClusterBehaviour, NodeSpec
+from tests.support.k8sapi.server import KubeApiServer
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.k8sapi")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--token", default="test-token", help="the static bearer token")
+    parser.add_argument("--plain-http", action="store_true", help="serve HTTP instead of HTTPS")
+    parser.add_argument("--eks-tokens", action="store_true", help="also accept EKS-shaped tokens")
+    parser.add_argument("--nodes", type=int, default=2, help="number of fake nodes")
+    parser.add_argument("--lb-pool", default="203.0.113.10,203.0.113.11,203.0.113.12,203.0.113.13")
+    parser.add_argument("--ready-delay", type=float, default=0.0)
+    parser.add_argument("--kubeconfig-out", type=Path, help="write a kubeconfig here once serving")
+    return parser.parse_args(argv)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    server = KubeApiServer(
+        token=args.token,
+        token_checker=eks_token_checker() if args.eks_tokens else None,
+        tls=not args.plain_http,
+        host=args.host,
+        port=args.port,
+        nodes=[NodeSpec(f"node-{n + 1}") for n in range(args.nodes)],
+        behaviour=ClusterBehaviour(
+            ready_delay=args.ready_delay,
+            lb_pool=[ip for ip in args.lb_pool.split(",") if ip],
+        ),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        if args.kubeconfig_out is not None:
+            args.kubeconfig_out.write_bytes(server.kubeconfig())
+        print(f"k8sapi listening on {server.url}", flush=True)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(_parse(sys.argv[1:])))
