@@ -160,7 +160,7 @@ class AwsSession:
             region_name=region,
         )
         self._config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=10,
             read_timeout=60,
         )
@@ -221,6 +221,8 @@ class AwsSession:
             botocore.exceptions.ConnectionClosedError,
         ) as err:
             raise PlatformTransientError(f"AWS {what}: cannot reach the endpoint: {err}") from err
+        except botocore.exceptions.BotoCoreError as err:
+            raise PlatformPermanentError(f"AWS {what} failed in {self.region}: {err}") from err
 
     def translate(self, what: str, err: botocore.exceptions.ClientError) -> Exception:
         """The platform error for an AWS refusal."""
