@@ -13,6 +13,10 @@ Controller, CCRM) is pinned to the first CPU and this process to the second when
 
 Baseline, same run, same concurrency: as many CreateFlavor calls (a unary call that validates
 and commits one object to etcd), which is the floor of any Controller create.
+
+Where the time goes: the CPU seconds each server process (Controller, CCRM, etcd, Redis)
+spent during the AppInst phase, the etcd revisions (writes) and Redis commands per AppInst
+(Redis `INFO commandstats` deltas), so the remaining cost can be attributed.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import _common as common
 import grpc
 import grpc.aio
+import redis.asyncio
 from distributed_match_engine import loc_pb2
 from edgeproto import (
     app_pb2,
@@ -49,6 +55,7 @@ from edgeproto import (
 )
 
 from edge_cloud import localservers
+from edge_cloud.store import EtcdStore
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -87,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cloudlets", type=int, default=10, help="fake cloudlets (1 cluster each)")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the daemons' logs and data here (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.count = QUICK_COUNT
@@ -95,8 +105,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class Servers:
+    """What the bench runs against, with the pids it measures."""
+
+    platform: Platform
+    etcd: localservers.ServerProcess
+    redis: localservers.ServerProcess
+
+    def pids(self) -> dict[str, int]:
+        out = {"etcd": self.etcd.pid, "redis": self.redis.pid}
+        for name, daemon in (
+            ("controller", self.platform.controller),
+            ("ccrm", self.platform.ccrm),
+        ):
+            if daemon.process is not None:
+                out[name] = daemon.process.pid
+        return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 when /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def redis_calls(url: str) -> dict[str, int]:
+    """Calls per Redis command so far (`INFO commandstats`)."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
 @contextlib.contextmanager
-def servers(tmp: Path, plan: common.CpuPlan | None) -> Iterator[Platform]:
+def servers(tmp: Path, plan: common.CpuPlan | None) -> Iterator[Servers]:
     """etcd, Redis, Controller and CCRM, all stopped (by PID) on exit."""
     prefix: list[str] = []
     if plan is not None and shutil.which("taskset"):
@@ -117,7 +165,7 @@ def servers(tmp: Path, plan: common.CpuPlan | None) -> Iterator[Platform]:
             )
             platform.start()
             try:
-                yield platform
+                yield Servers(platform, etcd, redis)
             finally:
                 platform.stop()
         finally:
@@ -163,7 +211,8 @@ def report(name: str, durations: list[int], total: float, errors: list[str], cou
         print(f"{name}: {summary.describe()} total={total:.2f}s rate={count / total:.1f}/s")
 
 
-async def bench(platform: Platform, args: argparse.Namespace) -> None:
+async def bench(srv: Servers, args: argparse.Namespace) -> None:
+    platform = srv.platform
     async with grpc.aio.insecure_channel(platform.api_addr) as channel:
         flavors = flavor_pb2_grpc.FlavorApiStub(channel)
         cloudlets = cloudlet_pb2_grpc.CloudletApiStub(channel)
@@ -232,7 +281,21 @@ async def bench(platform: Platform, args: argparse.Namespace) -> None:
             inst.key.name, inst.key.organization = f"inst{i:06d}", ORG
             await drain(insts.CreateAppInst(inst, timeout=CALL_TIMEOUT))
 
-        measured = await timed_all(args.count, args.concurrency, create_inst)
+        pids = srv.pids()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        redis_before = await redis_calls(srv.redis.client_url)
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(await EtcdStore.connect(srv.etcd.client_url))
+            revision_before = await store.revision()
+            measured = await timed_all(args.count, args.concurrency, create_inst)
+            revisions = await store.revision() - revision_before
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        redis_after = await redis_calls(srv.redis.client_url)
+        redis_delta = {
+            k: v - redis_before.get(k, 0)
+            for k, v in redis_after.items()
+            if v > redis_before.get(k, 0)
+        }
 
         async def ready_count() -> int:
             shown = insts.ShowAppInst(appinst_pb2.AppInst(), timeout=60)
@@ -245,6 +308,19 @@ async def bench(platform: Platform, args: argparse.Namespace) -> None:
     report("baseline CreateFlavor (unary, etcd commit)", *base, args.count)
     report("CreateAppInst call -> READY", *measured, args.count)
     print(f"AppInsts READY after the run: {ready}/{args.count}")
+    n = args.count
+    print(
+        "server CPU during the AppInst phase: "
+        + " ".join(f"{k}={v:.1f}s({v / n * 1000:.1f}ms/inst)" for k, v in sorted(cpu.items()))
+        + f" total={sum(cpu.values()):.1f}s in {measured[1]:.1f}s wall"
+    )
+    top = sorted(redis_delta.items(), key=lambda kv: -kv[1])
+    print(
+        f"per AppInst: {revisions / n:.1f} etcd writes (revisions), "
+        f"{sum(redis_delta.values()) / n:.1f} Redis commands ("
+        + " ".join(f"{k}={v / n:.1f}" for k, v in top[:8])
+        + ")"
+    )
     if base[0] and measured[0]:
         b = common.summarize_ns(base[0])
         m = common.summarize_ns(measured[0])
@@ -260,11 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     print(common.environment_line(plan, count=args.count, concurrency=args.concurrency))
     if plan is not None:
         common.pin_process(os.getpid(), plan.client)  # this process: the client side
-    with (
-        tempfile.TemporaryDirectory(prefix="edge-bench-appinst-") as tmp,
-        servers(Path(tmp), plan) as platform,
-    ):
-        return common.run(bench(platform, args))
+    with contextlib.ExitStack() as stack:
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = args.workdir
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-bench-")))
+        srv = stack.enter_context(servers(tmp, plan))
+        return common.run(bench(srv, args))
 
 
 if __name__ == "__main__":

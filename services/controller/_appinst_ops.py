@@ -63,6 +63,7 @@ from services.controller._inst_common import (
     info_wait,
     receive_app_inst_info,
     state_name,
+    store_key_of,
     zone_cloudlets,
 )
 from services.controller._progress import OpStream
@@ -379,8 +380,11 @@ class AppInstOps(InstOpsBase):
         failures: list[str] = []
         committed: tuple[appinst_pb2.AppInst, int | None] | None = None
         for target in targets:
+            reads, turns = self._commit_plan(inst, target)
             try:
-                committed = await rt.engine.apply_at(self._commit_fn(cctx, inst, target))
+                committed = await rt.engine.apply_at(
+                    self._commit_fn(cctx, inst, target), reads=reads, serialize=turns
+                )
                 break
             except NoFit as err:
                 failures.append(err.message)
@@ -435,6 +439,48 @@ class AppInstOps(InstOpsBase):
             subscribe=on_edge and not cctx.ignore_crm,
         )
 
+    def _commit_plan(
+        self, inst: appinst_pb2.AppInst, vm_cloudlet: cloudletkey_pb2.CloudletKey | None
+    ) -> tuple[list[str], list[str]]:
+        """What the commit will read (fetched in one round) and the hot records it writes.
+
+        Guessed from the caches: a wrong guess costs one more read round, never correctness
+        (the transaction reads what it needs). The hot records are the App's AppInstRefs and
+        the cloudlet's CloudletRefs (its ClusterRefs live on the same cloudlet): creates of
+        this Controller that share one take turns instead of failing each other's commits.
+        """
+        caches = self._rt.caches
+        reads = [
+            store_key_of(APP_INST, inst.key),
+            store_key_of(APP, inst.app_key),
+            store_key_of(APP_INST_REFS, inst.app_key),
+        ]
+        turns = [store_key_of(APP_INST_REFS, inst.app_key)]
+        cloudlet_key = vm_cloudlet
+        if vm_cloudlet is None:
+            reads.append(store_key_of(CLUSTER_INST, inst.cluster_key))
+            reads.append(store_key_of(CLUSTER_REFS, inst.cluster_key))
+            cluster = caches.get(CLUSTER_INST, keys.key_string(inst.cluster_key))
+            if cluster is not None:
+                cloudlet_key = cluster.cloudlet_key
+        if cloudlet_key is None:
+            return reads, turns
+        cloudlet_text = keys.key_string(cloudlet_key)
+        turns.append(store_key_of(CLOUDLET_REFS, cloudlet_key))
+        reads.append(store_key_of(CLOUDLET, cloudlet_key))
+        reads.append(store_key_of(CLOUDLET_REFS, cloudlet_key))
+        if vm_cloudlet is not None:
+            reads.append(store_key_of(CLOUDLET_INFO, cloudlet_key))
+        cloudlet = caches.get(CLOUDLET, cloudlet_text)
+        if cloudlet is not None:
+            reads.append(store_key_of(PLATFORM_FEATURES, cloudlet.platform_type))
+            ids = _appinst.id_candidates(inst, cloudlet.key.name, cloudlet.key.organization)
+            reads.append(_appinst.APP_INST_ID_PREFIX + ids[0])
+        labels = _appinst.label_candidates(inst)
+        if labels:
+            reads.append(_clusterinst.cloudlet_object_label_key(cloudlet_text, labels[0]))
+        return reads, turns
+
     def _commit_fn(
         self,
         cctx: CallContext,
@@ -468,7 +514,9 @@ class AppInstOps(InstOpsBase):
                 reserve = _appinst.check_cluster_use(new, app, cluster)
                 cloudlet_key = cluster.cloudlet_key
                 crefs = txn.get(CLUSTER_REFS, cluster.key) or refs_pb2.ClusterRefs(key=cluster.key)
-                others = [o for o in txn.get_many(APP_INST, list(crefs.apps)) if o is not None]
+                # members, unguarded: whatever of them matters here changes only together
+                # with the ClusterRefs read above (create, delete, resource update)
+                others = [o for o in txn.peek_many(APP_INST, list(crefs.apps)) if o is not None]
                 if app.deployment in ("kubernetes", "helm") and not new.namespace:
                     new.namespace = _appinst.default_namespace(new)
                 _appinst.check_duplicate(new, app, others, _app_key_text(app.key))
@@ -484,7 +532,8 @@ class AppInstOps(InstOpsBase):
             zk = zone_key(cl)
             if zk is not None:
                 new.zone_key.CopyFrom(zk)
-            refs = txn.get(CLOUDLET_REFS, cl.key) or refs_pb2.CloudletRefs(key=cl.key)
+            stored_refs = txn.get(CLOUDLET_REFS, cl.key)
+            refs = copy_msg(stored_refs) if stored_refs else refs_pb2.CloudletRefs(key=cl.key)
             if app.deployment == "vm":
                 info = txn.get(CLOUDLET_INFO, cl.key)
                 if info is None:
@@ -496,7 +545,8 @@ class AppInstOps(InstOpsBase):
                 )
                 new.vm_flavor = new.node_resources.infra_node_flavor
                 clusters = [c for c in txn.get_many(CLUSTER_INST, list(refs.cluster_insts)) if c]
-                vms = [a for a in txn.get_many(APP_INST, list(refs.vm_app_insts)) if a]
+                # members of the guarded refs; a VM app's resources never change
+                vms = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
                 used = _clusterinst.used_resources(clusters, [a.node_resources for a in vms], pf)
                 want: dict[str, int] = {}
                 _clusterinst.add_nodes(want, new.node_resources, 1)
@@ -568,7 +618,9 @@ class AppInstOps(InstOpsBase):
                 if new.key not in crefs.apps:
                     crefs.apps.append(new.key)
                 txn.put(crefs)
-            txn.put(refs)
+            if refs != stored_refs:
+                # unchanged (no shared-LB port, not a VM app): no write, fewer conflicts
+                txn.put(refs)
             txn.put_key(
                 _appinst.APP_INST_ID_PREFIX + new.unique_id,
                 keys.key_string(new.key).encode(),
@@ -666,7 +718,24 @@ class AppInstOps(InstOpsBase):
                 )
             txn.delete(APP_INST, key)
 
-        await self._rt.engine.apply_at(remove)
+        reads, turns = self._removal_plan(key)
+        await self._rt.engine.apply_at(remove, reads=reads, serialize=turns)
+
+    def _removal_plan(self, key: appinst_pb2.AppInstKey) -> tuple[list[str], list[str]]:
+        """Prefetch list and hot records of a removal (or delete mark), from the caches."""
+        reads = [store_key_of(APP_INST, key)]
+        cached = self._rt.caches.get(APP_INST, keys.key_string(key))
+        if cached is None:
+            return reads, []
+        turns = [
+            store_key_of(APP_INST_REFS, cached.app_key),
+            store_key_of(CLOUDLET_REFS, cached.cloudlet_key),
+        ]
+        reads += [store_key_of(APP, cached.app_key), *turns]
+        if cached.cluster_key.name:
+            reads.append(store_key_of(CLUSTER_REFS, cached.cluster_key))
+            reads.append(store_key_of(CLUSTER_INST, cached.cluster_key))
+        return reads, turns
 
     # -- delete ------------------------------------------------------------------------------
 
@@ -706,7 +775,8 @@ class AppInstOps(InstOpsBase):
                 txn.put(air)
             return inst
 
-        inst, revision = await rt.engine.apply_at(mark)
+        reads, turns = self._removal_plan(key)
+        inst, revision = await rt.engine.apply_at(mark, reads=reads, serialize=turns)
         cloudlet = rt.caches.get(CLOUDLET, keys.key_string(inst.cloudlet_key))
         on_edge = cloudlet is not None and cloudlet.crm_on_edge
 
@@ -742,7 +812,7 @@ class AppInstOps(InstOpsBase):
                     txn.put(air)
 
             try:
-                await rt.engine.apply(restore)
+                await rt.engine.apply(restore, reads=reads, serialize=turns)
             except EdgeError as undo_err:
                 log.warning("could not undo delete of %s: %s", key, undo_err)
 
@@ -816,6 +886,13 @@ class AppInstOps(InstOpsBase):
             merged.updated_at.CopyFrom(_ids.now_timestamp())
             merged.state = TS.READY if cctx.ignore_crm else TS.UPDATE_REQUESTED
             txn.put(merged)
+            if stored.cluster_key.name:
+                crefs = txn.get(CLUSTER_REFS, stored.cluster_key)
+                if crefs is not None:
+                    # Rewritten as is: a create on the cluster that computed its fit from
+                    # the old resources (read unguarded, see `_commit_fn`) now fails its
+                    # commit on the ClusterRefs revision and re-runs.
+                    txn.put(crefs)
             return merged
 
         updated, revision = await rt.engine.apply_at(commit)

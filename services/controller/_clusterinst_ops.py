@@ -64,6 +64,7 @@ from services.controller._inst_common import (
     cloudlet_usable,
     copy_msg,
     receive_cluster_inst_info,
+    store_key_of,
     zone_cloudlets,
 )
 from services.controller._progress import OpStream
@@ -241,12 +242,14 @@ class ClusterInstOps(InstOpsBase):
                         info.flavors,
                     )
             # resource fit (§4.2): every cluster in the refs regardless of state, VM apps
+            # members of the guarded CloudletRefs, unguarded themselves: their resources
+            # change only with a write of the refs (create, removal, `update`)
             others = [
                 c
-                for c in txn.get_many(CLUSTER_INST, list(refs.cluster_insts))
+                for c in txn.peek_many(CLUSTER_INST, list(refs.cluster_insts))
                 if c is not None and c.key != new.key
             ]
-            vm_apps = [a for a in txn.get_many(APP_INST, list(refs.vm_app_insts)) if a]
+            vm_apps = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
             used = _clusterinst.used_resources(others, [a.node_resources for a in vm_apps], pf)
             try:
                 _clusterinst.fit_resources(
@@ -292,6 +295,36 @@ class ClusterInstOps(InstOpsBase):
 
         return commit
 
+    def _commit_reads(
+        self,
+        cluster: clusterinst_pb2.ClusterInst,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        *,
+        auto_reservable: bool,
+    ) -> list[str]:
+        """What the commit on `cloudlet` will read, fetched in one round.
+
+        A guess from the request: a miss costs one more read round, never correctness.
+        """
+        reads = [
+            store_key_of(CLOUDLET, cloudlet.key),
+            store_key_of(CLOUDLET_REFS, cloudlet.key),
+            store_key_of(CLOUDLET_INFO, cloudlet.key),
+            store_key_of(PLATFORM_FEATURES, cloudlet.platform_type),
+        ]
+        if cluster.flavor.name:
+            reads.append(store_key_of(FLAVOR, cluster.flavor))
+        if not auto_reservable:
+            reads.append(store_key_of(CLUSTER_INST, cluster.key))
+            labels = _clusterinst.cluster_label_candidates(
+                cluster.key.name, cluster.key.organization
+            )
+            if labels:
+                reads.append(
+                    _clusterinst.cloudlet_object_label_key(keys.key_string(cloudlet.key), labels[0])
+                )
+        return reads
+
     async def create_internal(
         self,
         cctx: CallContext,
@@ -325,6 +358,8 @@ class ClusterInstOps(InstOpsBase):
             try:
                 committed = await rt.engine.apply_at(
                     self._commit_fn(cctx, cluster, cl.key, notes, auto_reservable=auto_reservable),
+                    reads=self._commit_reads(cluster, cl, auto_reservable=auto_reservable),
+                    serialize=[store_key_of(CLOUDLET_REFS, cl.key)],
                 )
                 break
             except NoFit as err:
@@ -450,7 +485,10 @@ class ClusterInstOps(InstOpsBase):
                 txn.delete(CLUSTER_REFS, key)
             txn.delete(CLUSTER_INST, key)
 
-        await self._rt.engine.apply_at(remove)
+        cached = self._rt.caches.get(CLUSTER_INST, keys.key_string(key))
+        turns = [] if cached is None else [store_key_of(CLOUDLET_REFS, cached.cloudlet_key)]
+        reads = [store_key_of(CLUSTER_INST, key), store_key_of(CLUSTER_REFS, key), *turns]
+        await self._rt.engine.apply_at(remove, reads=reads, serialize=turns)
 
     async def delete(self, request: clusterinst_pb2.ClusterInst, sink: Sink) -> None:
         """DeleteClusterInst: in-use and state checks, delete-prepare, worker, removal."""
@@ -603,6 +641,11 @@ class ClusterInstOps(InstOpsBase):
             merged.updated_at.CopyFrom(_ids.now_timestamp())
             merged.state = TS.READY if cctx.ignore_crm else TS.UPDATE_REQUESTED
             txn.put(merged)
+            refs = txn.get(CLOUDLET_REFS, stored.cloudlet_key)
+            if refs is not None:
+                # Rewritten as is: a concurrent create on the cloudlet that fitted itself
+                # against the old node counts (read unguarded) fails on the refs and re-runs.
+                txn.put(refs)
             return merged
 
         updated, revision = await rt.engine.apply_at(commit)

@@ -108,6 +108,7 @@ __all__ = [
     "receive_app_inst_info",
     "receive_cluster_inst_info",
     "state_name",
+    "store_key_of",
     "zone_cloudlets",
 ]
 
@@ -251,7 +252,7 @@ async def _receive(rt: TrackedRuntime, otype: Any, info: Any) -> None:
         if merge_info(obj, info):
             txn.put(obj)
 
-    await rt.engine.apply(fn)
+    await rt.engine.apply(fn, reads=[store_key_of(otype, info.key)])
 
 
 async def receive_cluster_inst_info(
@@ -267,6 +268,11 @@ async def receive_app_inst_info(rt: TrackedRuntime, info: appinst_pb2.AppInstInf
 
 
 # --- shared machinery -------------------------------------------------------------------
+
+
+def store_key_of(otype: Any, key: Message | str) -> str:
+    """The etcd key of an object of `otype` (for prefetch lists and commit turns)."""
+    return keys.store_key(otype.name, keys.key_string(key))
 
 
 def features_of(caches: Caches, platform_type: str) -> cloudlet_pb2.PlatformFeatures:

@@ -38,7 +38,7 @@ from edge_cloud.errors import (
     PlatformPermanentError,
     Unavailable,
 )
-from edge_cloud.objects import registry
+from edge_cloud.objects import keys, registry
 from services.controller._ccrm import CcrmClients
 from services.controller._engine import Txn
 from services.controller._progress import (
@@ -515,7 +515,7 @@ class TrackedOps:
             if changed != obj:
                 txn.put(changed)
 
-        await self._rt.engine.apply(fn)
+        await self._rt.engine.apply(fn, reads=[keys.store_key(otype.name, keys.key_string(key))])
 
     async def _run(
         self,
