@@ -34,7 +34,10 @@ def _package(name: str) -> str:
 @pytest.fixture(params=PLATFORMS)
 async def emu(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     emulator = importlib.import_module(f"{_package(request.param)}.tests.emulator")
-    async with emulator.emulate(request.param) as emulated:
+    # emulators of real clouds name the server fixtures they run on (moto, ...)
+    servers = {name: request.getfixturevalue(name) for name in getattr(emulator, "FIXTURES", ())}
+    kwargs = {"servers": servers} if servers else {}
+    async with emulator.emulate(request.param, **kwargs) as emulated:
         yield emulated
 
 
@@ -161,6 +164,8 @@ async def test_app_instance_lifecycle(emu: Any) -> None:
     await emu.platform.create_cluster_inst(cluster, emu.progress, timeout=60)
     baseline = await instances(emu)
     deployments = ["kubernetes"] if features.supports_kubernetes_only else ["kubernetes", "vm"]
+    # refused explicitly (test_undeclared_features_raise_not_supported checks that)
+    deployments = [d for d in deployments if d not in getattr(emu, "unsupported_deployments", ())]
     for deployment in deployments:
         app = emu.app(deployment, name=f"app-{deployment}")
         on = None if deployment == "vm" else cluster
@@ -182,6 +187,12 @@ async def test_undeclared_features_raise_not_supported(emu: Any) -> None:
         with pytest.raises(NotSupportedByPlatform):
             await emu.platform.create_app_inst(
                 None, app, emu.app_inst(app, None), None, emu.progress
+            )
+    for deployment in getattr(emu, "unsupported_deployments", ()):
+        app = emu.app(deployment, name=f"refused-{deployment}")
+        with pytest.raises(NotSupportedByPlatform, match=deployment):
+            await emu.platform.create_app_inst(
+                emu.cluster("refused"), app, emu.app_inst(app, None), None, emu.progress
             )
     if not features.supports_trust_policy:
         with pytest.raises(NotSupportedByPlatform):
