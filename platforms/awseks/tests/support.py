@@ -12,7 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from edge_cloud.platform import LocalAccessApi, PlatformCaches, PlatformConfig, 
 from platforms.awseks import AwsEksPlatform
 from platforms.awseks._cluster import ROLE_PATH, TAG_CLOUDLET
 from platforms.awseks._kubeconfig import TOKEN_HEADER, decode_token
+from tests.support.k8sapi import eks_token_problem
 
 REGION = "ap-southeast-2"  # no other test uses it: the EC2 plugin's tests share this moto
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIAEKSTEST000000001", "AWS_SECRET_ACCESS_KEY": "eks-secret"}
@@ -156,6 +157,29 @@ def start_iam_moto(root: Path) -> ServerProcess:
             time.sleep(0.1)
     server.stop()
     raise ServerStartError(f"moto did not answer on port {port}: {server.log_tail()}")
+
+
+def api_token_checker(
+    sts_endpoint: str, cluster: str, secrets: Mapping[str, str]
+) -> Callable[[str], bool]:
+    """The test Kubernetes API server's authenticator for one EKS cluster.
+
+    The token must be well formed for the API server (`eks_token_problem`, with the STS
+    emulator's address allowed) and carry a valid signature for this cluster
+    (`check_token`), as STS would confirm.
+    """
+    host = urllib.parse.urlsplit(sts_endpoint).netloc
+
+    def check(token: str) -> bool:
+        if eks_token_problem(token, extra_hosts=[host]) is not None:
+            return False
+        try:
+            check_token(token, cluster, secrets)
+        except ValueError:
+            return False
+        return True
+
+    return check
 
 
 def moto_url(server: ServerProcess) -> str:
