@@ -1,4 +1,4 @@
-"""Cloudlet access vars in the secrets backend: save, merge, delete, redact, TOTP codes.
+"""Cloudlet secrets in the backend: access vars, TOTP codes, CRM access keys, Kafka creds.
 
 The Controller takes access vars off a Cloudlet before it is stored (the object keeps
 `***` per key) and writes them here; the CCRM's `SecretsAccessApi` reads them back for the
@@ -16,16 +16,29 @@ import hmac
 import struct
 import time
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge_cloud.errors import InvalidArgument, NotFound
 from edge_cloud.secrets._backend import REDACTED, SecretsBackend
-from edge_cloud.secrets._paths import cloudlet_access_vars_path
+from edge_cloud.secrets._paths import (
+    cloudlet_access_vars_path,
+    crm_access_keys_path,
+    kafka_creds_path,
+)
 
 __all__ = [
+    "AccessKeyPair",
     "delete_cloudlet_access_vars",
+    "delete_cloudlet_secrets",
+    "generate_access_key",
     "redact",
     "save_cloudlet_access_vars",
+    "save_crm_access_keys",
+    "save_kafka_creds",
     "totp_code",
     "totp_secrets_path",
     "totp_session_token",
@@ -148,3 +161,73 @@ async def totp_session_token(
             "the platform flags as a TOTP secret"
         )
     return totp_code(seed)
+
+
+# --- CRM access keys and Kafka credentials -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKeyPair:
+    """An ed25519 key pair in PEM (SPKI public, PKCS#8 private), as the original makes them.
+
+    Attributes:
+        public_pem: What the Cloudlet object shows (`crm_access_public_key`).
+        private_pem: What only the CRM and the secrets backend ever see.
+    """
+
+    public_pem: str
+    private_pem: str = field(repr=False)
+
+
+def generate_access_key() -> AccessKeyPair:
+    """A fresh CRM access key pair (the original's `svcnode.GenerateAccessKey`)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return AccessKeyPair(public.decode(), private.decode())
+
+
+async def save_crm_access_keys(
+    backend: SecretsBackend,
+    *,
+    region: str,
+    org: str,
+    name: str,
+    primary: AccessKeyPair,
+    secondary: AccessKeyPair | None = None,
+) -> None:
+    """Store a cloudlet's CRM key pair(s) as the original's `CRMAccessKeys` document."""
+    doc = {"PublicPEM": primary.public_pem, "PrivatePEM": primary.private_pem}
+    if secondary is not None:
+        doc["SecondaryPublicPEM"] = secondary.public_pem
+        doc["SecondaryPrivatePEM"] = secondary.private_pem
+    await backend.put(crm_access_keys_path(region, org, name), doc)
+
+
+async def save_kafka_creds(
+    backend: SecretsBackend,
+    *,
+    region: str,
+    org: str,
+    name: str,
+    endpoint: str,
+    username: str,
+    password: str,
+) -> None:
+    """Store a cloudlet's Kafka endpoint and credentials (the original's `KafkaCreds`)."""
+    doc = {"endpoint": endpoint, "username": username, "password": password}
+    await backend.put(kafka_creds_path(region, org, name), doc)
+
+
+async def delete_cloudlet_secrets(
+    backend: SecretsBackend, *, region: str, org: str, name: str
+) -> None:
+    """Remove a cloudlet's CRM access keys and Kafka credentials (absent ones are fine)."""
+    await backend.delete(crm_access_keys_path(region, org, name))
+    await backend.delete(kafka_creds_path(region, org, name))

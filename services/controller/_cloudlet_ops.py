@@ -19,9 +19,13 @@ Cloudlet keeps `***` per key; the vars are written once the create is committed 
 refused create never overwrites another cloudlet's), merged on update, and removed with the
 cloudlet unless another cloudlet on the same site (organization + physical name) uses them.
 
-Not here yet (later slices): Kafka credentials and CRM access keys in the secrets backend,
-the built-in cluster of single-Kubernetes platforms, the default multi-tenant cluster,
-ClusterInst/AppInst cascades and resource accounting.
+Kafka credentials go there too (the object keeps only the endpoint), and, when the
+Controller has a secrets backend, each new cloudlet gets an ed25519 CRM access key pair
+(two with platform HA) whose private halves are kept there and public halves shown on the
+object; both are removed with the cloudlet.
+
+Not here yet (later slices): the built-in cluster of single-Kubernetes platforms, the
+default multi-tenant cluster, ClusterInst/AppInst cascades and resource accounting.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ ALL_FIELDS: Final = fields.all_field_paths(cloudlet_pb2.Cloudlet.DESCRIPTOR)
 CREATED: Final = "Created Cloudlet successfully"
 UPDATED: Final = "Cloudlet updated successfully"
 DELETED: Final = "Deleted Cloudlet successfully"
-NO_VAULT: Final = "which this Controller has no Vault connection for (Vault support comes later)"
+NO_VAULT: Final = "and this Controller does not download from the artifact registry yet"
 _POLL: Final = 0.1
 
 _READY_WAIT: Final = InfoWait(
@@ -144,6 +148,19 @@ _FAILED_STATE: Final[dict[int, int]] = {
     TS.DELETE_REQUESTED: TS.DELETE_ERROR,
     TS.DELETING: TS.DELETE_ERROR,
 }
+
+
+def _new_crm_keys(
+    cloudlet: cloudlet_pb2.Cloudlet,
+) -> tuple[secrets.AccessKeyPair, secrets.AccessKeyPair | None]:
+    """Fresh CRM key pair(s) for a new cloudlet; the object gets the public halves."""
+    primary = secrets.generate_access_key()
+    cloudlet.crm_access_public_key = primary.public_pem
+    secondary = None
+    if cloudlet.platform_high_availability:
+        secondary = secrets.generate_access_key()
+        cloudlet.secondary_crm_access_public_key = secondary.public_pem
+    return primary, secondary
 
 
 def features_for(caches: Caches, platform_type: str) -> cloudlet_pb2.PlatformFeatures:
@@ -270,6 +287,45 @@ class CloudletOps(TrackedOps):
         except EdgeError as err:
             log.warning("access vars of deleted cloudlet %s stay stored: %s", site(cloudlet), err)
 
+    async def _save_cloudlet_secrets(
+        self,
+        cloudlet: cloudlet_pb2.Cloudlet,
+        kafka: dict[str, str],
+        crm_keys: tuple[secrets.AccessKeyPair, secrets.AccessKeyPair | None] | None,
+    ) -> None:
+        """Keep a new cloudlet's Kafka credentials and CRM key pair(s) in the backend."""
+        if not kafka and crm_keys is None:
+            return
+        backend = self._rt.secrets("Kafka credentials and CRM access keys")
+        where = {
+            "region": self._rt.config.region,
+            "org": cloudlet.key.organization,
+            "name": cloudlet.key.name,
+        }
+        if kafka:
+            await secrets.save_kafka_creds(
+                backend, **where, endpoint=cloudlet.kafka_cluster, **kafka
+            )
+        if crm_keys is not None:
+            await secrets.save_crm_access_keys(
+                backend, **where, primary=crm_keys[0], secondary=crm_keys[1]
+            )
+
+    async def _delete_cloudlet_secrets(self, cloudlet: cloudlet_pb2.Cloudlet) -> None:
+        """Remove a deleted cloudlet's CRM keys and Kafka credentials; failures are logged."""
+        backend = self._rt.optional_secrets
+        if backend is None:
+            return
+        try:
+            await secrets.delete_cloudlet_secrets(
+                backend,
+                region=self._rt.config.region,
+                org=cloudlet.key.organization,
+                name=cloudlet.key.name,
+            )
+        except EdgeError as err:
+            log.warning("secrets of deleted cloudlet %s stay stored: %s", cloudlet.key, err)
+
     # -- create ----------------------------------------------------------------------------
 
     async def create(self, request: cloudlet_pb2.Cloudlet, sink: Sink) -> None:
@@ -315,9 +371,14 @@ class CloudletOps(TrackedOps):
             raise InvalidArgument(
                 "Must specify a kafka cluster endpoint in addition to kafka credentials"
             )
+        kafka: dict[str, str] = {}
         if cloudlet.kafka_user:
-            raise FailedPrecondition(f"Kafka credentials are kept in Vault, {NO_VAULT}")
-        # The CRM's access key pair lives in Vault; until then the CRM must upgrade its key.
+            self._rt.secrets("Kafka credentials")  # refuse now if there is no backend
+            kafka = {"username": cloudlet.kafka_user, "password": cloudlet.kafka_password}
+            cloudlet.kafka_user = cloudlet.kafka_password = ""
+        # A fresh CRM key pair, kept in the secrets backend; without one the CRM must
+        # upgrade its key when it connects (as the original's on-edge CRMs always do).
+        crm_keys = _new_crm_keys(cloudlet) if rt.optional_secrets is not None else None
         cloudlet.crm_access_key_upgrade_required = cloudlet.crm_on_edge
         if cloudlet.platform_high_availability:
             cloudlet.secondary_crm_access_key_upgrade_required = cloudlet.crm_on_edge
@@ -424,6 +485,7 @@ class CloudletOps(TrackedOps):
         async def work() -> None:
             if access_vars:
                 await self._save_access_vars(stored, access_vars, features, merge=False)
+            await self._save_cloudlet_secrets(stored, kafka, crm_keys)
             if cctx.ignore_crm:
                 return
             await self._after_create(cctx, stored, features, stream, state)
@@ -640,6 +702,7 @@ class CloudletOps(TrackedOps):
                 raise failure
             await stream.send(DELETED)
             await self._delete_access_vars(cloudlet)
+            await self._delete_cloudlet_secrets(cloudlet)
             await cleanup_info(rt, cloudlet, timeout=services.info_cleanup_timeout)
             await self._delete_autoprov_info(key)
             # TODO(#4, alerts): remove the cloudlet's alerts and nodes.
@@ -765,7 +828,15 @@ class CloudletOps(TrackedOps):
                 raise InvalidArgument(
                     "Please also specify endpoint when changing username and password"
                 )
-            raise FailedPrecondition(f"Kafka credentials are kept in Vault, {NO_VAULT}")
+            await secrets.save_kafka_creds(
+                self._rt.secrets("Kafka credentials"),
+                region=rt.config.region,
+                org=update.key.organization,
+                name=update.key.name,
+                endpoint=update.kafka_cluster,
+                username=update.kafka_user,
+                password=update.kafka_password,
+            )
         update.kafka_user = update.kafka_password = ""
         crm_update = False
         if fmap.has_or_child(_cloudlet.ENV_VAR):

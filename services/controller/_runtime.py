@@ -40,6 +40,11 @@ class Runtime:
         """Make the secrets backend available (start-up; None: the daemon has none)."""
         self._secrets = backend
 
+    @property
+    def optional_secrets(self) -> SecretsBackend | None:
+        """The secrets backend, None when the Controller runs without one."""
+        return self._secrets
+
     def secrets(self, what: str) -> SecretsBackend:
         """The secrets backend, for a request that must keep `what` out of etcd.
 

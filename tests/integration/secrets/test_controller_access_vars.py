@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from edgeproto import cloudlet_pb2
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
@@ -162,3 +164,61 @@ async def test_shared_site_keeps_its_vars_and_a_failed_create_removes_them(
     assert "Deleting Cloudlet due to failures" in lines
     assert ctl.cloudlet(failing.key) is None
     assert await backend.get(f"local/cloudlet/{org}/c3/accessvars") is None
+
+
+async def test_kafka_credentials_and_crm_keys_live_in_the_backend(
+    harness: ControllerHarness, ccrm: FakeCcrm, etcd_store: EtcdStore
+) -> None:
+    ctl = await harness.start()
+    backend = LocalSecretsBackend(ctl.store, parse_key(generate_key()))
+    ctl.runtime.attach_secrets(backend)
+    await put_features(ctl, features())
+    org = unique_org()
+    cloudlet = new_cloudlet(
+        org, kafka_cluster="kafka.example:9092", kafka_user="bus", kafka_password="kpw-77"
+    )
+    _, err = await collect(ctl.cloudlets.CreateCloudlet(cloudlet, timeout=30))
+    assert err is None, err
+    stored = ctl.cloudlet(cloudlet.key)
+    assert stored is not None
+    assert (stored.kafka_cluster, stored.kafka_user, stored.kafka_password) == (
+        "kafka.example:9092",
+        "",
+        "",
+    )
+    assert not [v for v in await etcd_values(etcd_store) if b"kpw-77" in v]
+    kafka = await backend.get(f"kafka/local/{org}/c1")
+    assert kafka is not None
+    assert kafka.data == {
+        "endpoint": "kafka.example:9092",
+        "username": "bus",
+        "password": "kpw-77",
+    }
+    keys = await backend.get(f"local/cloudlet/{org}/c1/accesskeys")
+    assert keys is not None
+    assert keys.data["PublicPEM"] == stored.crm_access_public_key
+    private = serialization.load_pem_private_key(keys.data["PrivatePEM"].encode(), None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert public.decode() == stored.crm_access_public_key
+    assert b"PRIVATE KEY" not in b"".join(await etcd_values(etcd_store))
+
+    update = cloudlet_pb2.Cloudlet(
+        key=cloudlet.key,
+        kafka_cluster="kafka2.example:9092",
+        kafka_user="bus2",
+        kafka_password="kpw-88",
+    )
+    update.fields.extend(["42", "43", "44"])
+    _, err = await collect(ctl.cloudlets.UpdateCloudlet(update, timeout=30))
+    assert err is None, err
+    kafka = await backend.get(f"kafka/local/{org}/c1")
+    assert kafka is not None
+    assert kafka.data["password"] == "kpw-88"
+
+    _, err = await collect(ctl.cloudlets.DeleteCloudlet(cloudlet, timeout=30))
+    assert err is None, err
+    assert await backend.get(f"kafka/local/{org}/c1") is None
+    assert await backend.get(f"local/cloudlet/{org}/c1/accesskeys") is None
