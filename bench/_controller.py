@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.e2e.support import Daemon, clean_env  # noqa: E402
+from tests.e2e.support import Daemon, DaemonError, clean_env  # noqa: E402
+
+__all__ = ["Daemon", "DaemonError", "Servers", "WorldSize", "controller", "world"]
 
 PLATFORM_TYPE = "fakeccrm"
 ORG_OP = "benchop"

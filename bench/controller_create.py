@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shutil
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import _common as common
@@ -64,8 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
     parser.add_argument("--cloudlets", type=int, default=10, help="cloudlets (1 cluster each)")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="bound of each phase")
+    parser.add_argument(
+        "--only", choices=("flavor", "appinst"), help="run one create phase (for profiling)"
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        type=Path,
+        help="profile the Controller during each phase with py-spy (raw stacks into DIR)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     args = parser.parse_args(argv)
+    if args.py_spy is not None:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.count = QUICK_COUNT
     if min(args.count, args.concurrency, args.cloudlets) < 1 or args.max_seconds <= 0:
@@ -146,6 +160,27 @@ async def raw_etcd(url: str, prefix: str, args: argparse.Namespace) -> float:
     return rate_line("raw aetcd txn (compare+put)", done, wall, errors)
 
 
+@contextlib.asynccontextmanager
+async def profiled(args: argparse.Namespace, pid: int | None, phase: str) -> AsyncIterator[None]:
+    """Run `py-spy record` on the Controller while the body runs, when asked to."""
+    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if args.py_spy is None or pid is None or exe is None:
+        yield
+        return
+    out = args.py_spy / f"{phase}.txt"
+    spy = await asyncio.create_subprocess_exec(
+        exe, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        async with asyncio.timeout(30):
+            await spy.wait()
+        print(f"py-spy stacks of {phase}: {out}")
+
+
 async def drain(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
     async for _ in call:
         pass
@@ -193,8 +228,9 @@ async def setup_world(
         )
         await drain(clusters.CreateClusterInst(cluster, timeout=CALL_TIMEOUT))
         made.append(cluster)
-    app_keys = []
-    for a in range(-(-args.count // len(made))):  # an App runs once per cluster
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def create_app(a: int) -> app_pb2.AppKey:
         app = app_pb2.App(
             key=ctl.app_key(a),
             image_type=app_pb2.IMAGE_TYPE_DOCKER,
@@ -203,9 +239,13 @@ async def setup_world(
             access_ports="tcp:8080",
             default_flavor=flavor_pb2.FlavorKey(name="x1.small"),
         )
-        await apps.CreateApp(app, timeout=CALL_TIMEOUT)
-        app_keys.append(app.key)
-    return made, app_keys
+        async with gate:
+            await apps.CreateApp(app, timeout=CALL_TIMEOUT)
+        return app.key
+
+    # an App runs once per cluster: as many Apps as rounds over the clusters
+    app_keys = await asyncio.gather(*(create_app(a) for a in range(-(-args.count // len(made)))))
+    return made, list(app_keys)
 
 
 async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
@@ -229,10 +269,14 @@ async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
                     timeout=CALL_TIMEOUT,
                 )
 
-            flavor = rate_line(
-                "CreateFlavor",
-                *await timed_all(args.count, args.concurrency, args.max_seconds, create_flavor),
-            )
+            flavor = inst = 0.0
+            pid = None if daemon.process is None else daemon.process.pid
+            if args.only in (None, "flavor"):
+                async with profiled(args, pid, "flavor"):
+                    measured = await timed_all(
+                        args.count, args.concurrency, args.max_seconds, create_flavor
+                    )
+                flavor = rate_line("CreateFlavor", *measured)
 
             async def create_inst(i: int) -> None:
                 cluster = clusters[i % len(clusters)]
@@ -245,16 +289,20 @@ async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
                 )
                 await drain(insts.CreateAppInst(inst, timeout=CALL_TIMEOUT))
 
-            inst = rate_line(
-                "CreateAppInst (IGNORE_CRM)",
-                *await timed_all(args.count, args.concurrency, args.max_seconds, create_inst),
-            )
+            if args.only in (None, "appinst"):
+                async with profiled(args, pid, "appinst"):
+                    measured = await timed_all(
+                        args.count, args.concurrency, args.max_seconds, create_inst
+                    )
+                inst = rate_line("CreateAppInst (IGNORE_CRM)", *measured)
     finally:
         daemon.stop()
     raw_after = await raw_etcd(srv.etcd.client_url, "bench/raw-b/", args)
     raw = (raw_before + raw_after) / 2
     print(f"raw baseline (mean of before and after): {raw:.0f}/s")
     for name, rate in (("CreateFlavor", flavor), ("CreateAppInst", inst)):
+        if not rate:
+            continue
         verdict = "meets" if rate >= 0.5 * raw else "misses"
         print(f"ratio {name}/raw: {common.ratio(rate, raw)} ({verdict} the goal of 0.50x)")
 

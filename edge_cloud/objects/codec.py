@@ -46,6 +46,15 @@ def encode(obj: Message) -> bytes:
             such as a `google.protobuf.Timestamp` with nanos outside 0..999999999 (Device
             and DeviceReport times come from DMEs).
     """
+    try:
+        data = _fast_dict(obj, skip_mask=True)
+    except (_Unsupported, ValueError, TypeError):
+        data = _reference_dict(obj)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _reference_dict(obj: Message) -> dict[str, Any]:
+    """What `encode` serializes, through json_format: the definition the fast path follows."""
     msg = obj
     if _has_mask(descriptor_of(obj)) and len(cast("Any", obj).fields):
         msg = type(obj)()
@@ -56,7 +65,7 @@ def encode(obj: Message) -> bytes:
     except json_format.SerializeToJsonError as err:
         raise InvalidArgument(f"cannot encode {descriptor_of(obj).full_name}: {err}") from err
     _sort_maps(descriptor_of(msg), data)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return data
 
 
 def decode(objtype: ObjectType[M] | type[M], data: bytes | str) -> M:
@@ -435,3 +444,102 @@ def _to_double(value: Any) -> float:
     if (kind is float and math.isfinite(value)) or kind is int:
         return float(value)
     raise _Unsupported  # "NaN", "Infinity" and the like: json_format
+
+
+# --- the fast message -> JSON path ------------------------------------------------------------
+#
+# The mirror image of the fast decode: `json_format.MessageToDict` plus `_sort_maps`, with a
+# converter per field compiled once per message type, for the kinds stored objects use.
+# Anything else (bytes, 32-bit floats, NaN and infinities, well-known types) raises
+# `_Unsupported` and the whole object goes through `_reference_dict` instead.
+
+_Dumper = Callable[[Any], Any]
+
+
+def _fast_dict(msg: Message, *, skip_mask: bool = False) -> dict[str, Any]:
+    dumpers = _dumpers(msg.DESCRIPTOR)
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():  # field-number order, as json_format's
+        name, dump = dumpers[field.number]
+        if skip_mask and field.number == 1 and name == "fields":
+            continue  # a request's update mask is never stored
+        out[name] = dump(value)
+    return out
+
+
+@functools.cache
+def _dumpers(desc: Descriptor) -> dict[int, tuple[str, _Dumper]]:
+    if desc.full_name.startswith("google.protobuf."):
+        return {f.number: (f.name, _unsupported_value) for f in desc.fields}
+    return {f.number: (f.name, _dumper(f)) for f in desc.fields}
+
+
+def _dumper(field: FieldDescriptor) -> _Dumper:
+    mt = field.message_type
+    if mt is not None and mt.GetOptions().map_entry:
+        key_field = mt.fields_by_name["key"]
+        dump_value = _value_dumper(mt.fields_by_name["value"])
+        if key_field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+
+            def bool_key(key: Any) -> str:
+                return "true" if key else "false"
+
+            dump_key: Callable[[Any], str] = bool_key
+        else:
+            dump_key = str
+
+        def dump_map(value: Any) -> dict[str, Any]:
+            return dict(sorted((dump_key(k), dump_value(v)) for k, v in value.items()))
+
+        return dump_map
+    dump = _value_dumper(field)
+    if field.is_repeated:
+
+        def dump_list(value: Any) -> list[Any]:
+            return [dump(v) for v in value]
+
+        return dump_list
+    return dump
+
+
+def _value_dumper(field: FieldDescriptor) -> _Dumper:
+    """One value of a field (an element, for repeated fields and map values)."""
+    cpp = field.cpp_type
+    if cpp == FieldDescriptor.CPPTYPE_MESSAGE:
+        mt = field.message_type
+        assert mt is not None  # noqa: S101 - a message field's type
+        if mt.full_name.startswith("google.protobuf."):
+            return _unsupported_value
+        return _fast_dict
+    if cpp == FieldDescriptor.CPPTYPE_ENUM:
+        enum_type = field.enum_type
+        assert enum_type is not None  # noqa: S101 - an enum field's type
+        if enum_type.full_name.startswith("google.protobuf.") or enum_type.is_closed:
+            return _unsupported_value
+        names = {number: value.name for number, value in enum_type.values_by_number.items()}
+
+        def dump_enum(value: Any) -> Any:
+            return names.get(value, value)  # an unknown number of an open enum: the number
+
+        return dump_enum
+    if cpp == FieldDescriptor.CPPTYPE_STRING:
+        return _unsupported_value if field.type == FieldDescriptor.TYPE_BYTES else _same
+    if cpp in (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64):
+        return str
+    if cpp in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32):
+        return _same
+    if cpp == FieldDescriptor.CPPTYPE_BOOL:
+        return _same
+    if cpp == FieldDescriptor.CPPTYPE_DOUBLE:
+        return _finite
+    return _unsupported_value  # 32-bit floats: json_format's shortest-repr rounding
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _finite(value: Any) -> Any:
+    if math.isfinite(value):
+        return value
+    raise _Unsupported  # "NaN", "Infinity", "-Infinity": json_format
