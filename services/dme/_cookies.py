@@ -70,6 +70,9 @@ EDGE_EVENTS_COOKIE_LIFETIME: Final = 600.0
 """Seconds an edge-events cookie is valid (flag `edgeEventsCookieExpiration`, default 10m)."""
 
 _HEADER: Final = b64encode(b'{"alg":"HS512","typ":"JWT"}')
+_KID: Final = '"kid":'
+_EDGE_PREFIX_CACHE_SIZE: Final = 100_000
+"""Instances whose cookie prefix is kept; the cache starts afresh beyond it."""
 _HMAC_ALGS: Final[dict[str, Callable[..., Any]]] = {
     "HS256": hashlib.sha256,
     "HS384": hashlib.sha384,
@@ -282,6 +285,22 @@ def loc_json(loc: loc_pb2.Loc) -> str:
     Raises:
         ValueError: When a value is NaN or infinite, which Go cannot marshal.
     """
+    lat, lon = loc.latitude, loc.longitude
+    # the usual device location, latitude and longitude only, is written directly, as every
+    # FindCloudlet signs one (NaN is truthy, so NaN values take the full path and its error)
+    if (
+        lat
+        and lon
+        and not (
+            loc.horizontal_accuracy
+            or loc.vertical_accuracy
+            or loc.altitude
+            or loc.course
+            or loc.speed
+            or loc.HasField("timestamp")
+        )
+    ):
+        return f'{{"latitude":{go_float(lat)},"longitude":{go_float(lon)}}}'
     pairs = [
         (name, go_float(value))
         for name, value in (
@@ -367,6 +386,10 @@ class CookieCodec:
         self._edge_events_lifetime = edge_events_lifetime
         self._clock = clock
         self._on_newer_kid = on_newer_kid
+        # FindCloudlet signs an edge-events cookie per call: the JSON of the instance part
+        # (five quoted strings) is the same for every client of an instance, so it is built
+        # once per instance and only the location and times are written per call
+        self._edge_prefixes: dict[tuple[str, str, str, str, str], str] = {}
 
     @property
     def keys(self) -> JwtKeys:
@@ -468,19 +491,27 @@ class CookieCodec:
         except ValueError:
             return ""
         secret, kid = self._signing_secret()
-        body = _json_object(
-            [
-                *_strings(
-                    ("appinstname", key.app_inst_name),
-                    ("clusterorg", key.cluster_org),
-                    ("clustername", key.cluster_name),
-                    ("cloudletorg", key.cloudlet_org),
-                    ("cloudletname", key.cloudlet_name),
-                ),
-                ("location", location),
-                *([("kid", str(kid))] if kid else []),
-            ]
+        ident = (
+            key.app_inst_name,
+            key.cluster_org,
+            key.cluster_name,
+            key.cloudlet_org,
+            key.cloudlet_name,
         )
+        prefix = self._edge_prefixes.get(ident)
+        if prefix is None:
+            if len(self._edge_prefixes) >= _EDGE_PREFIX_CACHE_SIZE:
+                self._edge_prefixes.clear()
+            strings = _strings(
+                ("appinstname", key.app_inst_name),
+                ("clusterorg", key.cluster_org),
+                ("clustername", key.cluster_name),
+                ("cloudletorg", key.cloudlet_org),
+                ("cloudletname", key.cloudlet_name),
+            )
+            prefix = "{" + "".join(f"{go_quote(k)}:{v}," for k, v in strings) + '"location":'
+            self._edge_prefixes[ident] = prefix
+        body = f"{prefix}{location},{_KID}{kid}}}" if kid else f"{prefix}{location}}}"
         return self._sign(self._edge_events_lifetime, body, secret)
 
     def verify_edge_events_cookie(self, cookie: str) -> EdgeEventsKey:
@@ -529,15 +560,19 @@ class CookieCodec:
         now = self._clock()
         iat = math.floor(now)
         exp = math.floor(now + lifetime)
-        claims = _json_object(
-            [
-                *([("exp", str(exp))] if exp else []),
-                *([("iat", str(iat))] if iat else []),
-                ("key", key_json),
-            ]
-        )
+        if exp and iat:  # always, but for a clock at the epoch
+            claims = f'{{"exp":{exp},"iat":{iat},"key":{key_json}}}'
+        else:
+            claims = _json_object(
+                [
+                    *([("exp", str(exp))] if exp else []),
+                    *([("iat", str(iat))] if iat else []),
+                    ("key", key_json),
+                ]
+            )
         signing_input = f"{_HEADER}.{b64encode(claims.encode())}"
-        mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha512).digest()
+        # one-shot HMAC (OpenSSL in one call), much cheaper than an `hmac.new` object
+        mac = hmac.digest(secret, signing_input.encode("ascii"), "sha512")
         return f"{signing_input}.{b64encode(mac)}"
 
     def _verified_claims(self, cookie: str, claims_type: Struct) -> dict[str, Any]:

@@ -11,7 +11,7 @@ superset instance serves both the legacy layout and the split `MatchEngineApi`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import grpc.aio
@@ -30,6 +30,9 @@ from services.dme._peer import peer_ip
 
 __all__ = ["DmeServicer", "add_dme_services"]
 
+_CALL_CACHE_SIZE: Final = 65_536
+"""(method, peer) pairs remembered per service; the cache starts afresh beyond it."""
+
 
 class DmeServicer:
     """Every DME RPC, reached through one service name.
@@ -44,11 +47,19 @@ class DmeServicer:
         self._service = service
         self._calls = calls
         self._events = events
+        # (method, peer) -> Call: a connection makes many calls of one method; building the
+        # path and parsing the peer once per pair keeps them off the per-call path
+        self._call_cache: dict[tuple[str, str], Call] = {}
 
     async def _unary(
         self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        call = Call.of(self._service, method, peer_ip(context.peer()))
+        peer = context.peer()
+        call = self._call_cache.get((method, peer))
+        if call is None:
+            if len(self._call_cache) >= _CALL_CACHE_SIZE:
+                self._call_cache.clear()
+            call = self._call_cache[method, peer] = Call.of(self._service, method, peer_ip(peer))
         return await self._calls.unary(call, request)
 
     async def RegisterClient(self, request: Any, context: Any) -> Any:
