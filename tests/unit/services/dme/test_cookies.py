@@ -319,6 +319,29 @@ def test_edge_events_cookie_layout(codec: CookieCodec) -> None:
     assert claims["exp"] - claims["iat"] == EDGE_EVENTS_COOKIE_LIFETIME == 600
 
 
+def test_edge_events_cookie_of_a_plain_device_location(codec: CookieCodec) -> None:
+    # the per-call fast path (instance prefix reused, latitude/longitude written directly)
+    # must produce the same bytes as the general writer
+    for lat, lon, text in (
+        (52.5, 13.4, b'{"latitude":52.5,"longitude":13.4}'),
+        (10.0, -1e-07, b'{"latitude":10,"longitude":-1e-7}'),
+        (0.0, 13.4, b'{"longitude":13.4}'),
+    ):
+        key = dataclasses.replace(EE_KEY, location=loc_pb2.Loc(latitude=lat, longitude=lon))
+        for _ in range(2):  # second time from the prefix cache
+            assert claims_of(codec.edge_events_cookie(key)) == (
+                b'{"exp":1700000600,"iat":1700000000,"key":{"appinstname":"inst1",'
+                b'"clusterorg":"clusterorg","clustername":"cluster1","cloudletorg":"dmuus",'
+                b'"cloudletname":"cloudlet1","location":' + text + b',"kid":1}}'
+            )
+    other = EdgeEventsKey(app_inst_name="inst2", cloudlet_org="o", cloudlet_name='q"uote')
+    assert codec.verify_edge_events_cookie(codec.edge_events_cookie(other)).cloudlet_name == (
+        'q"uote'
+    )
+    nan = dataclasses.replace(EE_KEY, location=loc_pb2.Loc(latitude=float("nan"), longitude=1))
+    assert codec.edge_events_cookie(nan) == ""
+
+
 def test_edge_events_cookie_round_trip(codec: CookieCodec) -> None:
     key = codec.verify_edge_events_cookie(codec.edge_events_cookie(EE_KEY))
     assert key == dataclasses.replace(EE_KEY, kid=1)
