@@ -15,13 +15,21 @@ A CCRM that goes away (killed, restarted, network cut) shows up as gRPC's transp
 failures are reworded to name the CCRM, its address and what was being done ("lost contact
 with the CCRM at 127.0.0.1:19001 (node type ccrm) while creating ClusterInst {...}"), still
 UNAVAILABLE, so the object's stored error says what to look at.
+
+After every ClusterInst or AppInst operation a CCRM completed, the cloudlet's resource data is
+fetched again (`GetCloudletResources`) and merged into its CloudletInfo, in the background
+and at most one fetch per cloudlet at a time (the original's `vmResourceActionEnd`,
+crm_platforms.md §5.3), so `resources_snapshot` shows what the infrastructure now uses.
+`follow_resources` connects that to a Controller runtime.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 import grpc.aio
@@ -47,8 +55,12 @@ from edge_cloud.errors import (
 )
 from edge_cloud.objects import keys
 
+if TYPE_CHECKING:
+    from services.controller._tracked import TrackedRuntime
+
 __all__ = [
     "CcrmClients",
+    "follow_resources",
     "is_transport_loss",
     "operation",
     "parse_platform_service_addrs",
@@ -60,6 +72,32 @@ T = TypeVar("T")
 
 DEADLINE_MESSAGE: Final = "context deadline exceeded"
 """What a CCRM call that ran out of time reports (the Go client's words)."""
+
+
+RESOURCES_TIMEOUT: Final = 30.0
+"""Seconds a post-operation `GetCloudletResources` may take (the original's ccrm_api_timeout)."""
+
+CloudletLookup = Callable[[cloudletkey_pb2.CloudletKey], cloudlet_pb2.Cloudlet | None]
+ApplyInfo = Callable[[cloudlet_pb2.CloudletInfo], Awaitable[object]]
+
+
+def follow_resources(clients: CcrmClients, runtime: TrackedRuntime) -> None:
+    """Have `clients` refresh CloudletInfo resources in `runtime` after each operation.
+
+    The refreshed fields are merged with the runtime's `apply_info`, as
+    `RefreshCloudletResources` does.
+    """
+    # imported here: _cloudletinfo needs _tracked, which needs this module
+    from services.controller._cloudletinfo import CLOUDLET, apply_info
+
+    def cloudlet_of(key: cloudletkey_pb2.CloudletKey) -> cloudlet_pb2.Cloudlet | None:
+        found: cloudlet_pb2.Cloudlet | None = runtime.caches.get(CLOUDLET, keys.key_string(key))
+        return found
+
+    async def apply(info: cloudlet_pb2.CloudletInfo) -> None:
+        await apply_info(runtime, info)
+
+    clients.on_resources(cloudlet_of, apply)
 
 
 def parse_platform_service_addrs(values: Iterable[str]) -> dict[str, str]:
@@ -179,6 +217,51 @@ class CcrmClients:
         self._addrs = dict(addrs)
         self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._cloudlet_of: CloudletLookup | None = None
+        self._apply_resources: ApplyInfo | None = None
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._refresh_again: set[str] = set()
+
+    # -- resource snapshots after operations (§5.3) -------------------------------------------
+
+    def on_resources(self, cloudlet_of: CloudletLookup, apply: ApplyInfo) -> None:
+        """Refresh a cloudlet's resources after each ClusterInst/AppInst operation.
+
+        Args:
+            cloudlet_of: The current Cloudlet of a key (None once it is gone).
+            apply: Merges a CloudletInfo carrying the refreshed fields (its `fields`).
+        """
+        self._cloudlet_of, self._apply_resources = cloudlet_of, apply
+
+    def _after_operation(self, node_type: str, key: cloudletkey_pb2.CloudletKey) -> None:
+        """Queue a refresh of the cloudlet's resources (one running per cloudlet)."""
+        if self._cloudlet_of is None:
+            return
+        name = keys.key_string(key)
+        if name in self._refreshing:
+            self._refresh_again.add(name)  # another operation ended meanwhile: once more
+            return
+        task = asyncio.create_task(self._refresh(node_type, key), name=f"resources {name}")
+        self._refreshing[name] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(name, None))
+
+    async def _refresh(self, node_type: str, key: cloudletkey_pb2.CloudletKey) -> None:
+        name = keys.key_string(key)
+        while True:
+            self._refresh_again.discard(name)
+            cloudlet = self._cloudlet_of(key) if self._cloudlet_of is not None else None
+            if cloudlet is None or cloudlet.crm_on_edge or self._apply_resources is None:
+                return  # gone, or its CRM reports its own resources
+            try:
+                info = await self.get_cloudlet_resources(
+                    node_type, cloudlet, timeout=RESOURCES_TIMEOUT
+                )
+                info.key.CopyFrom(key)
+                await self._apply_resources(info)
+            except EdgeError as err:
+                log.warning("Cloudlet infra resource update failure on %s: %s", name, err)
+            if name not in self._refresh_again:
+                return
 
     @property
     def node_types(self) -> list[str]:
@@ -352,6 +435,9 @@ class CcrmClients:
         stub = ccrm_pb2_grpc.ClusterPlatformAPIStub(self.channel(node_type))
         lost = self._lost(node_type, operation(cluster))
         await _drain(stub.ApplyClusterInst(cluster, timeout=timeout), on_info, lost)
+        # only after success, as the original: a failed operation undid what it built, and
+        # a call to a CCRM that just went away would only fail too
+        self._after_operation(node_type, cluster.cloudlet_key)
 
     async def apply_app_inst(
         self,
@@ -369,6 +455,7 @@ class CcrmClients:
         stub = ccrm_pb2_grpc.AppInstPlatformAPIStub(self.channel(node_type))
         lost = self._lost(node_type, operation(inst))
         await _drain(stub.ApplyAppInst(inst, timeout=timeout), on_info, lost)
+        self._after_operation(node_type, inst.cloudlet_key)
 
     async def get_cluster_credentials(
         self,
@@ -393,7 +480,13 @@ class CcrmClients:
         return result
 
     async def close(self) -> None:
-        """Close every channel. Idempotent."""
+        """Stop resource refreshes, close every channel. Idempotent."""
+        refreshing, self._refreshing = list(self._refreshing.values()), {}
+        for task in refreshing:
+            task.cancel()
+        for task in refreshing:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         channels, self._channels = self._channels, {}
         for ch in channels.values():
             try:

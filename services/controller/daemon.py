@@ -17,7 +17,11 @@ from edge_cloud.secrets import SecretsBackend, open_backend
 from edge_cloud.server import Daemon, bind, new_server
 from edge_cloud.store import EtcdStore
 from services.controller import api
-from services.controller._ccrm import CcrmClients, parse_platform_service_addrs
+from services.controller._ccrm import (
+    CcrmClients,
+    follow_resources,
+    parse_platform_service_addrs,
+)
 from services.controller._cloudlet_ops import CloudletRecovery
 from services.controller._engine import Engine
 from services.controller._inst_ops import APP_INST, CLUSTER_INST, InstRecovery
@@ -101,6 +105,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._redis = await redis.connect(cfg.redis_standalone_addr)
         addr = external_addr(cfg.external_api_addr, cfg.api_addr, self.ports["api"])
         self._ccrm = CcrmClients(parse_platform_service_addrs(cfg.platform_service_addrs), cfg.tls)
+        follow_resources(self._ccrm, self.runtime)  # resources after each CCRM operation
         self._tracked = services = TrackedServices(
             progress=Progress(self._redis, controller_id(addr)),
             ccrm=self._ccrm,

@@ -17,10 +17,11 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 import pytest
 from distributed_match_engine import appcommon_pb2, loc_pb2
-from edgeproto import appinst_pb2, cloudlet_pb2, cloudletkey_pb2, common_pb2
+from edgeproto import app_pb2, appinst_pb2, cloudlet_pb2, cloudletkey_pb2, common_pb2, flavor_pb2
 
 from edge_cloud.objects import keys
 from tests.e2e.platform.test_fake_lifecycle import (
+    FLAVOR,
     TIMEOUT,
     Api,
     app_inst,
@@ -313,3 +314,39 @@ def test_crm_killed_mid_create_ends_the_operation_after_restart(api: Api, crm_di
     assert cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_READY
     assert wait_snapshot(api, cloudlet, empty) == empty
     offboard(api, cloudlet, crm)
+
+
+def test_ccrm_mode_refreshes_resources_after_each_operation(api: Api) -> None:
+    """Without a CRM the Controller re-reads the resources from the CCRM after each cluster
+    or AppInst operation (crm_platforms.md §5.3): nobody calls RefreshCloudletResources."""
+    cloudlet = edge_cloudlet()
+    cloudlet.crm_on_edge = False
+    ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
+    empty = snapshot(api, cloudlet)
+    assert empty["Instances"] == 2
+    cluster = docker_cluster(cloudlet, "counted")
+    ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    with_cluster = wait_snapshot(api, cloudlet, {"Instances": 3})
+    assert with_cluster["RAM"] == empty["RAM"] + 4096
+    vm_app = app_pb2.App(
+        deployment="vm",
+        image_type=app_pb2.IMAGE_TYPE_QCOW,
+        image_path="https://images.example.com/vm.qcow2#md5:" + "0" * 32,
+        access_ports="tcp:2222",
+        default_flavor=flavor_pb2.FlavorKey(name=FLAVOR),
+    )
+    vm_app.key.organization, vm_app.key.name, vm_app.key.version = "dev", "vmapp", "1.0"
+    try:
+        api.apps.CreateApp(vm_app, timeout=10)
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    inst = app_inst(vm_app, cluster, "vm1")
+    inst.ClearField("cluster_key")  # a VM app brings its own VM
+    ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
+    wait_snapshot(api, cloudlet, {"Instances": 4})
+    ok(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT))
+    wait_snapshot(api, cloudlet, {"Instances": 3})
+    ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
+    assert wait_snapshot(api, cloudlet, empty) == empty
+    ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
