@@ -8,7 +8,17 @@ load, so its cost is measured without it refusing calls. The parent registers on
 keeps 64 calls in flight for a bounded count (and time) per round, alternating no-op and
 FindCloudlet rounds; the server and the load are pinned to different CPUs when there are two.
 
+The same child also serves the no-op on a *bare* `grpc.aio` server (no interceptor, nothing
+else registered): the framework's own ceiling on this machine. With N calls in flight,
+Little's law bounds the mean latency from below by N / RPS, so a p99 goal is out of reach
+for any handler when N / (bare no-op RPS) is above it; the last line says so.
+
+`--workers N` (N > 1) starts N server processes sharing the port (SO_REUSEPORT; the kernel
+spreads connections) and spreads the calls over 4 x N client channels; nothing is pinned
+then, since the workers and the load share the machine's CPUs.
+
 Usage: python bench/dme_grpc.py [--calls 20000] [--rounds 2] [--in-flight 64] [--seconds 30]
+       [--workers 1]
 
 The issue's goal: FindCloudlet >= 70% of the no-op's RPS and p99 <= 20 ms.
 """
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -36,7 +47,7 @@ from distributed_match_engine import (
 )
 from edgeproto import app_pb2, appinst_pb2, cloudlet_pb2, cloudletkey_pb2, common_pb2
 
-from edge_cloud.server import bind, new_server
+from edge_cloud.server import bind, new_server, standard_interceptors
 from services.dme._calls import DmeCalls
 from services.dme._cookies import TEST_MODE_KEYS, CookieCodec
 from services.dme._edgeevents import EdgeEvents
@@ -76,7 +87,20 @@ def build_world(instances: int) -> World:
     return world
 
 
-async def serve() -> None:
+def add_noop(server: grpc.aio.Server) -> None:
+    async def noop(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return b""
+
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "bench.Noop", {"Call": grpc.unary_unary_rpc_method_handler(noop)}
+            )
+        ]
+    )
+
+
+async def serve(port: int, reuse_port: bool) -> None:
     world = build_world(1000)
     flows = default_flow_settings()
     for flow in flows:
@@ -92,32 +116,38 @@ async def serve() -> None:
         operator,
         operator,
     )
-    server = new_server("dme")
+    if reuse_port:  # workers share one port; new_server refuses that on purpose
+        server = grpc.aio.server(
+            interceptors=standard_interceptors("dme"), options=[("grpc.so_reuseport", 1)]
+        )
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        server = new_server("dme")
+        port = bind(server, "127.0.0.1:0")
     add_dme_services(server, calls, EdgeEvents(calls))
-
-    async def noop(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return b""
-
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                "bench.Noop", {"Call": grpc.unary_unary_rpc_method_handler(noop)}
-            )
-        ]
-    )
-    port = bind(server, "127.0.0.1:0")
+    add_noop(server)
+    bare = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    add_noop(bare)
+    bare_port = bare.add_insecure_port("127.0.0.1:0")
     await server.start()
-    sys.stdout.write(f"{port}\n")
+    await bare.start()
+    sys.stdout.write(f"{port} {bare_port}\n")
     sys.stdout.flush()
     await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
+    await bare.stop(None)
     await server.stop(None)
 
 
 async def run_round(
-    channel: grpc.aio.Channel, kind: str, cookie: str, calls: int, in_flight: int, seconds: float
+    channels: list[grpc.aio.Channel],
+    kind: str,
+    cookie: str,
+    calls: int,
+    in_flight: int,
+    seconds: float,
 ) -> tuple[float, list[int], int]:
-    stub = match_engine_api_pb2_grpc.MatchEngineApiStub(channel)
-    noop = channel.unary_unary(NOOP)
+    stubs = [match_engine_api_pb2_grpc.MatchEngineApiStub(c) for c in channels]
+    noops = [c.unary_unary(NOOP) for c in channels]
     rng = random.Random(11)
     requests = [
         app_client_pb2.FindCloudletRequest(
@@ -137,12 +167,13 @@ async def run_round(
     async def worker(w: int) -> None:
         nonlocal remaining, errors
         i = w
+        stub, noop = stubs[w % len(stubs)], noops[w % len(noops)]
         while remaining > 0 and time.monotonic() < deadline:
             remaining -= 1
             i += 1
             start = time.monotonic_ns()
             try:
-                if kind == "noop":
+                if kind in ("noop", "bare"):
                     await noop(raw[i % len(raw)], timeout=10)
                 else:
                     reply = await stub.FindCloudlet(requests[i % len(requests)], timeout=10)
@@ -158,25 +189,53 @@ async def run_round(
     return len(latencies) / elapsed, latencies, errors
 
 
-async def main(args: argparse.Namespace) -> None:
-    plan = plan_cpus()
+async def start_worker(port: int, reuse_port: bool) -> tuple[asyncio.subprocess.Process, int, int]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         str(Path(__file__)),
         "--serve",
+        "--port",
+        str(port),
+        *(["--reuse-port"] if reuse_port else []),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=ROOT,
     )
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), 60)
+    port, bare_port = map(int, line.split())
+    return child, port, bare_port
+
+
+async def main(args: argparse.Namespace) -> None:
+    multi = args.workers > 1
+    plan = None if multi else plan_cpus()
+    children: list[asyncio.subprocess.Process] = []
     try:
-        assert child.stdout is not None
-        line = await asyncio.wait_for(child.stdout.readline(), 60)
-        port = int(line)
+        child, port, bare_port = await start_worker(0, multi)
+        children.append(child)
+        for _ in range(args.workers - 1):
+            children.append((await start_worker(port, True))[0])
         if plan is not None:
             pin_process(child.pid, plan.server)
             pin_process(os.getpid(), plan.client)
-        print(environment_line(plan, instances=1000, in_flight=args.in_flight))
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        print(
+            environment_line(
+                plan, instances=1000, in_flight=args.in_flight, server_workers=args.workers
+            )
+        )
+        # one channel per connection; several spread the load over the workers' sockets
+        channels = [
+            grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(4 * args.workers if multi else 1)
+        ]
+        bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}")
+        async with contextlib.AsyncExitStack() as stack:
+            for ch in (*channels, bare_channel):
+                await stack.enter_async_context(ch)
+            channel = channels[0]
             reg = await session_pb2_grpc.SessionStub(channel).RegisterClient(
                 session_pb2.RegisterClientRequest(
                     org_name=APP.organization, app_name=APP.name, app_vers=APP.version
@@ -184,14 +243,19 @@ async def main(args: argparse.Namespace) -> None:
                 timeout=10,
             )
             # warm-up
-            await run_round(channel, "noop", reg.session_cookie, 2000, args.in_flight, 10)
-            await run_round(channel, "find", reg.session_cookie, 2000, args.in_flight, 10)
-            results: dict[str, list[tuple[float, list[int], int]]] = {"noop": [], "find": []}
+            await run_round(channels, "noop", reg.session_cookie, 2000, args.in_flight, 10)
+            await run_round(channels, "find", reg.session_cookie, 2000, args.in_flight, 10)
+            await run_round([bare_channel], "bare", "", 2000, args.in_flight, 10)
+            results: dict[str, list[tuple[float, list[int], int]]] = {
+                "noop": [],
+                "find": [],
+                "bare": [],
+            }
             for _ in range(args.rounds):
-                for kind in ("noop", "find"):
+                for kind in ("noop", "find", "bare"):
                     results[kind].append(
                         await run_round(
-                            channel,
+                            [bare_channel] if kind == "bare" else channels,
                             kind,
                             reg.session_cookie,
                             args.calls,
@@ -199,29 +263,42 @@ async def main(args: argparse.Namespace) -> None:
                             args.seconds,
                         )
                     )
+        names = {
+            "noop": "noop unary",
+            "find": "FindCloudlet",
+            "bare": "noop on a bare grpc.aio server (worker 1 only)",
+        }
         figures = {}
         for kind, rounds in results.items():
             rps = max(r[0] for r in rounds)
             lat = summarize_ns(v for r in rounds for v in r[1])
             errors = sum(r[2] for r in rounds)
             figures[kind] = (rps, lat)
-            name = "noop unary" if kind == "noop" else "FindCloudlet"
-            print(f"{name}: rps={rps:.0f} {lat.describe()} errors={errors}")
+            print(f"{names[kind]}: rps={rps:.0f} {lat.describe()} errors={errors}")
         noop_rps, _ = figures["noop"]
         find_rps, find_lat = figures["find"]
+        bare_rps, _ = figures["bare"]
         ok = find_rps >= 0.7 * noop_rps and find_lat.p99 <= 20
         print(
             f"FindCloudlet/noop rps: {ratio(find_rps, noop_rps)} (goal >= 0.70x), "
             f"p99 {find_lat.p99:.3f}ms (goal <= 20ms): {'met' if ok else 'NOT met'}"
         )
+        floor_ms = args.in_flight / max(bare_rps, noop_rps) * 1000
+        print(
+            f"Little's law: {args.in_flight} in flight at the best no-op rate "
+            f"({max(bare_rps, noop_rps):.0f}/s) means a mean latency of at least "
+            f"{floor_ms:.1f}ms for any handler on this server"
+        )
     finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            await asyncio.wait_for(child.wait(), 15)
-        except TimeoutError:
-            child.kill()
-            await child.wait()
+        for child in children:
+            if child.stdin is not None:
+                child.stdin.close()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 15)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
 
 
 def cli() -> int:
@@ -231,9 +308,12 @@ def cli() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (SO_REUSEPORT)")
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        uvloop.run(serve())
+        uvloop.run(serve(args.port, args.reuse_port))
         return 0
     uvloop.run(main(args))
     return 0
