@@ -224,7 +224,7 @@ class AwsApi:
         self._ec2: Any = None
         self._lock = asyncio.Lock()
         self._config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
             connect_timeout=10,
             read_timeout=60,
             user_agent_extra="edge-cloud-platform/awsec2",
