@@ -35,6 +35,8 @@ __all__ = [
     "delete_cloudlet_access_vars",
     "delete_cloudlet_secrets",
     "generate_access_key",
+    "load_crm_access_keys",
+    "load_kafka_creds",
     "redact",
     "save_cloudlet_access_vars",
     "save_crm_access_keys",
@@ -208,6 +210,29 @@ async def save_crm_access_keys(
         doc["SecondaryPublicPEM"] = secondary.public_pem
         doc["SecondaryPrivatePEM"] = secondary.private_pem
     await backend.put(crm_access_keys_path(region, org, name), doc)
+
+
+async def load_crm_access_keys(
+    backend: SecretsBackend, *, region: str, org: str, name: str
+) -> tuple[AccessKeyPair, AccessKeyPair | None] | None:
+    """A cloudlet's CRM key pair(s), or None when none are stored (for the access API)."""
+    found = await backend.get(crm_access_keys_path(region, org, name))
+    if found is None or not found.data.get("PrivatePEM"):
+        return None
+    data = found.data
+    primary = AccessKeyPair(data.get("PublicPEM", ""), data["PrivatePEM"])
+    secondary = None
+    if data.get("SecondaryPrivatePEM"):
+        secondary = AccessKeyPair(data.get("SecondaryPublicPEM", ""), data["SecondaryPrivatePEM"])
+    return primary, secondary
+
+
+async def load_kafka_creds(
+    backend: SecretsBackend, *, region: str, org: str, name: str
+) -> dict[str, str] | None:
+    """A cloudlet's Kafka `endpoint`, `username` and `password`, or None (`get-kafka-creds`)."""
+    found = await backend.get(kafka_creds_path(region, org, name))
+    return None if found is None else dict(found.data)
 
 
 async def save_kafka_creds(

@@ -17,7 +17,14 @@ from edgeproto import cloudlet_pb2
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
 from edge_cloud.platform import PlatformCaches
-from edge_cloud.secrets import REDACTED, LocalSecretsBackend, generate_key, parse_key
+from edge_cloud.secrets import (
+    REDACTED,
+    LocalSecretsBackend,
+    generate_key,
+    load_crm_access_keys,
+    load_kafka_creds,
+    parse_key,
+)
 from edge_cloud.store import EtcdStore
 from services.ccrm._host import PlatformHost
 from services.ccrm.config import CcrmConfig
@@ -204,6 +211,12 @@ async def test_kafka_credentials_and_crm_keys_live_in_the_backend(
     )
     assert public.decode() == stored.crm_access_public_key
     assert b"PRIVATE KEY" not in b"".join(await etcd_values(etcd_store))
+    loaded = await load_crm_access_keys(backend, region="local", org=org, name="c1")
+    assert loaded is not None
+    assert loaded[0].public_pem == stored.crm_access_public_key
+    assert loaded[1] is None  # no platform HA: one key pair
+    creds = await load_kafka_creds(backend, region="local", org=org, name="c1")
+    assert creds == kafka.data
 
     update = cloudlet_pb2.Cloudlet(
         key=cloudlet.key,
