@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,21 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def etcd_rpcs(client_url: str) -> dict[str, int]:
+    """etcd KV RPCs served so far, by method (from its /metrics on the client port)."""
+    with urllib.request.urlopen(f"{client_url}/metrics", timeout=10) as resp:  # noqa: S310 - loopback
+        text = resp.read().decode()
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if (
+            line.startswith("grpc_server_handled_total{")
+            and 'grpc_service="etcdserverpb.KV"' in line
+        ):
+            method = line.split('grpc_method="', 1)[1].split('"', 1)[0]
+            out[method] = out.get(method, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 async def redis_calls(url: str) -> dict[str, int]:
@@ -284,6 +300,7 @@ async def bench(srv: Servers, args: argparse.Namespace) -> None:
         pids = srv.pids()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         redis_before = await redis_calls(srv.redis.client_url)
+        rpcs_before = etcd_rpcs(srv.etcd.client_url)
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(await EtcdStore.connect(srv.etcd.client_url))
             revision_before = await store.revision()
@@ -291,6 +308,10 @@ async def bench(srv: Servers, args: argparse.Namespace) -> None:
             revisions = await store.revision() - revision_before
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         redis_after = await redis_calls(srv.redis.client_url)
+        rpcs_after = etcd_rpcs(srv.etcd.client_url)
+        rpcs = {
+            k: v - rpcs_before.get(k, 0) for k, v in rpcs_after.items() if v > rpcs_before.get(k, 0)
+        }
         redis_delta = {
             k: v - redis_before.get(k, 0)
             for k, v in redis_after.items()
@@ -316,7 +337,9 @@ async def bench(srv: Servers, args: argparse.Namespace) -> None:
     )
     top = sorted(redis_delta.items(), key=lambda kv: -kv[1])
     print(
-        f"per AppInst: {revisions / n:.1f} etcd writes (revisions), "
+        f"per AppInst: {revisions / n:.1f} etcd writes (revisions) in "
+        + " ".join(f"{k}={v / n:.1f}" for k, v in sorted(rpcs.items()))
+        + " etcd RPCs, "
         f"{sum(redis_delta.values()) / n:.1f} Redis commands ("
         + " ".join(f"{k}={v / n:.1f}" for k, v in top[:8])
         + ")"

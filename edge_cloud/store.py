@@ -313,6 +313,7 @@ class Store(Protocol):
         *,
         retries: int = DEFAULT_UPDATE_RETRIES,
         budget: float | None = None,
+        initial: Snapshot | None = None,
     ) -> TxnResult:
         """Read `keys`, let `fn` compute ops, commit guarded by what was read; see EtcdStore."""
         ...
@@ -576,6 +577,7 @@ class EtcdStore:
         *,
         retries: int = DEFAULT_UPDATE_RETRIES,
         budget: float | None = None,
+        initial: Snapshot | None = None,
     ) -> TxnResult:
         """Read-modify-write `keys` without lost updates.
 
@@ -596,11 +598,17 @@ class EtcdStore:
         argument is a `Snapshot`: the values plus the store revision they were read at. Keys
         it writes but that are not in `keys` are written unguarded.
 
+        With an `initial` snapshot (values the caller already knows, e.g. from a cache fed by
+        a watch) the first read is skipped: the commit's compares verify it, and a stale
+        guess just loses the race once. A decision not to write (no ops, or a refusal)
+        taken on it is not verified by any compare, so it is taken again on a real read.
+
         Args:
             keys: Keys to read and guard.
             fn: Current values (None: absent) → ops to commit; an empty list writes nothing.
             retries: Extra attempts after the first lost race, at least.
             budget: Seconds during which lost races are retried beyond `retries`.
+            initial: Values of exactly `keys` to start from instead of reading them.
 
         Returns:
             The successful transaction (or, if `fn` returned no ops, the read).
@@ -610,20 +618,36 @@ class EtcdStore:
         """
         guarded = list(dict.fromkeys(keys))
         reads: list[Op] = [Get(k) for k in guarded]
-        snapshot = await self.txn((), reads)
-        current = Snapshot(snapshot.values, revision=snapshot.revision)
+
+        async def read() -> Snapshot:
+            snapshot = await self.txn((), reads)
+            return Snapshot(snapshot.values, revision=snapshot.revision)
+
+        verified = initial is None
+        current = await read() if initial is None else initial
+        if initial is not None and set(initial) != set(guarded):
+            raise InvalidArgument("update: the initial snapshot must hold exactly the keys read")
         deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
         while True:
-            result = fn(current)
-            ops = result if isinstance(result, Sequence) else await result
+            try:
+                result = fn(current)
+                ops = result if isinstance(result, Sequence) else await result
+            except EdgeError:
+                if verified:
+                    raise
+                current, verified = await read(), True
+                continue
             if not ops:
+                if not verified:
+                    current, verified = await read(), True
+                    continue
                 return TxnResult(True, current.revision, dict(current), 0)
             compares = [ModRevisionIs(k, kv.mod_revision if kv else 0) for k, kv in current.items()]
             outcome = await self.txn(compares, ops, reads)
             if outcome.succeeded:
                 return outcome
-            current = Snapshot(outcome.values, revision=outcome.revision)
+            current, verified = Snapshot(outcome.values, revision=outcome.revision), True
             attempt += 1
             if attempt > retries and (deadline is None or time.monotonic() >= deadline):
                 break

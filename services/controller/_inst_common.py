@@ -252,7 +252,7 @@ async def _receive(rt: TrackedRuntime, otype: Any, info: Any) -> None:
         if merge_info(obj, info):
             txn.put(obj)
 
-    await rt.engine.apply(fn, reads=[store_key_of(otype, info.key)])
+    await rt.engine.apply(fn, reads=[store_key_of(otype, info.key)], from_caches=True)
 
 
 async def receive_cluster_inst_info(

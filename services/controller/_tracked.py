@@ -515,7 +515,8 @@ class TrackedOps:
             if changed != obj:
                 txn.put(changed)
 
-        await self._rt.engine.apply(fn, reads=[keys.store_key(otype.name, keys.key_string(key))])
+        skey = keys.store_key(otype.name, keys.key_string(key))
+        await self._rt.engine.apply(fn, reads=[skey], from_caches=True)
 
     async def _run(
         self,

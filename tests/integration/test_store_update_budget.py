@@ -1,4 +1,4 @@
-"""`EtcdStore.update` under contention: retries adapt to a time budget (issue 6)."""
+"""`EtcdStore.update` for hot keys (issue 6): a retry time budget, a known first snapshot."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from edge_cloud.errors import Aborted
+from edge_cloud.errors import Aborted, InvalidArgument
 from edge_cloud.store import EtcdStore, KeyValue, Op, Put, Snapshot
 
 
@@ -69,3 +69,44 @@ async def test_the_function_sees_the_snapshot_revision(etcd_store: EtcdStore) ->
     await etcd_store.update(["seen"], record)
     assert len(revisions) == 1
     assert revisions[0] >= written
+
+
+async def test_a_stale_initial_snapshot_loses_once_then_commits(etcd_store: EtcdStore) -> None:
+    await etcd_store.put("count", b"1")
+    stale = Snapshot({"count": KeyValue("count", b"0", 1, 1, 1)}, revision=1)
+    seen: list[bytes | None] = []
+
+    def bump(current: Mapping[str, KeyValue | None]) -> Sequence[Op]:
+        kv = current["count"]
+        seen.append(None if kv is None else kv.value)
+        value = int(kv.value) if kv is not None else 0
+        return [Put("count", str(value + 1).encode())]
+
+    await etcd_store.update(["count"], bump, initial=stale)
+    assert seen == [b"0", b"1"]
+    got = await etcd_store.get("count")
+    assert got is not None
+    assert got.value == b"2"
+
+
+async def test_a_no_write_decision_on_the_initial_snapshot_is_taken_again(
+    etcd_store: EtcdStore,
+) -> None:
+    await etcd_store.put("flag", b"set")
+    guess = Snapshot({"flag": None}, revision=1)  # "absent", which is wrong
+    seen: list[bool] = []
+
+    def clear_if_set(current: Mapping[str, KeyValue | None]) -> Sequence[Op]:
+        seen.append(current["flag"] is not None)
+        return [Put("flag", b"")] if current["flag"] is not None else []
+
+    await etcd_store.update(["flag"], clear_if_set, initial=guess)
+    assert seen == [False, True]
+    got = await etcd_store.get("flag")
+    assert got is not None
+    assert got.value == b""
+
+
+async def test_an_initial_snapshot_must_cover_the_keys(etcd_store: EtcdStore) -> None:
+    with pytest.raises(InvalidArgument, match="initial snapshot"):
+        await etcd_store.update(["a", "b"], lambda _: [], initial=Snapshot({"a": None}, revision=1))

@@ -1,4 +1,5 @@
-"""The engine's tools for hot records (issue 6): commit turns, unguarded member peeks."""
+"""The engine's tools for hot records (issue 6): commit turns, unguarded member peeks and
+writes that start from the caches."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 
 from edgeproto import flavor_pb2
 
-from edge_cloud.objects import keys, registry
+from edge_cloud.objects import codec, keys, registry
 from services.controller._engine import Txn
 from tests.integration.controller.conftest import StartInstance
 
@@ -135,3 +136,56 @@ async def test_peek_waits_for_caches_behind_the_snapshot(start_instance: StartIn
     reader.task = asyncio.create_task(reader.sync.run())
     await asyncio.wait_for(pending, 10)
     assert seen == [7]
+
+
+async def test_writes_from_stale_caches_are_still_guarded(start_instance: StartInstance) -> None:
+    writer = await start_instance()
+    lagging = await start_instance()
+    await writer.engine.create(flavor("shared", vcpus=1))
+    await lagging.sync.wait_for_revision(await writer.store.revision())
+    lagging.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lagging.task
+    # the lagging instance's caches still say 1; etcd says 5
+    await writer.engine.apply(lambda txn: txn.put(flavor("shared", vcpus=5)))
+    skey = keys.store_key(FLAVOR.name, keys.key_string(key("shared")))
+    runs: list[int] = []
+
+    def double(txn: Txn) -> None:
+        current = txn.get(FLAVOR, key("shared"))
+        assert current is not None
+        runs.append(current.vcpus)
+        current.vcpus *= 2
+        txn.put(current)
+
+    await lagging.engine.apply(double, reads=[skey], from_caches=True, wait=False)
+    assert runs == [1, 5]  # the cached guess lost its compare, the real value won
+    stored = await writer.store.get(skey)
+    assert stored is not None
+    lagging.task = asyncio.create_task(lagging.sync.run())
+    await lagging.sync.wait_for_revision(stored.mod_revision)
+    found = lagging.engine.get(FLAVOR, key("shared"))
+    assert found is not None
+    assert found.vcpus == 10
+
+    # nothing to write on the stale guess: decided again on what etcd holds
+    lagging.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lagging.task
+    await writer.engine.apply(lambda txn: txn.put(flavor("shared", vcpus=3)))
+    odd: list[int] = []
+
+    def make_even(txn: Txn) -> None:
+        current = txn.get(FLAVOR, key("shared"))
+        assert current is not None
+        odd.append(current.vcpus)
+        if current.vcpus % 2:
+            current.vcpus += 1
+            txn.put(current)
+
+    await lagging.engine.apply(make_even, reads=[skey], from_caches=True, wait=False)
+    assert odd == [10, 3]
+    stored = await writer.store.get(skey)
+    assert stored is not None
+    assert codec.decode(FLAVOR, stored.value).vcpus == 4
+    lagging.task = asyncio.create_task(lagging.sync.run())
