@@ -51,10 +51,13 @@ def k8s_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # the server prints it once serving, or exits
-        assert line.startswith("k8sapi listening on https://127.0.0.1:"), line + (
-            proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-        )
+        deadline = time.monotonic() + 30
+        # The kubeconfig is written just before the "listening" line is printed.
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.exists(), f"the server did not start: {(workdir / 'server.log').read_text()}"
+        line = proc.stdout.readline()
+        assert line.startswith("k8sapi listening on https://127.0.0.1:"), line
         yield {"proc": proc, "kubeconfig": yaml.safe_load(out.read_bytes())}
     finally:
         if proc.poll() is None:
