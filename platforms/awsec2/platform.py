@@ -270,41 +270,59 @@ class AwsEc2Platform(Platform):
         pf_flavor = await self._match_flavor(
             flavor.vcpus or 2, flavor.ram or 4096, flavor.disk or 20, "the platform VM"
         )
+        node_name = f"{self._cloudlet_prefix()}-pf"
+        password = ""
+        if not await self.infra.instances("cloudlet", str(NodeType.PLATFORM_VM)):
+            password = await self._register_node(cloudlet, node_name)  # refusals come first
         made = False
         try:
             net, made = await self.infra.ensure_network(progress)
-            await self._ensure_platform_vm(cloudlet, pf_config, pf_flavor, image_id, net, progress)
+            if password:
+                await self._ensure_platform_vm(
+                    node_name, password, pf_config, pf_flavor, image_id, net, progress
+                )
             # The original leaves the shared root LB to the CRM's InitHAConditional; making it
             # here (and again, idempotently, there) gives a cloudlet that works without it.
             await self._ensure_shared_root_lb(image_id, net, progress)
         except BaseException:
             if made:
                 await self.infra.delete_network(NoProgress())
+            if password:
+                key = cloudletnode_pb2.CloudletNodeKey(name=node_name)
+                key.cloudlet_key.CopyFrom(cloudlet.key)
+                await self.access.delete_cloudlet_node(key)
             raise
+
+    async def _register_node(self, cloudlet: cloudlet_pb2.Cloudlet, name: str) -> str:
+        """Register the platform VM as a CloudletNode; the password its script logs in with."""
+        node = cloudletnode_pb2.CloudletNode(
+            node_type=str(NodeType.PLATFORM_VM), node_role="dockercrm"
+        )
+        node.key.name = name
+        node.key.cloudlet_key.CopyFrom(cloudlet.key)
+        try:
+            return await self.access.create_cloudlet_node(node)
+        except FailedPrecondition as err:
+            raise PlatformPermanentError(
+                f"the platform VM {name} must be registered as a CloudletNode to fetch its "
+                f"configuration (crm_platforms.md §6.3), and the access API refused: {err}"
+            ) from err
 
     async def _ensure_platform_vm(
         self,
-        cloudlet: cloudlet_pb2.Cloudlet,
+        name: str,
+        password: str,
         pf_config: cloudlet_pb2.PlatformConfig,
         flavor: str,
         image_id: str,
         net: Network,
         progress: Progress,
     ) -> None:
-        name = f"{self._cloudlet_prefix()}-pf"
-        if await self.infra.instances("cloudlet", str(NodeType.PLATFORM_VM)):
-            return
         progress.task("Creating Platform VM")
         group = await self.infra.ensure_security_group(
             "cloudlet", "platform-sg", f"{name}-sg", net.vpc_id, progress
         )
         await self.infra.allow(group, [("tcp", 22, 22)])
-        node = cloudletnode_pb2.CloudletNode(
-            node_type=str(NodeType.PLATFORM_VM), node_role="dockercrm"
-        )
-        node.key.name = name
-        node.key.cloudlet_key.CopyFrom(cloudlet.key)
-        password = await self.access.create_cloudlet_node(node)
         script = (
             f"ANSIBLE_ADDR={pf_config.ansible_public_addr}\nNODE_NAME={name}\n"
             f"NODE_PASSWORD={password}\n" + _CONFIGURE_NODE

@@ -21,6 +21,7 @@ from edgeproto import cloudletkey_pb2, flavor_pb2
 from edge_cloud.errors import InvalidArgument
 from edge_cloud.localservers import ServerProcess
 from edge_cloud.platform import (
+    LocalAccessApi,
     NotSupportedByPlatform,
     PlatformConfig,
     PlatformPermanentError,
@@ -504,3 +505,14 @@ async def test_mfa_secret_without_a_user_arn_is_refused(moto_server: ServerProce
     )
     with pytest.raises(InvalidArgument, match="AWS_USER_ARN"):
         await platform.init(config, access, RecordedProgress())
+
+
+async def test_an_access_api_that_cannot_register_nodes_stops_onboarding_cleanly(
+    moto_server: ServerProcess,
+) -> None:
+    async with emulate(moto_server=moto_server) as emu:
+        creds = {"AWS_ACCESS_KEY_ID": "AKIAEMULATED", "AWS_SECRET_ACCESS_KEY": "emulated"}
+        await emu.platform.init(emu.config, LocalAccessApi(creds), emu.progress)
+        with pytest.raises(PlatformPermanentError, match=r"CloudletNode.*needs Vault"):
+            await create(emu)
+        assert_nothing_left(emu, moto_server)
