@@ -48,7 +48,9 @@ from distributed_match_engine import (
 from edgeproto import app_pb2, appinst_pb2, cloudlet_pb2, cloudletkey_pb2, common_pb2
 
 from edge_cloud.server import bind, new_server, standard_interceptors
+from services.dme._autoprov import AutoProvStats
 from services.dme._calls import DmeCalls
+from services.dme._clients import AppInstClients, Devices
 from services.dme._cookies import TEST_MODE_KEYS, CookieCodec
 from services.dme._edgeevents import EdgeEvents
 from services.dme._operators import StandaloneOperator
@@ -108,6 +110,11 @@ async def serve(port: int, reuse_port: bool) -> None:
         flow.settings.burst_size = 1_000_000_000
     limiter = RateLimitManager(initial=flows)
     operator = StandaloneOperator()
+
+    def upstream(_: object) -> None:
+        """Where the daemon's notify client would queue records: nowhere, here."""
+
+    # everything the daemon wires per call: AppInstClient and Device records, demand counts
     calls = DmeCalls(
         world,
         MatchEngine(world, SpatialIndex(world), rng=None),
@@ -115,6 +122,9 @@ async def serve(port: int, reuse_port: bool) -> None:
         limiter,
         operator,
         operator,
+        clients=AppInstClients(upstream),
+        devices=Devices(upstream),
+        autoprov=AutoProvStats("bench", upstream),
     )
     if reuse_port:  # workers share one port; new_server refuses that on purpose
         server = grpc.aio.server(

@@ -18,8 +18,8 @@ device for `ShowDevice`.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Final
 
 from distributed_match_engine import loc_pb2
@@ -63,8 +63,49 @@ def _app_of(key: appinstclient_pb2.AppInstClientKey) -> _AppKey:
     return (key.app_key.organization, key.app_key.name, key.app_key.version)
 
 
+@dataclass(slots=True)
+class _Client:
+    """One buffered client, kept cheap: the record is built only when it is sent."""
+
+    app: _AppKey
+    app_inst: tuple[str, str]
+    unique_id: str
+    unique_id_type: str
+    location: loc_pb2.Loc  # the request's own message, not copied (never modified)
+    seen: float
+
+    def key(self) -> appinstclient_pb2.AppInstClientKey:
+        """The client's `AppInstClientKey`, to match the Controller's requests against."""
+        key = appinstclient_pb2.AppInstClientKey()
+        key.app_key.organization, key.app_key.name, key.app_key.version = self.app
+        key.app_inst_key.name, key.app_inst_key.organization = self.app_inst
+        key.unique_id, key.unique_id_type = self.unique_id, self.unique_id_type
+        return key
+
+    def record(self) -> appinstclient_pb2.AppInstClient:
+        """The `AppInstClient` sent upstream, stamped with the server's time."""
+        client = appinstclient_pb2.AppInstClient()
+        client.client_key.CopyFrom(self.key())
+        loc = client.location
+        src = self.location
+        loc.latitude, loc.longitude = src.latitude, src.longitude
+        loc.horizontal_accuracy, loc.vertical_accuracy = (
+            src.horizontal_accuracy,
+            src.vertical_accuracy,
+        )
+        loc.altitude, loc.course, loc.speed = src.altitude, src.course, src.speed
+        # the server's time: a device's own timestamp can be anything (the original's rule)
+        loc.timestamp.seconds = int(self.seen)
+        loc.timestamp.nanos = int((self.seen - int(self.seen)) * 1e9)
+        return client
+
+
 class AppInstClients:
     """The per-App client buffers and the Controller's standing requests.
+
+    Recording is on the FindCloudlet path, so it is O(1) and builds no proto: a buffer is an
+    insertion-ordered dict by unique id (a newer record moves to the end, the oldest is
+    first out), and `AppInstClient` records are built only when sent.
 
     Args:
         send: Sends one record upstream (the notify client's `send_message`).
@@ -85,7 +126,7 @@ class AppInstClients:
         self.max_clients = max_clients
         self.max_age = max_age
         self._clock = clock
-        self._by_app: dict[_AppKey, deque[appinstclient_pb2.AppInstClient]] = {}
+        self._by_app: dict[_AppKey, dict[tuple[str, str], _Client]] = {}
         self._wanted: dict[str, appinstclient_pb2.AppInstClientKey] = {}
 
     def __len__(self) -> int:
@@ -93,7 +134,7 @@ class AppInstClients:
 
     def clients(self, app: _AppKey) -> list[appinstclient_pb2.AppInstClient]:
         """The buffered records of an App, oldest first."""
-        return list(self._by_app.get(app, ()))
+        return [c.record() for c in self._by_app.get(app, {}).values()]
 
     def record(
         self,
@@ -111,38 +152,25 @@ class AppInstClients:
             app_inst: (name, organisation) of the instance it was sent to.
             unique_id: The session cookie's unique id.
             unique_id_type: Its type; the monitoring probe's type is not recorded.
-            location: Where the client asked from (the reply's timestamp is the server's).
+            location: Where the client asked from; kept by reference, so the caller must
+                not modify it (a request's message is not).
         """
         if unique_id_type == MONITOR_UNIQUE_ID_TYPE:
             return
-        client = appinstclient_pb2.AppInstClient()
-        key = client.client_key
-        key.app_key.organization, key.app_key.name, key.app_key.version = app
-        key.app_inst_key.name, key.app_inst_key.organization = app_inst
-        key.unique_id, key.unique_id_type = unique_id, unique_id_type
-        loc = client.location
-        loc.latitude, loc.longitude = location.latitude, location.longitude
-        loc.horizontal_accuracy = location.horizontal_accuracy
-        loc.vertical_accuracy = location.vertical_accuracy
-        loc.altitude, loc.course, loc.speed = location.altitude, location.course, location.speed
-        now = self._clock()
-        loc.timestamp.seconds = int(now)
-        loc.timestamp.nanos = int((now - int(now)) * 1e9)
+        client = _Client(app, app_inst, unique_id, unique_id_type, location, self._clock())
         buffer = self._by_app.get(app)
         if buffer is None:
-            buffer = self._by_app[app] = deque()
-        else:
-            for old in buffer:
-                if old.client_key.unique_id == unique_id and (
-                    old.client_key.unique_id_type == unique_id_type
-                ):
-                    buffer.remove(old)
-                    break
-        while len(buffer) >= max(self.max_clients, 1):
-            buffer.popleft()
-        buffer.append(client)
-        if any(matches(key, want) for want in self._wanted.values()):
-            self._send(client)
+            buffer = self._by_app[app] = {}
+        ident = (unique_id, unique_id_type)
+        if buffer.pop(ident, None) is None:
+            limit = max(self.max_clients, 1)
+            while len(buffer) >= limit:
+                del buffer[next(iter(buffer))]
+        buffer[ident] = client
+        if self._wanted:
+            key = client.key()
+            if any(matches(key, want) for want in self._wanted.values()):
+                self._send(client.record())
 
     def want(self, key_string: str, want: appinstclient_pb2.AppInstClientKey) -> None:
         """A request from the Controller arrived: send the buffered matches.
@@ -159,11 +187,11 @@ class AppInstClients:
         if covered:
             return
         app = _app_of(want)
-        buffers = [self._by_app.get(app, deque())] if all(app) else self._by_app.values()
+        buffers = [self._by_app.get(app, {})] if all(app) else list(self._by_app.values())
         for buffer in buffers:
-            for client in buffer:
-                if matches(client.client_key, want):
-                    self._send(client)
+            for client in buffer.values():
+                if matches(client.key(), want):
+                    self._send(client.record())
 
     def unwant(self, key_string: str) -> None:
         """The Controller withdrew a request."""
@@ -174,13 +202,8 @@ class AppInstClients:
         buffer = self._by_app.get(app)
         if buffer is None:
             return
-        kept = [
-            c
-            for c in buffer
-            if (c.client_key.app_inst_key.name, c.client_key.app_inst_key.organization) != app_inst
-        ]
-        buffer.clear()
-        buffer.extend(kept)
+        for ident in [i for i, c in buffer.items() if c.app_inst == app_inst]:
+            del buffer[ident]
 
     def expire(self) -> int:
         """Drop records older than `max_age`.
@@ -191,15 +214,15 @@ class AppInstClients:
         oldest = self._clock() - self.max_age
         dropped = 0
         for buffer in self._by_app.values():
-            kept = [c for c in buffer if c.location.timestamp.seconds >= oldest]
-            dropped += len(buffer) - len(kept)
-            buffer.clear()
-            buffer.extend(kept)
+            for ident in [i for i, c in buffer.items() if c.seen < oldest]:
+                del buffer[ident]
+                dropped += 1
         return dropped
 
     def __iter__(self) -> Iterator[appinstclient_pb2.AppInstClient]:
         for buffer in self._by_app.values():
-            yield from buffer
+            for client in buffer.values():
+                yield client.record()
 
 
 class Devices:

@@ -245,6 +245,8 @@ class Instance:
         usable: Kept current by `World`: may a search return it?
         operator: The cloudlet organisation (placement).
         alliances: The cloudlet's alliance organisations when last placed (placement).
+        reply_template: A serialized FIND_FOUND reply for it without the cookie, built by
+            ranking on first use and dropped by `World` on every update.
     """
 
     __slots__ = (
@@ -261,6 +263,7 @@ class Instance:
         "lon",
         "operator",
         "ports",
+        "reply_template",
         "tracked_state",
         "uri",
         "usable",
@@ -287,6 +290,7 @@ class Instance:
         self.usable = False
         self.operator = ""
         self.alliances: tuple[str, ...] = ()
+        self.reply_template: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Instance({self.key.organization}/{self.key.name} @ {self.lat},{self.lon})"
@@ -528,6 +532,7 @@ class World:
             if moved:
                 self._unplaced(inst)
                 self._unlink(inst)
+        inst.reply_template = None
         inst.cluster_key = ClusterKey(app_inst.cluster_key.name, app_inst.cluster_key.organization)
         zone = app_inst.zone_key
         inst.zone_key = (zone.organization, zone.name, zone.federated_organization)
