@@ -594,6 +594,24 @@ def test_find_cloudlet_reply_found(world: World) -> None:
     assert [i.key.name for i in cookies] == ["inst1"]
 
 
+def test_find_cloudlet_reply_follows_instance_updates(world: World) -> None:
+    # the reply template of an instance is rebuilt after every update of the AppInst
+    key = add_cloudlet(world, "dmuus", "c1", 0.0, 0.0)
+    add_inst(world, "inst1", key, 0.0, 0.0)
+    engine = MatchEngine(world, SpatialIndex(world))
+    first = find_cloudlet_reply(engine.find_cloudlet(APP, "", 0, 0), lambda inst: "c1")
+    assert first.HasField("cloudlet_location")  # present, though all zero
+    assert (first.fqdn, first.edge_events_cookie) == ("inst1.c1.dmuus.example.net", "c1")
+    updated = app_inst("inst1", key, 0.0, 0.0)
+    updated.uri = "moved.example.net"
+    updated.mapped_ports.add(proto=appcommon_pb2.L_PROTO_TCP, internal_port=80, public_port=80)
+    world.update_app_inst(updated)
+    second = find_cloudlet_reply(engine.find_cloudlet(APP, "", 0, 0), lambda inst: "c2")
+    assert (second.fqdn, second.edge_events_cookie) == ("moved.example.net", "c2")
+    assert [p.public_port for p in second.ports] == [80]
+    assert first.fqdn == "inst1.c1.dmuus.example.net"  # replies are independent copies
+
+
 def test_find_cloudlet_reply_not_found_is_a_reply() -> None:
     reply = find_cloudlet_reply(None, lambda inst: "unused")
     assert reply.status == app_client_pb2.FindCloudletReply.FIND_NOTFOUND
