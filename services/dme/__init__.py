@@ -11,4 +11,8 @@ gRPC servicers under both service layouts), `_rest` (the REST gateway and its JS
 convention), `_calls` (the calls and the §2.0 pipeline both front ends share),
 `_edgeevents` (StreamEdgeEvent), `_operators` (location/QoS operator interfaces with the
 built-in `standalone` simulator), `_authtoken` (RegisterClient's RS256 tokens, KSUIDs).
+
+Reports to the Controller (dme.md §2.12): `_stats` (`dme-api` and edge-events Metrics),
+`_clients` (AppInstClient and Device records), `_autoprov` (auto-provisioning demand) and
+`_reporter` (their clock); all go up through the notify client.
 """
