@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import hvac
+import hvac.exceptions
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -20,6 +22,8 @@ from edge_cloud.platform import PlatformCaches
 from edge_cloud.secrets import (
     REDACTED,
     LocalSecretsBackend,
+    VaultAuth,
+    VaultSecretsBackend,
     generate_key,
     load_crm_access_keys,
     load_kafka_creds,
@@ -39,6 +43,7 @@ from tests.integration.controller.cloudlet_harness import (
     put_features,
     unique_org,
 )
+from tests.support.vault.fixture import VaultServerProcess
 
 __all__ = ["harness"]
 
@@ -235,3 +240,47 @@ async def test_kafka_credentials_and_crm_keys_live_in_the_backend(
     assert err is None, err
     assert await backend.get(f"kafka/local/{org}/c1") is None
     assert await backend.get(f"local/cloudlet/{org}/c1/accesskeys") is None
+
+
+async def test_with_vault_the_secrets_land_where_the_original_keeps_them(
+    harness: ControllerHarness, ccrm: FakeCcrm, vault_server: VaultServerProcess
+) -> None:
+    ctl = await harness.start()
+    vault = VaultSecretsBackend(vault_server.addr, VaultAuth(token=vault_server.token))
+    ctl.runtime.attach_secrets(vault)
+    props = {"APIKey": cloudlet_pb2.PropertyInfo(name="API key", mandatory=True)}
+    await put_features(ctl, features(access_vars=props))
+    org = unique_org()
+    cloudlet = new_cloudlet(org, access_vars={"APIKey": SECRET})
+    admin = hvac.Client(url=vault_server.addr, token=vault_server.token, timeout=5)
+    host = PlatformHost(
+        CcrmConfig(region="local", vault_addr=vault_server.addr, vault_token=vault_server.token),
+        {},
+        PlatformCaches(),
+        {},
+        {},
+    )
+    try:
+        _, err = await collect(ctl.cloudlets.CreateCloudlet(cloudlet, timeout=30))
+        assert err is None, err
+        raw = admin.secrets.kv.v2.read_secret_version(
+            path=f"local/cloudlet/{org}/c1/accessvars", raise_on_deleted_version=True
+        )
+        assert raw["data"]["data"] == {"APIKey": SECRET}
+        keys = admin.secrets.kv.v2.read_secret_version(
+            path=f"local/cloudlet/{org}/c1/accesskeys", raise_on_deleted_version=True
+        )
+        assert keys["data"]["data"]["PrivatePEM"].startswith("-----BEGIN PRIVATE KEY-----")
+        stored = ctl.cloudlet(cloudlet.key)
+        assert stored is not None
+        assert await host.access_for(stored).get_cloudlet_access_vars() == {"APIKey": SECRET}
+
+        _, err = await collect(ctl.cloudlets.DeleteCloudlet(stored, timeout=30))
+        assert err is None, err
+        assert await host.access_for(stored).get_cloudlet_access_vars() == {}
+        with pytest.raises(hvac.exceptions.InvalidPath):
+            admin.secrets.kv.v2.read_secret_metadata(path=f"local/cloudlet/{org}/c1/accesskeys")
+    finally:
+        admin.adapter.close()
+        await host.close_secrets()
+        await vault.close()
