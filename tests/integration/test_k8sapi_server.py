@@ -358,6 +358,28 @@ async def test_watch_streams_added_modified_deleted(api: client.ApiClient) -> No
     assert events == [("ADDED", "x"), ("MODIFIED", "x"), ("DELETED", "x")]
 
 
+async def test_filtered_watch_sees_objects_enter_and_leave(api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_config_map("default", {"metadata": {"name": "m"}})
+    start = await core.list_namespaced_config_map("default")
+    await core.patch_namespaced_config_map("m", "default", {"metadata": {"labels": {"on": "1"}}})
+    await core.patch_namespaced_config_map("m", "default", {"data": {"a": "b"}})
+    await core.patch_namespaced_config_map("m", "default", {"metadata": {"labels": {"on": None}}})
+    await core.patch_namespaced_config_map("m", "default", {"data": {"a": "c"}})
+    async with watch.Watch() as w:
+        seen = [
+            (e["type"], e["object"].metadata.name)
+            async for e in w.stream(
+                core.list_namespaced_config_map,
+                "default",
+                label_selector="on=1",
+                resource_version=start.metadata.resource_version,
+                timeout_seconds=1,
+            )
+        ]
+    assert seen == [("ADDED", "m"), ("MODIFIED", "m"), ("DELETED", "m")]
+
+
 async def test_watch_without_resource_version_lists_then_times_out(api: client.ApiClient) -> None:
     core = client.CoreV1Api(api)
     seen = []

@@ -545,7 +545,7 @@ class ClusterLoop:
             for c in spec["containers"]
             if any(str(c.get("image", "")).startswith(p) for p in self._behaviour.unpullable_images)
         ]
-        containers = []
+        containers: list[dict[str, Any]] = []
         for c in spec["containers"]:
             failing = c in bad
             state: dict[str, Any] = (

@@ -41,6 +41,7 @@ class Event:
     type: str  # ADDED, MODIFIED, DELETED
     rt: ResourceType
     obj: dict[str, Any]
+    old: dict[str, Any] | None = None  # the previous version, for MODIFIED
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +65,9 @@ class Store:
         self._history: deque[Event] = deque(maxlen=history)
         self._watchers: set[Watcher] = set()
         self._listeners: list[Callable[[Event], None]] = []
+        # The last version each object was announced with: a filtered watch needs the old
+        # version to turn "no longer matches" into DELETED and "now matches" into ADDED.
+        self._announced: dict[tuple[ResourceType, ObjKey], dict[str, Any]] = {}
 
     @property
     def resource_version(self) -> int:
@@ -75,22 +79,46 @@ class Store:
         self._listeners.append(listener)
 
     def _emit(self, event_type: str, rt: ResourceType, obj: dict[str, Any]) -> None:
-        event = Event(self._rv, event_type, rt, copy.deepcopy(obj))
+        meta = obj["metadata"]
+        key = (rt, (meta.get("namespace", ""), meta["name"]))
+        snapshot = copy.deepcopy(obj)
+        old = self._announced.pop(key, None) if event_type == "DELETED" else None
+        if event_type == "MODIFIED":
+            old = self._announced.get(key)
+        if event_type != "DELETED":
+            self._announced[key] = snapshot
+        event = Event(self._rv, event_type, rt, snapshot, old)
         self._history.append(event)
         for watcher in list(self._watchers):
-            if self._watch_accepts(watcher, event):
-                watcher.queue.put_nowait(event)
+            seen = self._as_seen_by(watcher, event)
+            if seen is not None:
+                watcher.queue.put_nowait(seen)
         for listener in self._listeners:
             listener(event)
 
     @staticmethod
-    def _watch_accepts(watcher: Watcher, event: Event) -> bool:
+    def _as_seen_by(watcher: Watcher, event: Event) -> Event | None:
+        """The event as a filtered watch reports it, or None when it does not concern it.
+
+        As on the real server, a modification that moves an object into a watch's selector
+        is ADDED for that watch, one that moves it out is DELETED.
+        """
         if watcher.rt is not event.rt:
-            return False
+            return None
         ns = event.obj["metadata"].get("namespace", "")
         if watcher.namespace is not None and ns != watcher.namespace:
-            return False
-        return watcher.accept(event.obj)
+            return None
+        now = watcher.accept(event.obj)
+        if event.type != "MODIFIED" or event.old is None:
+            return event if now else None
+        before = watcher.accept(event.old)
+        if now and before:
+            return event
+        if now:
+            return Event(event.rv, "ADDED", event.rt, event.obj)
+        if before:
+            return Event(event.rv, "DELETED", event.rt, event.obj)
+        return None
 
     def _bump(self) -> str:
         self._rv += 1
@@ -119,7 +147,7 @@ class Store:
             if namespace is None or ns == namespace:
                 yield obj
 
-    def list(
+    def list_objects(
         self,
         rt: ResourceType,
         namespace: str | None,
@@ -279,7 +307,10 @@ class Store:
             oldest = self._history[0].rv if self._history else self._rv + 1
             if start < oldest - 1 and start < self._rv:
                 raise gone(f"too old resource version: {start} ({oldest - 1})")
-            initial = [e for e in self._history if e.rv > start and self._watch_accepts(watcher, e)]
+            for past in self._history:
+                seen = self._as_seen_by(watcher, past) if past.rv > start else None
+                if seen is not None:
+                    initial.append(seen)
         self._watchers.add(watcher)
         return watcher, initial
 

@@ -147,8 +147,7 @@ class KubeApiServer:
             ssl_context = self._ssl_context(self.certs)
         site = web.TCPSite(self._runner, self.host, self._port, ssl_context=ssl_context)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else ()
-        self._port = sockets[0].getsockname()[1]
+        self._port = int(self._runner.addresses[0][1])
 
     @staticmethod
     def _ssl_context(certs: Certificates) -> ssl.SSLContext:
@@ -453,7 +452,7 @@ class KubeApiServer:
 
     async def _list(self, request: web.Request, target: _Target) -> web.StreamResponse:
         rt = target.rt
-        items, rv = self.store.list(rt, target.namespace, self._filter(request, rt))
+        items, rv = self.store.list_objects(rt, target.namespace, self._filter(request, rt))
         meta: dict[str, Any] = {"resourceVersion": rv}
         start = request.query.get("continue", "")
         if start:
@@ -814,7 +813,7 @@ class KubeApiServer:
     async def _delete_collection(self, request: web.Request, target: _Target) -> web.StreamResponse:
         rt = target.rt
         options = await self._options(request)
-        items, _rv = self.store.list(rt, target.namespace, self._filter(request, rt))
+        items, _rv = self.store.list_objects(rt, target.namespace, self._filter(request, rt))
         deleted = []
         for obj in items:
             meta = obj["metadata"]
