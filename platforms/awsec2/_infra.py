@@ -292,7 +292,7 @@ class Ec2Infra:
             images = await self.api.pages(
                 "describe_images",
                 "Images",
-                Owners=[owner],
+                Owners=sorted({owner, "self"}),
                 Filters=[{"Name": "name", "Values": [name_or_id]}],
             )
             where = f"image named {name_or_id!r} owned by account {owner}"

@@ -243,7 +243,8 @@ class AwsEc2Platform(Platform):
     @override
     async def init_ha_conditional(self, progress: Progress) -> None:
         self._refuse_outpost("set up the shared root LB")
-        net = await self.infra.network()
+        # as the original's InitProvider at CRM start: the network is (re)ensured too
+        net, _ = await self.infra.ensure_network(progress)
         await self._ensure_shared_root_lb(await self._base_image(), net, progress)
 
     @override
@@ -672,17 +673,27 @@ class AwsEc2Platform(Platform):
     # -- app instances -------------------------------------------------------------------------
 
     async def _app_image(self, app: app_pb2.App) -> dict[str, Any]:
+        """The AMI of a VM App: its id or name, or for a URL the AMI named like the file.
+
+        The original's VM platforms look for the image in the infrastructure's store first
+        and upload it only when missing; EC2 has no upload here yet (VM import), so a
+        missing image names the AMI to register instead.
+        """
         path = app.image_path.strip()
+        what = f"VM App {keys.key_string(app.key)}"
         if not path:
-            raise InvalidArgument(
-                f"VM App {keys.key_string(app.key)} has no image path: give the AMI id or name"
-            )
-        if "://" in path:
+            raise InvalidArgument(f"{what} has no image path: give the AMI id or name")
+        if "://" not in path:
+            return await self.infra.image(path.partition("#")[0], what)
+        name = path.partition("#")[0].rstrip("/").rsplit("/", 1)[-1]
+        name = re.sub(r"\.(qcow2|vmdk|ova|ovf|img|raw)$", "", name)
+        try:
+            return await self.infra.image(name, what)
+        except PlatformPermanentError as err:
             raise self._unsupported(
-                "cannot import a VM image from a URL into EC2 yet (VM import); register "
-                f"{path} as an AMI in the region and use its id or name as the image path"
-            )
-        return await self.infra.image(path.partition("#")[0], f"VM App {keys.key_string(app.key)}")
+                f"cannot import the VM image {path} into EC2 yet (VM import): register it as "
+                f"an AMI named {name!r} in {self.settings.region} ({err})"
+            ) from None
 
     @override
     async def create_app_inst(

@@ -352,6 +352,12 @@ async def test_a_missing_image_is_a_clear_error_and_makes_nothing(
         app.image_path = "https://images.example/app.qcow2"
         with pytest.raises(NotSupportedByPlatform, match="import"):
             await emu.platform.create_app_inst(None, app, inst, None, emu.progress)
+        # a URL whose file is already an AMI of that name in the region: used as it is
+        name = f"appvm-{emu.cloudlet.key.name}"
+        ec2(emu, moto_server).register_image(Name=name, RootDeviceName="/dev/sda1")
+        app.image_path = f"https://artifactory.example/repo-devorg/{name}.qcow2#md5:0123"
+        await emu.platform.create_app_inst(None, app, inst, None, emu.progress)
+        assert len(instances(emu, moto_server, "appinst/devorg/inst1")) == 1
 
 
 # -- failures injected by a proxy in front of moto ---------------------------------------------
@@ -516,3 +522,15 @@ async def test_an_access_api_that_cannot_register_nodes_stops_onboarding_cleanly
         with pytest.raises(PlatformPermanentError, match=r"CloudletNode.*needs Vault"):
             await create(emu)
         assert_nothing_left(emu, moto_server)
+
+
+async def test_a_crm_starting_up_ensures_the_network_and_the_shared_root_lb(
+    moto_server: ServerProcess,
+) -> None:
+    async with emulate(moto_server=moto_server) as emu:
+        await emu.platform.init_ha_conditional(emu.progress)
+        await emu.platform.init_ha_conditional(emu.progress)  # a restarted CRM: nothing new
+        made = leftovers(emu, moto_server)
+        assert len(made["vpc"]) == 1
+        assert len(made["nat"]) == 1
+        assert names(instances(emu, moto_server)) == {emu.cloudlet.root_lb_fqdn}
