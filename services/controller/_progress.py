@@ -38,7 +38,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
@@ -81,6 +81,56 @@ INFO_READ_TIMEOUT: Final = 3.0
 """Seconds a follower waits after an info-end marker."""
 _BLOCK_SLICE: Final = 5.0  # one XREAD blocks at most this long (below the socket timeout)
 _TX_RETRIES: Final = 10
+
+# Server-side scripts: one round trip instead of WATCH/read/MULTI/EXEC (issue 6: every
+# AppInst create starts a stream and ends its info part). Redis runs a script atomically,
+# so the check and the writes cannot interleave with another controller's.
+_RESTART_SCRIPT: Final = """
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first > 0 then
+  local f = first[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == ARGV[4] then
+      local rev = tonumber(f[i + 1])
+      if rev ~= nil and string.match(f[i + 1], '^%d+$') and rev > tonumber(ARGV[3]) then
+        return 0
+      end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[1], '*', ARGV[5], '', ARGV[6], ARGV[1], ARGV[4], ARGV[3])
+for i = 7, #ARGV do
+  redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i], ARGV[6], ARGV[1])
+end
+return 1
+"""
+"""Reset a stream for an operation: KEYS[1] the stream; ARGV: op id, message field, mod rev,
+mod-rev field, start field, id field, buffered lines... Returns 0 when a newer operation's
+start marker is there (nothing written)."""
+_INFO_END_SCRIPT: Final = """
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first == 0 then return 0 end
+local f = first[1][2]
+local op_id = nil
+local started = false
+for i = 1, #f, 2 do
+  if f[i] == ARGV[1] then started = true end
+  if f[i] == ARGV[2] then op_id = f[i + 1] end
+end
+if not started then return 0 end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local l = last[1][2]
+  for i = 1, #l, 2 do
+    if l[i] == ARGV[3] or l[i] == ARGV[4] then return 0 end
+  end
+end
+redis.call('XADD', KEYS[1], '*', ARGV[5], '', ARGV[2], op_id or '')
+return 1
+"""
+"""End the info part of a stream still open: KEYS[1] the stream; ARGV: start field, id field,
+end field, error field, info-end field. Returns whether it wrote the marker."""
 _SUBSCRIBE_TIMEOUT: Final = 5.0
 _OWNER_SEP: Final = "#"
 
@@ -284,6 +334,8 @@ class Progress:
         # redis-py's annotations mix its sync and async return types: use it untyped.
         self.redis: Any = redis
         self.controller_id = controller_id
+        self._restart_script: Any = self.redis.register_script(_RESTART_SCRIPT)
+        self._info_end_script: Any = self.redis.register_script(_INFO_END_SCRIPT)
 
     def new_stream(self, key: Message | str, sink: Callable[[str], None] | None) -> OpStream:
         """A stream for one operation, buffering until `OpStream.start`.
@@ -329,30 +381,20 @@ class Progress:
             return None
         return start
 
-    async def _restart(self, name: str, op_id: str, mod_rev: int) -> bool:
-        """Reset the stream for an operation committed at `mod_rev`.
+    async def _restart(
+        self, name: str, op_id: str, mod_rev: int, lines: Sequence[str] = ()
+    ) -> bool:
+        """Reset the stream for an operation committed at `mod_rev`, then append `lines`.
+
+        One atomic script: the start marker check, the reset and the buffered lines cost
+        one round trip.
 
         Returns:
             False when a newer operation owns the stream (nothing written).
         """
-        for attempt in range(_TX_RETRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(name)
-                    first = await pipe.xrange(name, "-", "+", count=1)
-                    if first:
-                        rev = _fields(first[0][1]).get(MOD_REV, "0")
-                        if rev.isdigit() and int(rev) > mod_rev:
-                            return False
-                    pipe.multi()
-                    pipe.delete(name)
-                    pipe.xadd(name, {START: "", ID: op_id, MOD_REV: str(mod_rev)})
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    await asyncio.sleep(0.01 * (attempt + 1))
-        log.warning("progress stream %s: too many transaction retries", name)
-        return False
+        args = [op_id, MESSAGE, str(mod_rev), MOD_REV, START, ID, *lines]
+        written = await self._restart_script(keys=[name], args=args)
+        return bool(int(written))
 
     async def _remove_if_owned(self, name: str, op_id: str, mod_rev: int) -> None:
         for attempt in range(_TX_RETRIES):
@@ -404,15 +446,9 @@ class Progress:
         """
         try:
             await self.redis.publish(name, payload)
-            if not terminal:
-                return
-            start = await self.start_marker(name)
-            if start is None:
-                return  # no stream of an operation to close
-            last = await self.redis.xrevrange(name, "+", "-", count=1)
-            if last and {END, ERROR} & _fields(last[0][1]).keys():
-                return
-            await self.add(name, {INFO_END: ""}, start.op_id)
+            if terminal:
+                # only a stream of an operation still open gets the marker (one script)
+                await self._info_end_script(keys=[name], args=[START, ID, END, ERROR, INFO_END])
         except (RedisError, OSError) as err:
             log.warning("could not publish progress on %s: %s", name, err)
 
@@ -555,16 +591,16 @@ class OpStream:
         if self.started:
             return
         self.mod_rev = mod_rev
+        buffered, self._buffer = self._buffer, []
         try:
-            self.invalid = not await self.progress._restart(self.name, self.op_id, mod_rev)
+            self.invalid = not await self.progress._restart(
+                self.name, self.op_id, mod_rev, buffered
+            )
         except (RedisError, OSError) as err:
             raise Unavailable(f"cannot start progress stream {self.name}: {err}") from err
         if self.invalid:
             log.info("progress stream %s belongs to a newer operation", self.name)
         self.started = True
-        buffered, self._buffer = self._buffer, []
-        for message in buffered:
-            await self._write({MESSAGE: message})
         if subscribe:
             self.subscription = await self.progress.subscribe(self.name)
 
