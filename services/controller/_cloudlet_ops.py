@@ -80,6 +80,7 @@ from services.controller._cloudletinfo import (
 from services.controller._engine import DELETE_PREPARE, Txn
 from services.controller._inst_ops import ClusterInstOps
 from services.controller._progress import ERROR, OpStream, StreamStart, compact_text, stream_key
+from services.controller._runtime import Runtime
 from services.controller._sync import Caches
 from services.controller._tracked import (
     TRANSIENT,
@@ -93,7 +94,13 @@ from services.controller._tracked import (
     wait_for_info,
 )
 
-__all__ = ["CloudletOps", "CloudletRecovery", "features_for"]
+__all__ = [
+    "CloudletOps",
+    "CloudletRecovery",
+    "features_for",
+    "generate_crm_access_key",
+    "revoke_crm_access_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +168,64 @@ def _new_crm_keys(
         secondary = secrets.generate_access_key()
         cloudlet.secondary_crm_access_public_key = secondary.public_pem
     return primary, secondary
+
+
+async def generate_crm_access_key(rt: Runtime, key: cloudletkey_pb2.CloudletKey) -> str:
+    """GenerateAccessKey: a new primary CRM key pair; returns its private PEM (once).
+
+    The object gets the public half (and no longer asks the CRM to upgrade its key); the
+    backend keeps both halves next to an existing secondary pair. As in the original, a
+    failure to store the pair after the commit is logged: the CRM authenticates with the
+    key it was handed, against the public half on the object.
+
+    Raises:
+        FailedPrecondition: The Controller has no secrets backend.
+        NotFound: No such cloudlet.
+    """
+    backend = rt.secrets("CRM access keys")
+    pair = secrets.generate_access_key()
+
+    def fn(txn: Txn) -> None:
+        cloudlet = txn.get(CLOUDLET, key)
+        if cloudlet is None:
+            raise keys.not_found(key)
+        cloudlet.crm_access_public_key = pair.public_pem
+        cloudlet.crm_access_key_upgrade_required = False
+        txn.put(cloudlet)
+
+    await rt.engine.apply(fn)
+    where = {"region": rt.config.region, "org": key.organization, "name": key.name}
+    try:
+        existing = await secrets.load_crm_access_keys(backend, **where)
+        secondary = existing[1] if existing is not None else None
+        await secrets.save_crm_access_keys(backend, **where, primary=pair, secondary=secondary)
+    except EdgeError as err:
+        log.warning("the new CRM key of %s is not stored: %s", keys.key_string(key), err)
+    return pair.private_pem
+
+
+async def revoke_crm_access_key(rt: Runtime, key: cloudletkey_pb2.CloudletKey) -> None:
+    """RevokeAccessKey: clear the object's public key and drop the stored pairs.
+
+    Raises:
+        FailedPrecondition: The Controller has no secrets backend.
+        NotFound: No such cloudlet.
+    """
+    backend = rt.secrets("CRM access keys")
+
+    def fn(txn: Txn) -> None:
+        cloudlet = txn.get(CLOUDLET, key)
+        if cloudlet is None:
+            raise keys.not_found(key)
+        cloudlet.crm_access_public_key = ""
+        txn.put(cloudlet)
+
+    await rt.engine.apply(fn)
+    path = secrets.crm_access_keys_path(rt.config.region, key.organization, key.name)
+    try:
+        await backend.delete(path)
+    except EdgeError as err:
+        log.warning("the CRM keys of %s stay stored: %s", keys.key_string(key), err)
 
 
 def features_for(caches: Caches, platform_type: str) -> cloudlet_pb2.PlatformFeatures:

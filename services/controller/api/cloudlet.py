@@ -33,7 +33,12 @@ from edge_cloud.errors import (
 )
 from edge_cloud.objects import keys, registry
 from services.controller import _cloudlet, _validate
-from services.controller._cloudlet_ops import CloudletOps, features_for
+from services.controller._cloudlet_ops import (
+    CloudletOps,
+    features_for,
+    generate_crm_access_key,
+    revoke_crm_access_key,
+)
 from services.controller._cloudletinfo import CLOUDLET, apply_info
 from services.controller._engine import Txn
 from services.controller._runtime import Runtime
@@ -45,7 +50,6 @@ RES_TAG_TABLE: Final = registry.by_class(restagtable_pb2.ResTagTable)
 CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
 APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
 RESOURCES_LATER: Final = "needs the resource accounting that comes with the ClusterInst slice"
-NO_VAULT: Final = "CRM access keys are kept in Vault, which this Controller has no connection for"
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -249,16 +253,17 @@ class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
     async def RevokeAccessKey(
         self, request: cloudletkey_pb2.CloudletKey, context: _Ctx
     ) -> result_pb2.Result:
-        """Refused: the CRM's key pair lives in Vault."""
+        """Clear the CRM's public key; its pairs leave the secrets backend."""
         self._cloudlet(request)
-        raise FailedPrecondition(NO_VAULT)
+        await revoke_crm_access_key(self._rt, request)
+        return result_pb2.Result()
 
     async def GenerateAccessKey(
         self, request: cloudletkey_pb2.CloudletKey, context: _Ctx
     ) -> result_pb2.Result:
-        """Refused: the CRM's key pair lives in Vault."""
+        """A new CRM key pair; the private PEM is in the result's message (only here)."""
         self._cloudlet(request)
-        raise FailedPrecondition(NO_VAULT)
+        return result_pb2.Result(message=await generate_crm_access_key(self._rt, request))
 
     async def GetCloudletGPUDriverLicenseConfig(
         self, request: cloudletkey_pb2.CloudletKey, context: _Ctx

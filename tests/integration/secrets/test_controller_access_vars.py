@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
+import grpc.aio
 import hvac
 import hvac.exceptions
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from edgeproto import cloudlet_pb2
+from edgeproto import cloudlet_pb2, cloudletkey_pb2, common_pb2
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
 from edge_cloud.platform import PlatformCaches
@@ -43,6 +45,7 @@ from tests.integration.controller.cloudlet_harness import (
     put_features,
     unique_org,
 )
+from tests.integration.helpers import eventually
 from tests.support.vault.fixture import VaultServerProcess
 
 __all__ = ["harness"]
@@ -284,3 +287,57 @@ async def test_with_vault_the_secrets_land_where_the_original_keeps_them(
         admin.adapter.close()
         await host.close_secrets()
         await vault.close()
+
+
+async def test_generate_and_revoke_crm_access_keys(
+    harness: ControllerHarness, ccrm: FakeCcrm
+) -> None:
+    bare = await harness.start()
+    ctl = await harness.start()
+    backend = LocalSecretsBackend(ctl.store, parse_key(generate_key()))
+    ctl.runtime.attach_secrets(backend)
+    await put_features(ctl, features())
+    org = unique_org()
+    cloudlet = new_cloudlet(org, crm_on_edge=True, crm_override=common_pb2.IGNORE_CRM)
+    _, err = await collect(ctl.cloudlets.CreateCloudlet(cloudlet, timeout=30))
+    assert err is None, err
+    first = ctl.cloudlet(cloudlet.key)
+    assert first is not None
+    assert first.crm_access_key_upgrade_required
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await bare.cloudlets.GenerateAccessKey(cloudlet.key, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    result = await ctl.cloudlets.GenerateAccessKey(cloudlet.key, timeout=10)
+    private = serialization.load_pem_private_key(result.message.encode(), None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    async def regenerated() -> None:
+        now = ctl.cloudlet(cloudlet.key)
+        assert now is not None
+        assert now.crm_access_public_key == public.decode()
+        assert not now.crm_access_key_upgrade_required
+
+    await eventually(regenerated)
+    stored = await load_crm_access_keys(backend, region="local", org=org, name="c1")
+    assert stored is not None
+    assert stored[0].private_pem == result.message
+
+    await ctl.cloudlets.RevokeAccessKey(cloudlet.key, timeout=10)
+    assert await load_crm_access_keys(backend, region="local", org=org, name="c1") is None
+
+    async def revoked() -> None:
+        now = ctl.cloudlet(cloudlet.key)
+        assert now is not None
+        assert now.crm_access_public_key == ""
+
+    await eventually(revoked)
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await ctl.cloudlets.GenerateAccessKey(
+            cloudletkey_pb2.CloudletKey(organization=org, name="nope"), timeout=10
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
