@@ -35,8 +35,11 @@ from platforms.k8s._cluster import (
     NodeInfo,
     delete_namespace,
     ensure_namespace,
+    ensure_pull_secret,
+    image_registry_host,
     list_nodes,
     parse_quantity,
+    pull_secret_name,
 )
 from platforms.k8s._manifest import (
     KubeObject,
@@ -66,6 +69,8 @@ __all__ = [
     "delete_namespace",
     "dns_sanitize",
     "ensure_namespace",
+    "ensure_pull_secret",
+    "image_registry_host",
     "k8s_sanitize",
     "kube_errors",
     "label_value_sanitize",
@@ -73,6 +78,7 @@ __all__ = [
     "namespace_sanitize",
     "parse_manifest",
     "parse_quantity",
+    "pull_secret_name",
     "service_external_ips",
     "wait_ready",
 ]

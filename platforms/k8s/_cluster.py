@@ -9,14 +9,17 @@ resource reports, so their capacity is parsed from Kubernetes quantities.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Final
+from urllib.parse import urlsplit
 
 from kubernetes.aio.client.exceptions import ApiException
-from kubernetes.aio.client.models import V1Namespace, V1ObjectMeta
+from kubernetes.aio.client.models import V1Namespace, V1ObjectMeta, V1Secret
 
 from edge_cloud.errors import DeadlineExceeded, InvalidArgument
 from platforms.k8s._client import KubeClient, kube_errors
@@ -26,8 +29,11 @@ __all__ = [
     "NodeInfo",
     "delete_namespace",
     "ensure_namespace",
+    "ensure_pull_secret",
+    "image_registry_host",
     "list_nodes",
     "parse_quantity",
+    "pull_secret_name",
 ]
 
 DEFAULT_NAMESPACE: Final = "default"
@@ -209,3 +215,60 @@ async def delete_namespace(client: KubeClient, name: str, *, wait_seconds: float
                 raise
             return
     await _wait_gone(client, name, wait_seconds)
+
+
+def image_registry_host(image_path: str) -> str:
+    """The registry `host[:port]` of an image path (`docker.example.com:5000/org/app:1`)."""
+    url = image_path if "://" in image_path else f"https://{image_path}"
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def pull_secret_name(image_path: str) -> str:
+    """The pull secret the generated manifests reference for an image: its host, `:`→`-`.
+
+    The Controller's kubernetes-basic generator names `imagePullSecrets` this way, so the
+    secret created here is the one its manifests use.
+    """
+    host, _, port = image_registry_host(image_path).partition(":")
+    return f"{host}-{port}" if port else host
+
+
+async def ensure_pull_secret(
+    client: KubeClient, namespace: str, image_path: str, username: str, password: str
+) -> str:
+    """Create or update the docker-registry Secret for an image's registry in `namespace`.
+
+    The original runs `kubectl create secret docker-registry` per image host with the
+    credentials from the registry auth API; this writes the same
+    `kubernetes.io/dockerconfigjson` Secret.
+
+    Returns:
+        The secret's name (`pull_secret_name(image_path)`).
+
+    Raises:
+        InvalidArgument: The image path has no registry host.
+    """
+    host = image_registry_host(image_path)
+    if not host:
+        raise InvalidArgument(f"image path {image_path!r} names no registry host")
+    name = pull_secret_name(image_path)
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config = {"auths": {host: {"username": username, "password": password, "auth": auth}}}
+    body = V1Secret(
+        api_version="v1",
+        kind="Secret",
+        metadata=V1ObjectMeta(name=name),
+        type="kubernetes.io/dockerconfigjson",
+        data={".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    )
+    where = f'secret "{name}" in namespace "{namespace}"'
+    with kube_errors(f"create {where}"):
+        try:
+            await client.core.create_namespaced_secret(namespace, body)
+            return name
+        except ApiException as err:
+            if err.status != 409:
+                raise
+    with kube_errors(f"update {where}"):
+        await client.core.replace_namespaced_secret(name, namespace, body)
+    return name

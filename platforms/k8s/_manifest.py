@@ -34,6 +34,7 @@ __all__ = [
 
 _CONFLICT_RETRIES: Final = 5
 _POLL_SECONDS: Final = 0.25
+_WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,17 +197,34 @@ async def apply_manifest(client: KubeClient, namespace: str, manifest: str) -> l
     return objects
 
 
-async def delete_manifest(client: KubeClient, namespace: str, manifest: str) -> list[KubeObject]:
+async def delete_manifest(
+    client: KubeClient,
+    namespace: str,
+    manifest: str,
+    *,
+    wait_seconds: float | None = None,
+) -> list[KubeObject]:
     """Delete every object of `manifest` in reverse apply order, ignoring ones already gone.
 
     Dependents (ReplicaSets, Pods) go with their owners (background propagation), as with
     `kubectl delete -f`.
 
+    Args:
+        client: An entered `KubeClient`.
+        namespace: Where objects without their own `metadata.namespace` live.
+        manifest: Multi-document YAML, as applied.
+        wait_seconds: When given, also wait until the objects and their workloads' pods are
+            gone, as the original waits for pods before reporting the delete done.
+
     Returns:
         The objects that existed and were deleted.
+
+    Raises:
+        DeadlineExceeded: Something is still there after `wait_seconds`, named.
     """
+    objects = parse_manifest(manifest, namespace)
     deleted: list[KubeObject] = []
-    for obj in reversed(parse_manifest(manifest, namespace)):
+    for obj in reversed(objects):
         with kube_errors(f"delete {obj.describe()}"):
             try:
                 await _call(client, obj, "delete", obj.name, propagation_policy="Background")
@@ -215,7 +233,45 @@ async def delete_manifest(client: KubeClient, namespace: str, manifest: str) -> 
                     continue
                 raise
         deleted.append(obj)
+    if wait_seconds is not None:
+        await _wait_gone(client, objects, wait_seconds)
     return deleted
+
+
+async def _still_there(client: KubeClient, obj: KubeObject) -> str | None:
+    with kube_errors(f"read {obj.describe()}"):
+        try:
+            await _call(client, obj, "read", obj.name)
+            return obj.describe()
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    labels = _match_labels(obj)
+    if obj.kind not in _WORKLOAD_KINDS or not labels:
+        return None
+    with kube_errors(f"list pods of {obj.describe()}"):
+        pods = await client.core.list_namespaced_pod(obj.namespace, label_selector=labels)
+    if pods.items:
+        return f"{len(pods.items)} pod(s) of {obj.describe()}"
+    return None
+
+
+async def _wait_gone(client: KubeClient, objects: list[KubeObject], seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        left = [what for obj in objects if (what := await _still_there(client, obj)) is not None]
+        if not left:
+            return
+        if loop.time() >= deadline:
+            raise DeadlineExceeded(f"still present {seconds:g}s after delete: " + "; ".join(left))
+        await asyncio.sleep(_POLL_SECONDS)
+
+
+def _match_labels(obj: KubeObject) -> str:
+    selector = (obj.body.get("spec") or {}).get("selector") or {}
+    labels = selector.get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _int(value: Any) -> int:
@@ -224,10 +280,17 @@ def _int(value: Any) -> int:
 
 async def _not_ready(client: KubeClient, obj: KubeObject) -> str | None:
     """Why `obj` is not ready yet, or None once it is."""
-    if obj.kind not in ("Deployment", "StatefulSet", "DaemonSet", "Service"):
+    if obj.kind not in (*_WORKLOAD_KINDS, "Service", "Pod"):
         return None
     with kube_errors(f"read {obj.describe()}"):
         live = await _call(client, obj, "read", obj.name)
+    if obj.kind == "Pod":
+        pod_status = live.status
+        pod_ready = pod_status is not None and any(
+            c.type == "Ready" and c.status == "True" for c in pod_status.conditions or []
+        )
+        phase = pod_status.phase if pod_status is not None else "Pending"
+        return None if pod_ready and phase == "Running" else f"pod is {phase}, not ready"
     if obj.kind == "Service":
         if live.spec.type != "LoadBalancer":
             return None
@@ -260,11 +323,9 @@ async def _not_ready(client: KubeClient, obj: KubeObject) -> str | None:
 
 async def _pod_problems(client: KubeClient, obj: KubeObject) -> str:
     """What the pods of a workload are stuck on (image pulls, crashes), for the timeout."""
-    selector = (obj.body.get("spec") or {}).get("selector") or {}
-    labels = selector.get("matchLabels") or {}
-    if not labels:
+    text = _match_labels(obj)
+    if not text:
         return ""
-    text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
     with kube_errors(f"list pods of {obj.describe()}"):
         pods = await client.core.list_namespaced_pod(obj.namespace, label_selector=text)
     problems: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
@@ -31,8 +32,10 @@ from platforms.k8s import (
     delete_manifest,
     delete_namespace,
     ensure_namespace,
+    ensure_pull_secret,
     list_nodes,
     parse_quantity,
+    pull_secret_name,
     service_external_ips,
     wait_ready,
 )
@@ -379,3 +382,41 @@ async def test_app_inst_manifest_labels_env_and_pull_secrets(kube: KubeClient) -
         namespace, label_selector=f"{CONFIG_LABEL}=hello-paris.devorg"
     )
     assert len(services.items) == 2
+
+
+async def test_delete_manifest_can_wait_for_pods_to_go(kube: KubeClient) -> None:
+    await apply_manifest(kube, "default", BASIC)
+    await wait_ready(kube, "default", BASIC, timeout=10)
+    deleted = await delete_manifest(kube, "default", BASIC, wait_seconds=10)
+    assert len(deleted) == 3
+    pods = await kube.core.list_namespaced_pod("default", label_selector="run=hello1.0")
+    assert pods.items == []
+
+
+async def test_bare_pods_are_waited_for(kube: KubeClient) -> None:
+    pod = (
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: one\nspec:\n  containers:\n"
+        "  - name: c\n    image: {image}\n"
+    )
+    await apply_manifest(kube, "default", pod.format(image="busybox:1"))
+    await wait_ready(kube, "default", pod.format(image="busybox:1"), timeout=10)
+    bad = pod.format(image="unpullable.invalid/x:1").replace("name: one", "name: two")
+    await apply_manifest(kube, "default", bad)
+    with pytest.raises(DeadlineExceeded, match='Pod "two" in namespace "default": pod is Pending'):
+        await wait_ready(kube, "default", bad, timeout=0.3)
+
+
+async def test_pull_secret_matches_the_generated_manifests(kube: KubeClient) -> None:
+    assert pull_secret_name("docker.example.com/org/hello:1.0") == "docker.example.com"
+    assert pull_secret_name("https://reg.example.com:5000/a/b") == "reg.example.com-5000"
+    name = await ensure_pull_secret(
+        kube, "default", "docker.example.com/org/hello:1.0", "robot", "pw1"
+    )
+    assert name == "docker.example.com"
+    await ensure_pull_secret(kube, "default", "docker.example.com/org/hello:1.0", "robot", "pw2")
+    secret = await kube.core.read_namespaced_secret(name, "default")
+    assert secret.type == "kubernetes.io/dockerconfigjson"
+    config = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))
+    entry = config["auths"]["docker.example.com"]
+    assert (entry["username"], entry["password"]) == ("robot", "pw2")
+    assert base64.b64decode(entry["auth"]) == b"robot:pw2"
