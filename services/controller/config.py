@@ -122,6 +122,7 @@ class ControllerConfig(CommonConfig):
     vault_role_id: str = option("", "Vault AppRole role id", env="VAULT_ROLE_ID")
     vault_secret_id: str = option("", "Vault AppRole secret id", env="VAULT_SECRET_ID", secret=True)
     vault_mount: str = option("secret", "mount point of Vault's KV v2 engine")
+    vault_path_prefix: str = option("", "prefix of every secret path inside the Vault mount")
     vault_ca_file: str = option("", "CA bundle for Vault's certificate", env="VAULT_CACERT")
     secrets_key: str = option(
         "", "key of the local secrets backend (base64, 32 bytes)", secret=True
@@ -138,6 +139,7 @@ class ControllerConfig(CommonConfig):
             vault_role_id=self.vault_role_id,
             vault_secret_id=self.vault_secret_id,
             vault_mount=self.vault_mount,
+            vault_path_prefix=self.vault_path_prefix,
             vault_ca_file=self.vault_ca_file,
             key=self.secrets_key,
             key_file=self.secrets_key_file,

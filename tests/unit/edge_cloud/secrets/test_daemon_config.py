@@ -19,12 +19,14 @@ def test_vault_comes_from_the_standard_variables_and_secrets_are_redacted() -> N
         "VAULT_ADDR": "https://vault.example:8200",
         "VAULT_ROLE_ID": "role-1",
         "VAULT_SECRET_ID": "sid-hunter2",
+        "EDGE_VAULT_PATH_PREFIX": "edge-eu",
     }
     for cls in (ControllerConfig, CcrmConfig):
         config = load(cls, [], env)
         settings = config.secrets_settings()
         assert settings.kind == "vault"
         assert (settings.vault_role_id, settings.vault_secret_id) == ("role-1", "sid-hunter2")
+        assert settings.vault_path_prefix == "edge-eu"
         assert "hunter2" not in str(describe(config))
 
 
