@@ -420,3 +420,18 @@ async def test_pull_secret_matches_the_generated_manifests(kube: KubeClient) -> 
     entry = config["auths"]["docker.example.com"]
     assert (entry["username"], entry["password"]) == ("robot", "pw2")
     assert base64.b64decode(entry["auth"]) == b"robot:pw2"
+
+
+async def test_image_change_rolls_out_new_pods(kube: KubeClient) -> None:
+    await apply_manifest(kube, "default", workload("roll", image="app:1", replicas=2))
+    await wait_ready(kube, "default", workload("roll", image="app:1", replicas=2), timeout=10)
+    await apply_manifest(kube, "default", workload("roll", image="app:2", replicas=2))
+    await wait_ready(kube, "default", workload("roll", image="app:2", replicas=2), timeout=10)
+    for _ in range(100):  # the old ReplicaSet's pods are deleted right after the rollout
+        pods = await kube.core.list_namespaced_pod("default", label_selector="app=roll")
+        if len(pods.items) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert {p.spec.containers[0].image for p in pods.items} == {"app:2"}
+    sets = await kube.apps.list_namespaced_replica_set("default", label_selector="app=roll")
+    assert sorted(rs.spec.replicas for rs in sets.items) == [0, 2]

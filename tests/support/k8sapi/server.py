@@ -18,8 +18,10 @@ import contextlib
 import copy
 import json
 import ssl
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,7 +37,13 @@ from tests.support.k8sapi._cluster import (
     node_object,
     random_suffix,
 )
-from tests.support.k8sapi._errors import ApiError, bad_request, method_not_allowed, unauthorized
+from tests.support.k8sapi._errors import (
+    ApiError,
+    already_exists,
+    bad_request,
+    method_not_allowed,
+    unauthorized,
+)
 from tests.support.k8sapi._patch import json_patch, merge_patch, strategic_merge_patch
 from tests.support.k8sapi._resources import (
     BY_PATH,
@@ -46,7 +54,7 @@ from tests.support.k8sapi._resources import (
     validate,
 )
 from tests.support.k8sapi._selectors import parse_field_selector, parse_label_selector
-from tests.support.k8sapi._store import Store
+from tests.support.k8sapi._store import Store, now_rfc3339
 from tests.support.k8sapi._tls import Certificates, make_certificates
 
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/version"})
@@ -151,9 +159,6 @@ class KubeApiServer:
 
     @staticmethod
     def _ssl_context(certs: Certificates) -> ssl.SSLContext:
-        import tempfile
-        from pathlib import Path
-
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory() as tmp:
             cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
@@ -640,8 +645,6 @@ class KubeApiServer:
         namespace = target.namespace or ""
         if request.query.get("dryRun") == "All":
             if self.store.find(rt, namespace, obj["metadata"]["name"]) is not None:
-                from tests.support.k8sapi._errors import already_exists
-
                 raise already_exists(rt.plural, rt.group, obj["metadata"]["name"])
             obj["kind"], obj["apiVersion"] = rt.kind, rt.api_version
             return _json(obj, 201)
@@ -747,8 +750,6 @@ class KubeApiServer:
             stored = self.store.find(rt, "", name)
             assert stored is not None
             if stored["status"].get("phase") != "Terminating":
-                from tests.support.k8sapi._store import now_rfc3339
-
                 stored["metadata"]["deletionTimestamp"] = now_rfc3339()
                 stored["status"] = {"phase": "Terminating"}
                 self.store.touch(rt, stored)
