@@ -80,7 +80,7 @@ def api(k8s_process: dict[str, Any]) -> Iterator[client.ApiClient]:
         yield api_client
 
 
-def until(predicate: Any, limit: float = 10.0) -> None:
+def until(predicate: Any, limit: float = 20.0) -> None:
     deadline = time.monotonic() + limit
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"

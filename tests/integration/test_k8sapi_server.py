@@ -50,7 +50,7 @@ def status_of(err: ApiException) -> dict[str, Any]:
     return body
 
 
-async def until(predicate: Any, limit: float = 5.0) -> None:
+async def until(predicate: Any, limit: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not await predicate():
