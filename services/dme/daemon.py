@@ -8,7 +8,7 @@ import random
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc.aio
 from edgeproto import (
@@ -47,6 +47,10 @@ log = logging.getLogger("services.dme")
 
 OPERATORS = ("standalone",)
 """Operator plugins built in (flag `--carrier`)."""
+
+ACCESS_LOGGER: Final = "edge_cloud.access"
+VERBOSE_FAMILIES: Final = frozenset({"access", "dmereq", "all"})
+"""`-d` families that keep one access line per device call (`dmereq` is the original's)."""
 
 
 def load_keys(path: Path | None, *, test_mode: bool) -> JwtKeys:
@@ -106,6 +110,7 @@ class DmeDaemon(Daemon[DmeConfig]):
     """
 
     name = "dme"
+    _access_level: int | None = None
 
     def __init__(self, config: DmeConfig) -> None:
         super().__init__(config)
@@ -162,7 +167,19 @@ class DmeDaemon(Daemon[DmeConfig]):
         return add_dme_services(server, self.calls, self.events)
 
     async def start(self) -> None:
-        """Open the REST listener (notify connects in the background)."""
+        """Quiet the per-call access log, open the REST listener (notify connects later).
+
+        Devices call at thousands per second and an access line costs about as much as a
+        FindCloudlet's own work (JSON formatting and a write, ~40 us here), so, as the
+        original logs device requests only at its `dmereq` debug level, the standard
+        interceptor's access lines are off unless `-d access` (or `dmereq`, `all`) or
+        `--log-level debug` asks for them; restored on close.
+        """
+        cfg = self.config
+        if cfg.log_level != "debug" and not VERBOSE_FAMILIES & set(cfg.debug):
+            access = logging.getLogger(ACCESS_LOGGER)
+            self._access_level = access.level
+            access.setLevel(logging.WARNING)
         if self.config.http_addr:
             self._http = await HttpListener.start(
                 rest_app(self.calls, self.events), self.config.http_addr
@@ -177,10 +194,13 @@ class DmeDaemon(Daemon[DmeConfig]):
         return [self.notify.run(), self._log_connection(), self.reporter.run()]
 
     async def close(self) -> None:
-        """Close the REST listener."""
+        """Close the REST listener, restore the access log level."""
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self._access_level is not None:
+            logging.getLogger(ACCESS_LOGGER).setLevel(self._access_level)
+            self._access_level = None
 
     async def _log_connection(self) -> None:
         """Log the first connection; the client logs losses, `synced` each (re)sync."""

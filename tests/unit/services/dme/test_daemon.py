@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -124,6 +125,25 @@ async def daemon(notify_port: int) -> AsyncIterator[DmeDaemon]:
     finally:
         stop.set()
         await task
+
+
+async def test_device_calls_are_not_access_logged_unless_asked() -> None:
+    access = logging.getLogger("edge_cloud.access")
+    before = access.level
+    async with controller(MemorySource([])) as port, daemon(port):
+        assert not access.isEnabledFor(logging.INFO)
+    assert access.level == before
+    cfg = load(
+        DmeConfig,
+        ["--api-addr", "127.0.0.1:0", "--http-addr", "", "--metrics-addr", "", "-d", "dmereq"],
+        {},
+    )
+    verbose = DmeDaemon(cfg)
+    await verbose.start()
+    try:
+        assert access.level == before
+    finally:
+        await verbose.close()
 
 
 def cloudlet(name: str, lat: float, lon: float) -> list[object]:
