@@ -9,6 +9,7 @@ other, so this lives in the core.
 - `ClusterWork`, `AppInstWork`: ClusterInst and AppInst create, update, delete (§3.1, §3.2);
 - `CloudletChangeWork`: maintenance, trust policy and update of a running cloudlet (§3.3);
 - `InfoCache`: the CRM's Info objects, each update sent upstream (`CacheUpdater`, §2);
+- `LocalCrms`: CRM processes started on this host for `deployment_local` cloudlets (§6.5);
 - `field_number`, `info_fields`: `fields` paths of Info messages.
 """
 
@@ -22,6 +23,7 @@ from edge_cloud.crmutil._cloudlet import (
 from edge_cloud.crmutil._cluster import ClusterWork, seconds
 from edge_cloud.crmutil._fields import field_number, info_fields
 from edge_cloud.crmutil._infocache import InfoCache
+from edge_cloud.crmutil._local import LocalCrms, LocalCrmSettings
 from edge_cloud.crmutil._source import PlatformSource
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "CloudletChangeWork",
     "ClusterWork",
     "InfoCache",
+    "LocalCrmSettings",
+    "LocalCrms",
     "PlatformSource",
     "copy_resources",
     "field_number",

@@ -13,8 +13,14 @@ from typing import Final
 from distributed_match_engine import appcommon_pb2
 from edgeproto import cloudlet_pb2, common_pb2
 
-from edge_cloud.crmutil import ALL_FIELDS, CloudletChangeWork, copy_resources, field_number
-from edge_cloud.errors import EdgeError, Unimplemented
+from edge_cloud.crmutil import (
+    ALL_FIELDS,
+    CloudletChangeWork,
+    LocalCrms,
+    copy_resources,
+    field_number,
+)
+from edge_cloud.errors import EdgeError, FailedPrecondition
 from edge_cloud.objects import keys
 from edge_cloud.platform import CRM_COMPATIBILITY_VERSION, InfoSender, Platform
 from services.ccrm._host import PlatformHost
@@ -28,6 +34,34 @@ TS = common_pb2
 Info = cloudlet_pb2.CloudletInfo
 STATE: Final = field_number(Info, "state")
 ERRORS: Final = field_number(Info, "errors")
+
+
+_LOCAL_CRMS: list[LocalCrms] = []
+
+
+def set_local_crms(launcher: LocalCrms | None) -> None:
+    """Where `deployment_local` cloudlets get their CRM process (set by the daemon).
+
+    Module-wide because the services that create `CloudletWork` are built from the host
+    alone; one CCRM runs per process.
+    """
+    _LOCAL_CRMS[:] = [] if launcher is None else [launcher]
+
+
+def _local_crms(cloudlet: cloudlet_pb2.Cloudlet) -> LocalCrms | None:
+    """The launcher for a `deployment_local` cloudlet, None for any other.
+
+    Raises:
+        FailedPrecondition: A local cloudlet, but this CCRM starts no local CRMs.
+    """
+    if not cloudlet.deployment_local:
+        return None
+    if not _LOCAL_CRMS:
+        raise FailedPrecondition(
+            f"cloudlet {keys.key_string(cloudlet.key)} is deployment_local, but this CCRM "
+            "starts no local CRM processes"
+        )
+    return _LOCAL_CRMS[0]
 
 
 class CloudletWork:
@@ -58,11 +92,7 @@ class CloudletWork:
 
     async def _create(self, cloudlet: cloudlet_pb2.Cloudlet, sender: InfoSender[Info]) -> None:
         host = self._host
-        if cloudlet.deployment_local:
-            raise Unimplemented(
-                "deployment_local cloudlets start a local CRM process, which comes with the "
-                "CRM slice"
-            )
+        local = _local_crms(cloudlet)
         platform: Platform | None = None
         created = False
         try:
@@ -70,6 +100,9 @@ class CloudletWork:
             platform = await host.initialised(cloudlet, fresh=True)
             await platform.create_cloudlet(cloudlet, host.pf_config(cloudlet), flavor, sender)
             created = True
+            if local is not None:
+                sender.step("Starting the local CRM")
+                await local.start(cloudlet.key, cloudlet.platform_type)
             if cloudlet.crm_on_edge:
                 return  # the CRM sets up the root LB and reports READY itself
             await platform.init_ha_conditional(sender)
@@ -95,6 +128,9 @@ class CloudletWork:
     async def _undo_create(
         self, platform: Platform, cloudlet: cloudlet_pb2.Cloudlet, sender: InfoSender[Info]
     ) -> None:
+        local = _local_crms(cloudlet)
+        if local is not None:
+            await local.stop(cloudlet.key)
         try:
             await platform.delete_cloudlet(cloudlet, self._host.pf_config(cloudlet), sender)
         except EdgeError as undo_err:
@@ -112,12 +148,11 @@ class CloudletWork:
 
     async def _delete(self, cloudlet: cloudlet_pb2.Cloudlet, sender: InfoSender[Info]) -> None:
         host = self._host
-        if cloudlet.deployment_local:
-            raise Unimplemented(
-                "deployment_local cloudlets run a local CRM process, which comes with the CRM slice"
-            )
+        local = _local_crms(cloudlet)
         platform = await host.initialised(cloudlet, fresh=True)
         await platform.delete_cloudlet(cloudlet, host.pf_config(cloudlet), sender)
+        if local is not None:
+            await local.stop(cloudlet.key)  # it would also stop when its Cloudlet goes
         host.drop(keys.key_string(cloudlet.key))
 
     async def _changed(self, cloudlet: cloudlet_pb2.Cloudlet, sender: InfoSender[Info]) -> None:

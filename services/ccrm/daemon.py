@@ -20,11 +20,13 @@ from edgeproto import (
     trustpolicyexception_pb2,
 )
 
+from edge_cloud.crmutil import LocalCrms, LocalCrmSettings
 from edge_cloud.notify import NotifyClient
 from edge_cloud.objects import keys
 from edge_cloud.platform import PlatformCaches
 from edge_cloud.server import Daemon
 from services.ccrm import api
+from services.ccrm._cloudlet import set_local_crms
 from services.ccrm._host import PlatformHost, load_platforms
 from services.ccrm.config import CcrmConfig
 
@@ -42,7 +44,8 @@ class CcrmDaemon(Daemon[CcrmConfig]):
     platforms' `PlatformFeatures` upstream (the Controller stores them; they are re-sent
     after every reconnect). Calls that need Controller objects answer NOT_FOUND until the
     caches hold them; ApplyCloudlet and GetCloudletResources carry their Cloudlet and work
-    without.
+    without. `deployment_local` cloudlets get a CRM process on this host
+    (`edge_cloud.crmutil.LocalCrms`), stopped with their cloudlet or with this daemon.
     """
 
     name = "ccrm"
@@ -77,6 +80,18 @@ class CcrmDaemon(Daemon[CcrmConfig]):
 
         cloudlets.on_update(cloudlet_changed)
         cloudlets.on_delete(cloudlet_deleted)
+        public = config.controller_public_notify_addr
+        self.local_crms = LocalCrms(
+            LocalCrmSettings(
+                notify_addrs=(public,) if public else config.notify_addrs,
+                region=config.region,
+                app_dns_root=config.app_dns_root,
+                test_mode=config.test_mode,
+                log_dir=config.cache_dir,
+            ),
+            os.environ,
+        )
+        set_local_crms(self.local_crms)
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         """The three platform services."""
@@ -100,3 +115,8 @@ class CcrmDaemon(Daemon[CcrmConfig]):
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """The notify client (reconnects by itself)."""
         return [self.notify.run()]
+
+    async def close(self) -> None:
+        """Stop the local CRMs this CCRM started (test and demo cloudlets)."""
+        set_local_crms(None)
+        await self.local_crms.close()

@@ -8,6 +8,8 @@ way; the CRM reports the cloudlet's resource snapshot itself. Each test starts i
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -350,3 +352,38 @@ def test_ccrm_mode_refreshes_resources_after_each_operation(api: Api) -> None:
     ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
     assert wait_snapshot(api, cloudlet, empty) == empty
     ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
+
+
+def test_deployment_local_cloudlet_gets_its_crm_from_the_ccrm(api: Api) -> None:
+    """One-touch onboarding on one host (crm_platforms.md §6.5): the CCRM starts the CRM of a
+    `deployment_local` cloudlet and stops it with the cloudlet."""
+    cloudlet = edge_cloudlet()
+    cloudlet.deployment_local = True
+    messages = ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
+    assert messages[-1] == "Created Cloudlet successfully", messages
+    assert "Starting CRMServer, Starting the local CRM" in messages, messages
+    assert cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_READY
+    ccrm_log = api.platform.ccrm.log.read_text()
+    started = re.findall(
+        rf"started the local CRM of .*{cloudlet.key.name}.*?, pid (\d+)",
+        ccrm_log.replace('\\"', ""),
+    )
+    assert len(started) == 1, ccrm_log[-2000:]
+    pid = int(started[0])
+
+    cluster = docker_cluster(cloudlet, "local")
+    ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    assert settled(lambda: show_clusters(api, cluster.key)).state == TS.READY
+    wait_snapshot(api, cloudlet, {"Instances": 3})  # reported by the local CRM
+    ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
+
+    ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
+
+    def gone() -> bool | None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return None
+
+    assert wait_for(gone, 10, "the local CRM to be stopped")
