@@ -20,11 +20,14 @@ from pathlib import Path
 
 import _common as common
 import grpc
+import grpc.aio
 from distributed_match_engine import appcommon_pb2, loc_pb2
 from edgeproto import (
     app_pb2,
     appinst_pb2,
+    appinst_pb2_grpc,
     cloudlet_pb2,
+    cloudlet_pb2_grpc,
     cloudletkey_pb2,
     cluster_pb2,
     clusterinst_pb2,
@@ -45,9 +48,20 @@ if str(ROOT) not in sys.path:
 
 from tests.e2e.support import Daemon, DaemonError, clean_env  # noqa: E402
 
-__all__ = ["Daemon", "DaemonError", "Servers", "WorldSize", "controller", "world"]
+__all__ = [
+    "Daemon",
+    "DaemonError",
+    "Servers",
+    "WorldSize",
+    "controller",
+    "rss_bytes",
+    "show_count",
+    "world",
+]
 
 PLATFORM_TYPE = "fakeccrm"
+#: the longest a full Show may stream
+SHOW_TIMEOUT = 300.0
 ORG_OP = "benchop"
 ORG_DEV = "benchdev"
 #: the infra flavor every cloudlet reports, big enough for any cluster of the world
@@ -131,6 +145,24 @@ def wait_serving(addr: str, timeout: float) -> float:
             time.sleep(0.02)
 
 
+async def show_count(addr: str, what: str) -> tuple[int, float]:
+    """How many objects a full Show streams, and how long it takes."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        begin = time.monotonic()
+        if what == "cloudlet":
+            call = cloudlet_pb2_grpc.CloudletApiStub(channel).ShowCloudlet(
+                cloudlet_pb2.Cloudlet(), timeout=SHOW_TIMEOUT
+            )
+        else:
+            call = appinst_pb2_grpc.AppInstApiStub(channel).ShowAppInst(
+                appinst_pb2.AppInst(), timeout=SHOW_TIMEOUT
+            )
+        n = 0
+        async for _ in call:
+            n += 1
+        return n, time.monotonic() - begin
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (VmRSS of /proc/<pid>/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -182,14 +214,21 @@ def app_key(a: int) -> app_pb2.AppKey:
     return app_pb2.AppKey(organization=ORG_DEV, name=f"app{a:05d}", version="1.0")
 
 
+def _cluster_of(i: int, size: WorldSize) -> int:
+    """The cluster of AppInst i: the instances of one App (i % apps) go to distinct clusters,
+    and all clusters get about as many."""
+    rounds = -(-size.app_insts // size.apps)
+    return ((i % size.apps) * rounds + i // size.apps) % size.clusters
+
+
 def world(size: WorldSize) -> Iterator[tuple[str, bytes]]:
     """Every stored object of a world of `size`, as etcd key/value pairs.
 
     Per cloudlet: the Cloudlet (READY), its CloudletInfo (READY, an infra flavor, a
     resources snapshot), its CloudletRefs; per cluster: the ClusterInst (docker, READY) and
-    its ClusterRefs; the Apps; the AppInsts spread round-robin over the clusters (AppInst
-    i runs App i // clusters on cluster i % clusters, so no App runs twice on one cluster),
-    with their AppInstRefs. Fields are the ones a create fills in (state, flavor, URIs,
+    its ClusterRefs; the Apps with their AppInstRefs; the AppInsts (AppInst i runs App
+    i % apps, spread so that no App runs twice on one cluster as long as
+    apps * clusters >= app_insts). Fields are the ones a create fills in (state, flavor, URIs,
     ports, timestamps, unique ids), so values are the size they are in a real database.
     """
     yield _kv(
@@ -203,10 +242,11 @@ def world(size: WorldSize) -> Iterator[tuple[str, bytes]]:
     yield _kv(
         flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name="x1.medium"), ram=4096, vcpus=2, disk=20)
     )
-    n_clusters = size.clusters
+    if size.apps * size.clusters < size.app_insts:
+        raise ValueError("an App would run twice on one cluster: more apps or clusters needed")
     per_cluster: dict[int, list[int]] = {}
     for i in range(size.app_insts):
-        per_cluster.setdefault(i % n_clusters, []).append(i)
+        per_cluster.setdefault(_cluster_of(i, size), []).append(i)
     for c in range(size.cloudlets):
         ckey = cloudlet_key(c)
         yield _kv(
@@ -279,7 +319,7 @@ def world(size: WorldSize) -> Iterator[tuple[str, bytes]]:
         yield _kv(refs)
     app_insts: dict[int, list[int]] = {}
     for i in range(size.app_insts):
-        app_insts.setdefault(i // n_clusters, []).append(i)
+        app_insts.setdefault(i % size.apps, []).append(i)
     for a in range(size.apps):
         ak = app_key(a)
         yield _kv(
@@ -304,12 +344,12 @@ def world(size: WorldSize) -> Iterator[tuple[str, bytes]]:
             ] = 1
         yield _kv(arefs)
     for i in range(size.app_insts):
-        g = i % n_clusters
+        g = _cluster_of(i, size)
         c, k = divmod(g, size.clusters_per_cloudlet)
         ckey = cloudlet_key(c)
         inst = appinst_pb2.AppInst(
             key=appinst_pb2.AppInstKey(name=f"inst{i:06d}", organization=ORG_DEV),
-            app_key=app_key(i // n_clusters),
+            app_key=app_key(i % size.apps),
             cluster_key=cluster_key(c, k),
             cloudlet_key=ckey,
             cloudlet_loc=loc_pb2.Loc(latitude=40 + (c % 1000) * 0.01, longitude=2 + c // 1000),

@@ -29,9 +29,6 @@ import _common as common
 import _controller as ctl
 import aetcd
 import aetcd.rpc as rpc
-import grpc
-import grpc.aio
-from edgeproto import appinst_pb2, appinst_pb2_grpc, cloudlet_pb2, cloudlet_pb2_grpc
 
 from edge_cloud.store import EtcdStore
 
@@ -58,14 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def size_for(objects: int) -> ctl.WorldSize:
     """A world of about `objects` keys: a cloudlet per 50 objects, 5 clusters each, the
-    rest AppInsts (and one App per round of AppInsts over the clusters)."""
+    rest AppInsts, about 50 per App (each App with its AppInstRefs)."""
     cloudlets = max(1, objects // 50)
     clusters = cloudlets * 5
     fixed = 3 + 3 * cloudlets + 2 * clusters  # features, flavors; cloudlet, info, refs; ...
     insts = max(1, objects - fixed)
-    apps = -(-insts // clusters)
-    insts = max(1, insts - 2 * apps)  # each App comes with its AppInstRefs
-    return ctl.WorldSize(cloudlets, 5, -(-insts // clusters), insts)
+    apps = max(1, insts // 52)  # 50 AppInsts and the App and its AppInstRefs
+    insts = max(1, insts - 2 * apps)
+    return ctl.WorldSize(cloudlets, 5, max(apps, -(-insts // clusters)), insts)
 
 
 async def raw_range(url: str) -> tuple[float, int, int]:
@@ -85,31 +82,13 @@ async def raw_range(url: str) -> tuple[float, int, int]:
     return took, len(resp.kvs), sum(len(kv.key) + len(kv.value) for kv in resp.kvs)
 
 
-async def show_count(addr: str, what: str) -> tuple[int, float]:
-    """How many objects a full Show streams, and how long it takes."""
-    async with grpc.aio.insecure_channel(addr) as channel:
-        begin = time.monotonic()
-        if what == "cloudlet":
-            call = cloudlet_pb2_grpc.CloudletApiStub(channel).ShowCloudlet(
-                cloudlet_pb2.Cloudlet(), timeout=START_TIMEOUT
-            )
-        else:
-            call = appinst_pb2_grpc.AppInstApiStub(channel).ShowAppInst(
-                appinst_pb2.AppInst(), timeout=START_TIMEOUT
-            )
-        n = 0
-        async for _ in call:
-            n += 1
-        return n, time.monotonic() - begin
-
-
 def start_timed(srv: ctl.Servers, name: str) -> tuple[ctl.Daemon, str, float, float]:
     """Start a Controller; seconds until health SERVING and until ShowCloudlet answered."""
     daemon, addr = ctl.controller(srv, name)
     begin = time.monotonic()
     daemon.start(timeout=START_TIMEOUT)
     serving = ctl.wait_serving(addr, START_TIMEOUT) - begin
-    asyncio.run(show_count(addr, "cloudlet"))
+    asyncio.run(ctl.show_count(addr, "cloudlet"))
     return daemon, addr, serving, time.monotonic() - begin
 
 
@@ -151,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cold start FAILED: {str(err)[-1500:]}")
             return 1
         try:
-            n_cloudlets, _ = asyncio.run(show_count(addr, "cloudlet"))
-            n_insts, show_insts = asyncio.run(show_count(addr, "appinst"))
+            n_cloudlets, _ = asyncio.run(ctl.show_count(addr, "cloudlet"))
+            n_insts, show_insts = asyncio.run(ctl.show_count(addr, "appinst"))
         finally:
             daemon.stop()
     ok = n_cloudlets == size.cloudlets and n_insts == size.app_insts

@@ -2,9 +2,10 @@
 
 Objects live at `1/<Type>/<key-string>` with the JSON written by `edge_cloud.objects.codec`
 (controller.md §2.2). The snapshot is one range over `1/` (one revision for every type, so
-the server's state is consistent); changes are one watch on `1/` from the revision after
-it, which the store keeps alive across etcd restarts and turns into a fresh listing after a
-compaction. Keys of other types (versions, DNS labels, ids) are skipped.
+the server's state is consistent; when that is too large for one etcd response, one paged
+read per type at one revision, `edge_cloud.listing`); changes are one watch on `1/` from the
+revision after it, which the store keeps alive across etcd restarts and turns into a fresh
+listing after a compaction. Keys of other types (versions, DNS labels, ids) are skipped.
 
 Loading is cheap: a snapshot's objects keep their key string from the etcd key and their value
 undecoded (`Encoded`), so a server is ready once etcd has answered and decodes them afterwards
@@ -27,6 +28,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
+from edge_cloud.errors import ResourceExhausted
+from edge_cloud.listing import current_revision, list_prefix
 from edge_cloud.notify._wire import Action, Message, type_name
 from edge_cloud.notify.source import Change, Encoded, Snapshot
 from edge_cloud.objects import codec, keys
@@ -76,8 +79,21 @@ class EtcdNotifySource:
         self._listed: tuple[int, dict[str, set[str]]] | None = None
 
     async def snapshot(self) -> Snapshot:
-        """Every object of the registered types, from one range over `1/`."""
-        items, revision = await self._store.range(PREFIX)
+        """Every object of the registered types, read at one revision.
+
+        One range over `1/`; when etcd's answer is too large for one response (as with
+        100,000 AppInsts), one read per type prefix at one revision, each paged as needed,
+        so keys of other types are not transferred either.
+        """
+        try:
+            items, revision = await self._store.range(PREFIX)
+        except ResourceExhausted as err:
+            log.info("notify snapshot too large for one read (%s); reading it by type", err)
+            revision = await current_revision(self._store)
+            items = []
+            for name in self._types:
+                part, _ = await list_prefix(self._store, f"{PREFIX}{name}/", revision=revision)
+                items.extend(part)
         return await self._snapshot(items, revision)
 
     async def changes(self, after: int) -> AsyncIterator[Change | Snapshot]:

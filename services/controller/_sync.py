@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
 from edge_cloud.errors import EdgeError, Unavailable
+from edge_cloud.listing import current_revision, list_prefix
 from edge_cloud.objects import codec, registry
 from edge_cloud.objects.registry import ObjectType
-from edge_cloud.store import EventType, KeyValue, Resync, Store, WatchEvent
+from edge_cloud.store import (
+    EventType,
+    KeyValue,
+    Resync,
+    RevisionCompacted,
+    Store,
+    WatchEvent,
+)
 
 __all__ = ["PREFIX", "Caches", "Entry", "Listener", "Sync", "split_store_key"]
 
@@ -38,28 +46,74 @@ M = TypeVar("M", bound=Message)
 
 PREFIX: Final = "1/"
 DEFAULT_WAIT: Final = 10.0
+#: Listings of the start-up snapshot tried before giving up (a compaction between the
+#: revision and the reads of one attempt makes it start over).
+LIST_ATTEMPTS: Final = 3
+#: Type prefixes read at once while loading.
+LIST_IN_FLIGHT: Final = 4
 
 #: Called after each applied change: type, key string, old object (None: created),
 #: new object (None: deleted), revision. Must not block; runs in the sync task.
 Listener = Callable[[ObjectType[Any], str, Message | None, Message | None, int], None]
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    """One cached object.
+    """One cached object, decoded when first read.
+
+    The listing at start-up keeps each value as the bytes etcd returned and decodes it on
+    first use: a Controller on 100,000 objects serves once etcd has answered instead of
+    after seconds of JSON decoding, and objects nobody reads never cost a decoded copy.
+    Once decoded, the bytes are dropped, so memory holds one form of each object.
 
     Attributes:
-        obj: The decoded object; never mutate it (take `copy()`).
         mod_revision: The etcd revision of its last change.
     """
 
-    obj: Message
-    mod_revision: int
+    __slots__ = ("_obj", "_otype", "_raw", "mod_revision")
+
+    def __init__(self, obj: Message, mod_revision: int) -> None:
+        self._obj: Message | None = obj
+        self._otype: ObjectType[Any] | None = None
+        self._raw: bytes | None = None
+        self.mod_revision = mod_revision
+
+    @classmethod
+    def encoded(cls, otype: ObjectType[Any], raw: bytes, mod_revision: int) -> Entry:
+        """An entry holding the stored bytes of an object of `otype`, decoded on first use."""
+        entry = cls.__new__(cls)
+        entry._obj = None
+        entry._otype = otype
+        entry._raw = raw
+        entry.mod_revision = mod_revision
+        return entry
+
+    @property
+    def obj(self) -> Message:
+        """The decoded object; never mutate it (take `copy()`).
+
+        Raises:
+            EdgeError: The stored bytes are not a valid encoding (the caches drop such
+                entries with a warning the first time they are read).
+        """
+        obj = self._obj
+        if obj is None:
+            otype, raw = self._otype, self._raw
+            if otype is None or raw is None:  # cannot happen: made by __init__ or encoded()
+                raise RuntimeError("a cache entry holds neither an object nor its encoding")
+            obj = self._obj = codec.decode(otype, raw)
+            self._raw = None
+        return obj
+
+    @property
+    def is_decoded(self) -> bool:
+        """Whether the object was decoded already (reading `obj` cannot fail then)."""
+        return self._obj is not None
 
     def copy(self) -> Message:
         """A private copy of the object, safe to change."""
-        out = type(self.obj)()
-        out.CopyFrom(self.obj)
+        obj = self.obj
+        out = type(obj)()
+        out.CopyFrom(obj)
         return out
 
 
@@ -88,8 +142,15 @@ class Caches:
         self._objs: dict[str, dict[str, Entry]] = {}
 
     def entry(self, otype: ObjectType[Any], key: str) -> Entry | None:
-        """The cached entry of one object, or None."""
-        return self._objs.get(otype.name, {}).get(key)
+        """The cached entry of one object (decoded), or None."""
+        objs = self._objs.get(otype.name)
+        if objs is None:
+            return None
+        entry = objs.get(key)
+        if entry is None or entry.is_decoded or _decodes(otype, key, entry):
+            return entry
+        objs.pop(key, None)
+        return None
 
     def get(self, otype: ObjectType[M], key: str) -> M | None:
         """A copy of one object, or None when it is not cached."""
@@ -103,18 +164,28 @@ class Caches:
     def items(self, otype: ObjectType[M]) -> Iterator[tuple[str, M]]:
         """Key strings and objects of one type, in key order (objects are shared: don't mutate).
 
-        Iterates over a snapshot, so the caller may await between items.
+        Iterates over a snapshot of the keys, so the caller may await between items; an
+        object deleted meanwhile is skipped.
         """
-        objs = self._objs.get(otype.name, {})
+        objs = self._objs.get(otype.name)
+        if not objs:
+            return
         for key in sorted(objs):
-            yield key, objs[key].obj  # type: ignore[misc]  # stored by type, so an M
+            entry = objs.get(key)
+            if entry is None:
+                continue
+            if not entry.is_decoded and not _decodes(otype, key, entry):
+                if objs.get(key) is entry:
+                    del objs[key]
+                continue
+            yield key, entry.obj  # type: ignore[misc]  # stored by type, so an M
 
     def values(self, otype: ObjectType[M]) -> list[M]:
         """Copies of every object of one type, in key order."""
         return [_copy(otype, obj) for _, obj in self.items(otype)]
 
     def count(self, otype: ObjectType[Any]) -> int:
-        """How many objects of a type are cached."""
+        """How many objects of a type are cached (undecodable ones count until first read)."""
         return len(self._objs.get(otype.name, {}))
 
     # -- the sync's side -------------------------------------------------------------------
@@ -128,8 +199,25 @@ class Caches:
     def _delete(self, otype: ObjectType[Any], key: str) -> Entry | None:
         return self._objs.get(otype.name, {}).pop(key, None)
 
+    def _peek(self, otype: ObjectType[Any], key: str) -> Entry | None:
+        """The entry as stored, without decoding it."""
+        return self._objs.get(otype.name, {}).get(key)
+
+    def _any(self) -> bool:
+        return any(self._objs.values())
+
     def _all_keys(self) -> set[tuple[str, str]]:
         return {(t, k) for t, objs in self._objs.items() for k in objs}
+
+
+def _decodes(otype: ObjectType[Any], key: str, entry: Entry) -> bool:
+    """Decode a lazily loaded entry; False (and a warning) when its bytes are not valid."""
+    try:
+        entry.obj  # noqa: B018 - decodes and keeps the object
+    except (EdgeError, ValueError, DecodeError) as err:
+        log.warning("ignoring %s%s/%s: cannot decode its value: %s", PREFIX, otype.name, key, err)
+        return False
+    return True
 
 
 def _copy(otype: ObjectType[M], obj: Message) -> M:
@@ -163,17 +251,39 @@ class Sync:
         self._listeners.append(listener)
 
     async def start(self) -> int:
-        """List `1/` into the caches; returns the revision of the listing.
+        """List the stored types into the caches; returns the revision of the listing.
+
+        Each type's prefix is read separately, all at one revision (one snapshot): keys
+        under `1/` that are not objects (id and DNS-label reservations, versions) are not
+        transferred at all, and a type too large for one etcd response is paged.
 
         Raises:
             Unavailable: etcd cannot be read.
         """
-        items, revision = await self._store.range(PREFIX)
-        self._replace(items, revision)
+        for attempt in range(LIST_ATTEMPTS):
+            revision = await current_revision(self._store)
+            gate = asyncio.Semaphore(LIST_IN_FLIGHT)
+
+            async def one(
+                otype: ObjectType[Any], revision: int = revision, gate: asyncio.Semaphore = gate
+            ) -> list[KeyValue]:
+                async with gate:
+                    items, _ = await list_prefix(self._store, otype.store_prefix, revision=revision)
+                    return items
+
+            try:
+                parts = await asyncio.gather(*(one(t) for t in registry.stored_types()))
+            except RevisionCompacted:
+                if attempt + 1 == LIST_ATTEMPTS:
+                    raise
+                log.info("etcd compacted revision %d while the caches loaded; again", revision)
+                continue
+            self._replace(itertools.chain.from_iterable(parts), revision)
+            break
         self._started = True
         cached = sum(self.caches.count(t) for t in registry.stored_types())
-        log.info("caches loaded: %d objects at etcd revision %d", cached, revision)
-        return revision
+        log.info("caches loaded: %d objects at etcd revision %d", cached, self._revision)
+        return self._revision
 
     async def run(self) -> None:
         """Follow etcd from the listed revision on, forever (run as a background task)."""
@@ -237,35 +347,42 @@ class Sync:
         if event.type is EventType.DELETE:
             old = self.caches._delete(otype, key)
             if old is not None:
-                self._fire(otype, key, old.obj, None, event.mod_revision)
+                self._fire(otype, key, old, None, event.mod_revision)
             return
+        # decoded now: a value that cannot be decoded leaves the cached object as it was
         obj = self._decode(otype, event.key, event.value)
         if obj is None:
             return
-        old = self.caches._put(otype, key, Entry(obj, event.mod_revision))
-        self._fire(otype, key, None if old is None else old.obj, obj, event.mod_revision)
+        new = Entry(obj, event.mod_revision)
+        old = self.caches._put(otype, key, new)
+        self._fire(otype, key, old, new, event.mod_revision)
 
     def _replace(self, items: Iterable[KeyValue], revision: int) -> None:
+        """Make the caches equal to a listing; values are kept encoded until first read."""
+        had_objects = self.caches._any()
         seen: set[tuple[str, str]] = set()
         for kv in items:
             where = split_store_key(kv.key)
-            otype = None if where is None else _stored_type(where[0])
-            if where is None or otype is None:
+            if where is None:
                 continue
-            obj = self._decode(otype, kv.key, kv.value)
-            if obj is None:
+            otype = _stored_type(where[0])
+            if otype is None:
                 continue
-            seen.add((otype.name, where[1]))
-            current = self.caches.entry(otype, where[1])
-            if current is not None and current.mod_revision == kv.mod_revision:
-                continue
-            old = self.caches._put(otype, where[1], Entry(obj, kv.mod_revision))
-            self._fire(otype, where[1], None if old is None else old.obj, obj, kv.mod_revision)
-        for type_name, key in self.caches._all_keys() - seen:
-            otype = registry.by_name(type_name)
-            gone = self.caches._delete(otype, key)
-            if gone is not None:
-                self._fire(otype, key, gone.obj, None, revision)
+            key = where[1]
+            if had_objects:
+                seen.add((otype.name, key))
+                current = self.caches._peek(otype, key)
+                if current is not None and current.mod_revision == kv.mod_revision:
+                    continue
+            new = Entry.encoded(otype, kv.value, kv.mod_revision)
+            old = self.caches._put(otype, key, new)
+            self._fire(otype, key, old, new, kv.mod_revision)
+        if had_objects:
+            for type_name, key in self.caches._all_keys() - seen:
+                otype = registry.by_name(type_name)
+                gone = self.caches._delete(otype, key)
+                if gone is not None:
+                    self._fire(otype, key, gone, None, revision)
         self._advance(revision)
 
     def _decode(self, otype: ObjectType[Any], key: str, value: bytes) -> Message | None:
@@ -280,12 +397,18 @@ class Sync:
         self,
         otype: ObjectType[Any],
         key: str,
-        old: Message | None,
-        new: Message | None,
+        old: Entry | None,
+        new: Entry | None,
         revision: int,
     ) -> None:
+        if not self._listeners:
+            return  # nothing to hand objects to: encoded entries stay encoded
+        old_obj = None if old is None or not _decodes(otype, key, old) else old.obj
+        new_obj = None if new is None or not _decodes(otype, key, new) else new.obj
+        if old_obj is None and new_obj is None:
+            return
         for listener in self._listeners:
             try:
-                listener(otype, key, old, new, revision)
+                listener(otype, key, old_obj, new_obj, revision)
             except Exception:
                 log.exception("cache listener failed on %s %s", otype.name, key)
