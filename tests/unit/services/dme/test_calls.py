@@ -30,10 +30,10 @@ from distributed_match_engine import (
     session_pb2,
     session_pb2_grpc,
 )
-from edgeproto import appinst_pb2, ratelimit_pb2
+from edgeproto import appinst_pb2, metric_pb2, ratelimit_pb2
 
 from services.dme._authtoken import ksuid
-from services.dme._stats import ApiStats, StatKey
+from services.dme._stats import ApiStats, EdgeEventStats, StatKey
 from services.dme._world import AppKey, World
 from tests.unit.services.dme.builders import APP, add_app, add_site, app_inst, cloudlet_key
 from tests.unit.services.dme.dme_server import RunningDme, running_dme
@@ -505,3 +505,69 @@ async def test_stream_edge_event_cookie_errors_and_unknown_instances(dme: Runnin
     await stream.done_writing()
     assert await stream.read() == grpc.aio.EOF
     assert await stream.code() == grpc.StatusCode.OK
+
+
+async def test_stream_edge_event_statistics(dme: RunningDme) -> None:
+    dme.events.stats = EdgeEventStats(("dmuus", "dme-cloudlet"))
+    cookie = await register(dme)
+    api = match_engine_api_pb2_grpc.MatchEngineApiStub(dme.channel)
+    found = await api.FindCloudlet(
+        app_client_pb2.FindCloudletRequest(session_cookie=cookie, gps_location=NEAR), timeout=5
+    )
+    C = app_client_pb2.ClientEdgeEvent
+    stream = api.StreamEdgeEvent(timeout=10)
+    await stream.write(
+        C(
+            event_type=C.EVENT_INIT_CONNECTION,
+            session_cookie=cookie,
+            edge_events_cookie=found.edge_events_cookie,
+            device_info_static=appcommon_pb2.DeviceInfoStatic(
+                device_os="Android", device_model="X"
+            ),
+            device_info_dynamic=appcommon_pb2.DeviceInfoDynamic(
+                carrier_name="dmuus", data_network_type="5G", signal_strength=4
+            ),
+        )
+    )
+    await stream.read()
+    # same tile, same device: no new session; another tile: one more
+    await stream.write(C(event_type=C.EVENT_LOCATION_UPDATE, gps_location=NEAR))
+    far = loc_pb2.Loc(latitude=NEAR.latitude + 0.5, longitude=NEAR.longitude)
+    await stream.write(C(event_type=C.EVENT_LOCATION_UPDATE, gps_location=far))
+    samples = C(event_type=C.EVENT_LATENCY_SAMPLES, gps_location=far)
+    for value in (5.0, 15.0):
+        samples.samples.add(value=value)
+    await stream.write(samples)
+    S = app_client_pb2.ServerEdgeEvent
+    for _ in range(3):  # a better cloudlet may be announced first
+        event = await stream.read()
+        assert event is not grpc.aio.EOF
+        if event.event_type == S.EVENT_LATENCY_PROCESSED:  # both updates were handled
+            break
+    custom = C(event_type=C.EVENT_CUSTOM_EVENT, custom_event="fps")
+    custom.samples.add(value=30.0)
+    await stream.write(custom)
+    await stream.write(C(event_type=C.EVENT_TERMINATE_CONNECTION))
+    for _ in range(3):
+        if await stream.read() is grpc.aio.EOF:
+            break
+    metrics = dme.events.stats.metrics(1.0)
+    by_name: dict[str, list[metric_pb2.Metric]] = {}
+    for metric in metrics:
+        by_name.setdefault(metric.name, []).append(metric)
+    devices = by_name["device-metric"]
+    tiles = sorted(next(t.val for t in m.tags if t.name == "locationtile") for m in devices)
+    assert len(tiles) == 2  # the connection's tile, then the far one
+    for metric in devices:
+        tags = {t.name: t.val for t in metric.tags}
+        assert (tags["deviceos"], tags["devicemodel"], tags["datanetworktype"]) == (
+            "Android",
+            "X",
+            "5G",
+        )
+        assert tags["appinst"] == "frankfurt-inst"
+    (latency,) = by_name["latency-metric"]
+    values = {v.name: v for v in latency.vals}
+    assert (values["avg"].dval, values["numsamples"].ival, values["10ms"].ival) == (10.0, 2, 1)
+    (fps,) = by_name["custom-metric"]
+    assert {t.name: t.val for t in fps.tags}["statname"] == "fps"
