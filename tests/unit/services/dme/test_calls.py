@@ -30,9 +30,20 @@ from distributed_match_engine import (
     session_pb2,
     session_pb2_grpc,
 )
-from edgeproto import appinst_pb2, metric_pb2, ratelimit_pb2
+from edgeproto import (
+    appinst_pb2,
+    appinstclient_pb2,
+    autoprovpolicy_pb2,
+    autoscalepolicy_pb2,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    metric_pb2,
+    ratelimit_pb2,
+)
 
 from services.dme._authtoken import ksuid
+from services.dme._autoprov import AutoProvStats, ZoneKey
+from services.dme._clients import AppInstClients
 from services.dme._stats import ApiStats, EdgeEventStats, StatKey
 from services.dme._world import AppKey, World
 from tests.unit.services.dme.builders import APP, add_app, add_site, app_inst, cloudlet_key
@@ -571,3 +582,51 @@ async def test_stream_edge_event_statistics(dme: RunningDme) -> None:
     assert (values["avg"].dval, values["numsamples"].ival, values["10ms"].ival) == (10.0, 2, 1)
     (fps,) = by_name["custom-metric"]
     assert {t.name: t.val for t in fps.tags}["statname"] == "fps"
+
+
+async def test_searches_count_demand_and_record_clients(dme: RunningDme) -> None:
+    counts: list[autoprovpolicy_pb2.AutoProvCounts] = []
+    sent: list[appinstclient_pb2.AppInstClient] = []
+    dme.calls.autoprov = AutoProvStats("dme1", counts.append)
+    dme.calls.clients = AppInstClients(sent.append)
+    dme.calls.clients.want("all", appinstclient_pb2.AppInstClientKey())
+    add_app(dme.world, access_ports="tcp:80", auto_prov_policies=["near-munich"])
+    dme.calls.autoprov.update_policy(
+        autoprovpolicy_pb2.AutoProvPolicy(
+            key=autoscalepolicy_pb2.PolicyKey(organization=APP.organization, name="near-munich"),
+            deploy_client_count=5,
+            deploy_interval_count=2,
+            zones=[cloudletkey_pb2.ZoneKey(organization="dmuus", name="bavaria")],
+        )
+    )
+    dme.calls.autoprov.update_cloudlet(
+        cloudlet_pb2.Cloudlet(
+            key=cloudlet_key("dmuus", "munich"),
+            zone="bavaria",
+            location=loc_pb2.Loc(latitude=48.14, longitude=11.58),
+        )
+    )
+    cookie = await register(dme, unique_id_type="phone", unique_id="u1")
+    api = match_engine_api_pb2_grpc.MatchEngineApiStub(dme.channel)
+    munich = loc_pb2.Loc(latitude=48.2, longitude=11.6)
+    listed = await api.GetAppInstList(
+        app_client_pb2.AppInstListRequest(session_cookie=cookie, gps_location=munich), timeout=5
+    )
+    assert listed.cloudlets
+    found = await api.FindCloudlet(
+        app_client_pb2.FindCloudletRequest(session_cookie=cookie, gps_location=munich), timeout=5
+    )
+    assert found.fqdn.startswith("frankfurt-inst")
+    zone = ZoneKey("dmuus", "bavaria")
+    assert dme.calls.autoprov.counts() == {((APP.organization, APP.name, APP.version), zone): 2}
+    assert counts == []  # two intervals: only the periodic report sends
+    # near Frankfurt, Munich is not closer than the instance there: no demand
+    await api.FindCloudlet(
+        app_client_pb2.FindCloudletRequest(session_cookie=cookie, gps_location=NEAR), timeout=5
+    )
+    assert sum(dme.calls.autoprov.counts().values()) == 2
+    # FindCloudlet (not GetAppInstList) records who was sent where
+    assert [(c.client_key.unique_id, c.client_key.app_inst_key.name) for c in sent] == [
+        ("u1", "frankfurt-inst"),
+        ("u1", "frankfurt-inst"),
+    ]
