@@ -37,7 +37,13 @@ from edge_cloud.crmutil import (
     field_number,
     info_fields,
 )
-from edge_cloud.errors import ConfigError, EdgeError, InvalidArgument
+from edge_cloud.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    EdgeError,
+    InvalidArgument,
+    Unavailable,
+)
 from edge_cloud.notify import NotifyClient
 from edge_cloud.objects import keys
 from edge_cloud.platform import CRM_COMPATIBILITY_VERSION, InfoSender, PlatformCaches
@@ -208,7 +214,7 @@ class CrmDaemon(Daemon[CrmConfig]):
             async with asyncio.timeout(self.config.init_timeout):
                 await wait
         except TimeoutError:
-            raise EdgeError(
+            raise DeadlineExceeded(
                 f"CRM of cloudlet {self.key_string}: the Controller at "
                 f"{', '.join(self.config.notify_addrs)} did not {what} within "
                 f"{self.config.init_timeout:g}s"
@@ -253,7 +259,12 @@ class CrmDaemon(Daemon[CrmConfig]):
         except EdgeError as err:
             sender.send_state(CS.CLOUDLET_STATE_ERRORS, error=err.message)
             await asyncio.sleep(0.2)  # let the notify writer deliver it
-            raise
+            if isinstance(err, DeadlineExceeded):
+                raise
+            # one line and exit status 1 for the supervisor, not a traceback
+            raise Unavailable(
+                f"CRM of cloudlet {self.key_string} could not be brought up: {err.message}"
+            ) from err
         cloudlet = self._cloudlet() or cloudlet
 
         def ready(info: Info) -> None:
