@@ -192,3 +192,8 @@ class KubeClient:
     def apps(self) -> kclient.AppsV1Api:
         """apps/v1."""
         return kclient.AppsV1Api(self.api)
+
+    @property
+    def networking(self) -> kclient.NetworkingV1Api:
+        """networking.k8s.io/v1 (Ingresses, NetworkPolicies)."""
+        return kclient.NetworkingV1Api(self.api)

@@ -60,6 +60,8 @@ _KINDS: Final[dict[tuple[str, str], _Kind]] = {
         _Kind("apps/v1", "DaemonSet", "daemon_set", True, 3),
         _Kind("apps/v1", "ReplicaSet", "replica_set", True, 3),
         _Kind("v1", "Pod", "pod", True, 4),
+        _Kind("networking.k8s.io/v1", "NetworkPolicy", "network_policy", True, 2),
+        _Kind("networking.k8s.io/v1", "Ingress", "ingress", True, 5),
     )
 }
 
@@ -129,7 +131,12 @@ def parse_manifest(manifest: str, namespace: str) -> list[KubeObject]:
 
 def _method(client: KubeClient, obj: KubeObject, verb: str) -> Callable[..., Awaitable[Any]]:
     kind = _KINDS[(obj.api_version, obj.kind)]
-    api: Any = client.apps if kind.api_version == "apps/v1" else client.core
+    apis: dict[str, Any] = {
+        "v1": client.core,
+        "apps/v1": client.apps,
+        "networking.k8s.io/v1": client.networking,
+    }
+    api = apis[kind.api_version]
     scope = "namespaced_" if kind.namespaced else ""
     method: Callable[..., Awaitable[Any]] = getattr(api, f"{verb}_{scope}{kind.snake}")
     return method

@@ -83,7 +83,7 @@ async def test_discovery_documents_parse_in_the_client(api: client.ApiClient) ->
     versions = await client.CoreApi(api).get_api_versions()
     assert versions.versions == ["v1"]
     groups = await client.ApisApi(api).get_api_versions()
-    assert [g.name for g in groups.groups] == ["apps"]
+    assert [g.name for g in groups.groups] == ["apps", "networking.k8s.io"]
     core = {r.name: r for r in (await client.CoreV1Api(api).get_api_resources()).resources}
     assert core["pods"].namespaced
     assert not core["nodes"].namespaced
@@ -777,3 +777,27 @@ async def test_eks_tokens_are_checked(k8s_api_server_factory: ServerFactory) -> 
         with pytest.raises(ApiException) as err:
             await client.CoreV1Api(api).list_namespace()
         assert err.value.status == 401
+
+
+async def test_ingress_validation_and_crud(
+    k8s_api_server: KubeApiServer, api: client.ApiClient
+) -> None:
+    rule = {"host": "a.example.com", "http": {"paths": [{"path": "/", "backend": {}}]}}
+    code, body = await raw(
+        k8s_api_server,
+        "POST",
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+        {"metadata": {"name": "i"}, "spec": {"rules": [rule]}},
+    )
+    assert code == 422
+    fields = [c["field"] for c in body["details"]["causes"]]
+    assert fields == ["spec.rules[0].http.paths[0].pathType", "spec.rules[0].http.paths[0].backend"]
+    net = client.NetworkingV1Api(api)
+    backend = {"service": {"name": "svc", "port": {"number": 80}}}
+    rule["http"]["paths"][0].update(pathType="Prefix", backend=backend)  # type: ignore[index]
+    made = await net.create_namespaced_ingress(
+        "default", {"metadata": {"name": "i"}, "spec": {"rules": [rule]}}
+    )
+    assert made.metadata.generation == 1
+    listed = await net.list_ingress_for_all_namespaces()
+    assert [i.metadata.name for i in listed.items] == ["i"]

@@ -266,7 +266,7 @@ async def test_refusals_become_errors_naming_the_object(kube: KubeClient) -> Non
         await apply_manifest(
             kube,
             "default",
-            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i\n",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: r\n",
         )
     with pytest.raises(InvalidArgument, match=r"has no metadata\.name"):
         await apply_manifest(kube, "default", "apiVersion: v1\nkind: ConfigMap\n")
@@ -435,3 +435,53 @@ async def test_image_change_rolls_out_new_pods(kube: KubeClient) -> None:
     assert {p.spec.containers[0].image for p in pods.items} == {"app:2"}
     sets = await kube.apps.list_namespaced_replica_set("default", label_selector="app=roll")
     assert sorted(rs.spec.replicas for rs in sets.items) == [0, 2]
+
+
+INGRESS = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: hello10-tcp
+            port:
+              number: 80
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: only-web
+spec:
+  podSelector:
+    matchLabels:
+      run: hello1.0
+  ingress:
+  - ports:
+    - port: 80
+"""
+
+
+async def test_ingress_and_network_policy(kube: KubeClient) -> None:
+    applied = await apply_manifest(kube, "default", BASIC + "---\n" + INGRESS)
+    assert [o.kind for o in applied][-1] == "Ingress"
+    ingress = await kube.networking.read_namespaced_ingress("web", "default")
+    assert ingress.spec.rules[0].host == "web.example.com"
+    policy = await kube.networking.read_namespaced_network_policy("only-web", "default")
+    assert policy.spec.policy_types == ["Ingress"]
+    await apply_manifest(kube, "default", INGRESS.replace("web.example.com", "www.example.com"))
+    ingress = await kube.networking.read_namespaced_ingress("web", "default")
+    assert ingress.spec.rules[0].host == "www.example.com"
+    assert ingress.metadata.generation == 2
+    no_path_type = INGRESS.replace("        pathType: Prefix\n", "")
+    with pytest.raises(InvalidArgument, match="pathType"):
+        await apply_manifest(kube, "default", no_path_type.replace("name: web", "name: web2", 1))
+    deleted = await delete_manifest(kube, "default", INGRESS)
+    assert [o.kind for o in deleted] == ["Ingress", "NetworkPolicy"]

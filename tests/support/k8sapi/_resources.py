@@ -144,6 +144,23 @@ RESOURCES: tuple[ResourceType, ...] = (
         has_status=True,
         tracks_generation=True,
     ),
+    ResourceType(
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "Ingress",
+        short_names=("ing",),
+        has_status=True,
+        tracks_generation=True,
+    ),
+    ResourceType(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        short_names=("netpol",),
+        tracks_generation=True,
+    ),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {
@@ -349,6 +366,36 @@ def _check_service(causes: Causes, obj: dict[str, Any]) -> None:
             )
 
 
+def _check_ingress(causes: Causes, obj: dict[str, Any]) -> None:
+    spec = obj.get("spec") or {}
+    rules = spec.get("rules") or []
+    if not rules and not spec.get("defaultBackend"):
+        causes.append(
+            (
+                "FieldValueInvalid",
+                "spec",
+                'Invalid value: "": either `defaultBackend` or `rules` must be specified',
+            )
+        )
+    for r, rule in enumerate(rules):
+        for p, path in enumerate((rule.get("http") or {}).get("paths") or []):
+            where = f"spec.rules[{r}].http.paths[{p}]"
+            kind = path.get("pathType")
+            if not kind:
+                _required(causes, f"{where}.pathType", "pathType must be specified")
+            elif kind not in ("Exact", "Prefix", "ImplementationSpecific"):
+                causes.append(
+                    (
+                        "FieldValueNotSupported",
+                        f"{where}.pathType",
+                        f'Unsupported value: "{kind}": supported values: "Exact", '
+                        '"ImplementationSpecific", "Prefix"',
+                    )
+                )
+            if not path.get("backend"):
+                _required(causes, f"{where}.backend")
+
+
 def _decode_secret_data(obj: dict[str, Any]) -> None:
     data = obj.get("data") or {}
     for key, value in data.items():
@@ -399,6 +446,8 @@ def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) 
             obj.get("data") or {}
         ):
             _required(causes, "data[.dockerconfigjson]")
+    elif rt.kind == "Ingress":
+        _check_ingress(causes, obj)
     elif rt.kind == "PersistentVolumeClaim":
         spec = obj.get("spec") or {}
         if not spec.get("accessModes"):
@@ -513,6 +562,13 @@ def apply_defaults(rt: ResourceType, obj: dict[str, Any]) -> None:
         obj["status"] = obj.get("status") or {"phase": "Active"}
         labels = obj["metadata"].setdefault("labels", {})
         labels["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+    elif rt.kind == "Ingress":
+        obj.setdefault("status", {"loadBalancer": {}})
+    elif rt.kind == "NetworkPolicy":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("podSelector", {})
+        if "policyTypes" not in spec:
+            spec["policyTypes"] = ["Ingress"] + (["Egress"] if spec.get("egress") else [])
     elif rt.kind == "PersistentVolumeClaim":
         spec = obj.setdefault("spec", {})
         spec.setdefault("volumeMode", "Filesystem")
