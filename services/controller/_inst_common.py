@@ -245,6 +245,9 @@ async def _receive(rt: TrackedRuntime, otype: Any, info: Any) -> None:
         stream_key(info.key), codec.encode(published), terminal=info.state in TERMINAL
     )
 
+    if _changes_nothing(rt, otype, info):
+        return
+
     def fn(txn: Txn) -> None:
         obj = txn.get(otype, info.key)
         if obj is None:
@@ -253,6 +256,21 @@ async def _receive(rt: TrackedRuntime, otype: Any, info: Any) -> None:
             txn.put(obj)
 
     await rt.engine.apply(fn, reads=[store_key_of(otype, info.key)], from_caches=True)
+
+
+def _changes_nothing(rt: TrackedRuntime, otype: Any, info: Any) -> bool:
+    """Whether a report can be dropped without asking etcd: it repeats the cached state.
+
+    Most reports of a CCRM stream only carry new status lines (already forwarded). The
+    caches lag etcd, never lead it, and the legal moves of §5.2 only go forward: if the
+    report's state (or none) changes nothing on the cached object, it cannot change the
+    stored one either, except when the object was re-created since, and then the report
+    belongs to the old operation and must not be merged anyway.
+    """
+    cached = rt.caches.get(otype, keys.key_string(info.key))
+    if cached is None or (info.state and info.state != cached.state):
+        return False
+    return not merge_info(cached, info)
 
 
 async def receive_cluster_inst_info(
@@ -414,8 +432,9 @@ class InstOpsBase(TrackedOps):
             timeout=timeout,
             on_info=self._forward(stream, receive_info),
         )
-        if state != TS.DELETE_REQUESTED:
-            # the stream closing cleanly is success, whatever the last info said
+        if state != TS.DELETE_REQUESTED and self._state(otype, obj.key) != TS.READY:
+            # the stream closing cleanly is success, whatever the last info said (when its
+            # READY report was merged, the caches already say so: nothing to write)
             await self._set_state(otype, obj.key, TS.READY, only_from=TRANSIENT)
 
     def _state(self, otype: Any, key: Message) -> int:

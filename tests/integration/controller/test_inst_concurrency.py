@@ -17,6 +17,7 @@ from edgeproto import app_pb2, appinst_pb2, cloudlet_pb2, common_pb2, flavor_pb2
 from edge_cloud.errors import ResourceExhausted
 from edge_cloud.objects import keys, registry
 from services.controller._engine import Txn
+from services.controller._inst_ops import receive_app_inst_info
 from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
@@ -178,3 +179,35 @@ async def test_resource_update_rewrites_the_cluster_refs(
     assert after is not None
     assert after.mod_revision > before.mod_revision
     assert after.value == before.value
+
+
+async def test_reports_that_repeat_the_state_write_nothing(
+    harness: ControllerHarness, ccrm: InstCcrm
+) -> None:
+    ctl = await harness.start()
+    org = unique_org()
+    _, cluster_text = await big_cluster(ctl, org, vcpus=8)
+    app = await create_app(ctl, org)
+    assert await burst([ctl], org, [app], cluster_text) == [None]
+    key = appinst_pb2.AppInstKey(name="ai000", organization=org)
+    skey = keys.store_key(APP_INST.name, keys.key_string(key))
+    before = await ctl.store.get(skey)
+    assert before is not None
+
+    status_only = appinst_pb2.AppInstInfo(key=key, state=common_pb2.READY)
+    status_only.status.msgs.append("still ready")
+    await receive_app_inst_info(ctl.runtime, status_only)
+    await receive_app_inst_info(ctl.runtime, appinst_pb2.AppInstInfo(key=key))
+    unchanged = await ctl.store.get(skey)
+    assert unchanged is not None
+    assert unchanged.mod_revision == before.mod_revision
+
+    await receive_app_inst_info(
+        ctl.runtime, appinst_pb2.AppInstInfo(key=key, state=common_pb2.READY, uri="new.example")
+    )
+    changed = await ctl.store.get(skey)
+    assert changed is not None
+    assert changed.mod_revision > before.mod_revision
+    stored = ctl.sync.caches.get(APP_INST, keys.key_string(key))
+    assert stored is not None
+    assert stored.uri == "new.example"
