@@ -66,6 +66,7 @@ FLAVOR_CACHE_SECONDS: Final = 3600.0
 """How long a region's instance types are reused. They change a few times a year, and
 listing them is one large call (1,400 types; seconds against AWS, ten against moto), which
 every cloudlet init would otherwise repeat."""
+_OFFERED_CACHE: dict[tuple[str, str, str], tuple[float, tuple[str, ...]]] = {}
 _FLAVOR_CACHE: dict[
     tuple[str, str, str, str], tuple[float, tuple[cloudlet_pb2.FlavorInfo, ...]]
 ] = {}
@@ -259,22 +260,11 @@ class AwsSession:
             the type has none: EBS volumes are sized separately).
         """
         regex = re.compile(pattern)
-        cache_key = (self.endpoint_url, self.region, self.credentials.access_key_id, pattern)
+        account = (self.endpoint_url, self.region, self.credentials.access_key_id)
+        cache_key = (*account, pattern)
         cached = _FLAVOR_CACHE.get(cache_key)
         if cached is None or time.monotonic() - cached[0] >= FLAVOR_CACHE_SECONDS:
-            ec2 = self.client("ec2")
-
-            def offered() -> list[str]:
-                pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
-                    LocationType="region"
-                )
-                return [o["InstanceType"] for p in pages for o in p["InstanceTypeOfferings"]]
-
-            names = sorted(
-                n
-                for n in await self.run("ec2 describe_instance_type_offerings", offered)
-                if regex.search(n)
-            )
+            names = sorted(n for n in await self._offered(account) if regex.search(n))
             found: list[cloudlet_pb2.FlavorInfo] = []
             for start in range(0, len(names), 100):
                 reply = await self.call(
@@ -296,6 +286,23 @@ class AwsSession:
             cloudlet_pb2.FlavorInfo(name=f.name, vcpus=f.vcpus, ram=f.ram, disk=f.disk)
             for f in cached[1]
         ]
+
+    async def _offered(self, account: tuple[str, str, str]) -> tuple[str, ...]:
+        """Names of the instance types offered in the region (kept like the flavors)."""
+        kept = _OFFERED_CACHE.get(account)
+        if kept is not None and time.monotonic() - kept[0] < FLAVOR_CACHE_SECONDS:
+            return kept[1]
+        ec2 = self.client("ec2")
+
+        def offered() -> list[str]:
+            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+                LocationType="region"
+            )
+            return [o["InstanceType"] for p in pages for o in p["InstanceTypeOfferings"]]
+
+        names = tuple(await self.run("ec2 describe_instance_type_offerings", offered))
+        _OFFERED_CACHE[account] = (time.monotonic(), names)
+        return names
 
     async def quotas(self, service: str) -> dict[str, int]:
         """AWS's default quotas of one service (`list_aws_default_service_quotas`).

@@ -32,7 +32,7 @@ from edgeproto import (
 )
 from typing_extensions import override
 
-from edge_cloud.errors import FailedPrecondition, InvalidArgument
+from edge_cloud.errors import FailedPrecondition, InvalidArgument, NotFound
 from edge_cloud.objects import keys
 from edge_cloud.platform import (
     DEFAULT_NODE_POOL,
@@ -56,6 +56,19 @@ from platforms.awseks._aws import (
 )
 from platforms.awseks._cluster import TAG_CLUSTER, ClusterPlan, EksClusters
 from platforms.awseks._kubeconfig import ClusterAccess, build_kubeconfig, make_token
+from platforms.k8s import (
+    KubeClient,
+    app_inst_manifest,
+    app_inst_namespace,
+    apply_manifest,
+    check_kubernetes_app,
+    delete_manifest,
+    delete_namespace,
+    ensure_namespace,
+    kube_errors,
+    namespace_sanitize,
+    wait_ready,
+)
 
 __all__ = ["AwsEksPlatform"]
 
@@ -65,6 +78,9 @@ COMPATIBILITY_VERSION: Final = "awseks-1.0"
 _NAME_OK: Final = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_NAME: Final = 100
 _LB_SERVICE: Final = "k8s-lb-svc"
+_IPV4: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+APP_READY_TIMEOUT: Final = 600.0
+"""Seconds an AppInst's pods and load balancers may take to become ready."""
 
 
 class AwsEksPlatform(Platform):
@@ -518,6 +534,50 @@ class AwsEksPlatform(Platform):
 
     # -- app instances -------------------------------------------------------------------------
 
+    @staticmethod
+    def _namespace(
+        cluster: clusterinst_pb2.ClusterInst, app: app_pb2.App, app_inst: appinst_pb2.AppInst
+    ) -> tuple[str, bool]:
+        """The AppInst's namespace, and whether it is its own (made and removed with it).
+
+        Its own: the per-AppInst `<name>-<org>` namespace (which the Controller may also
+        have written into `app_inst.namespace`), not a cluster's single namespace nor an
+        App that manages its namespaces.
+        """
+        namespace = app_inst_namespace(cluster, app, app_inst)
+        per_inst = namespace_sanitize(f"{app_inst.key.name}-{app_inst.key.organization}")
+        own = (
+            not cluster.single_kubernetes_namespace
+            and not app.manages_own_namespaces
+            and namespace == per_inst
+        )
+        return namespace, own
+
+    async def _manifest(
+        self, app: app_pb2.App, app_inst: appinst_pb2.AppInst, *, deleting: bool = False
+    ) -> str:
+        """The manifest as deployed for this AppInst (env, secrets, labels added).
+
+        Raises:
+            NotSupportedByPlatform: A docker or VM App.
+            FailedPrecondition: A Helm App (no chart repository access here).
+            InvalidArgument: No manifest, or one that does not parse.
+        """
+        self.check_deployment(app)
+        check_kubernetes_app(app)
+        secrets: dict[str, str] = {}
+        if app.secret_env_vars:
+            if deleting:  # only the objects' names matter to a delete, not the values
+                secrets = dict.fromkeys(app.secret_env_vars, "")
+            elif self._dns is not None:
+                secrets = await self._dns.get_app_secret_vars(keys.key_string(app.key))
+        return app_inst_manifest(app, app_inst, secret_vars=secrets)
+
+    async def _kubeconfig(self, cluster: clusterinst_pb2.ClusterInst | None, what: str) -> bytes:
+        if cluster is None:
+            raise PlatformPermanentError(f"{what} needs the cluster it runs on")
+        return build_kubeconfig(await self._cluster_access(self.cluster_name(cluster)))
+
     @override
     async def create_app_inst(
         self,
@@ -527,8 +587,100 @@ class AwsEksPlatform(Platform):
         flavor: flavor_pb2.Flavor | None,
         progress: Progress,
     ) -> None:
-        self.check_deployment(app)
-        raise self._unsupported("cannot deploy apps yet")
+        manifest = await self._manifest(app, app_inst)
+        key = keys.key_string(app_inst.key)
+        kubeconfig = await self._kubeconfig(cluster, f"AppInst {key}")
+        assert cluster is not None  # noqa: S101 - checked by _kubeconfig
+        namespace, own = self._namespace(cluster, app, app_inst)
+        async with KubeClient.from_kubeconfig(kubeconfig) as kube:
+            try:
+                progress.task(f"Creating namespace {namespace}")
+                await ensure_namespace(kube, namespace)
+                progress.task("Applying Kubernetes manifest")
+                await apply_manifest(kube, namespace, manifest)
+                progress.task("Waiting for the app to be ready")
+                await wait_ready(kube, namespace, manifest, timeout=APP_READY_TIMEOUT)
+                progress.task("Registering load balancer DNS names")
+                await self._register_dns(kube, namespace, app_inst)
+            except BaseException:
+                progress.task("Cleaning up after a failed create")
+                try:
+                    await asyncio.shield(self._remove_app(kube, namespace, own, manifest, app_inst))
+                except Exception as cleanup:  # the create's error is the one to report
+                    log.warning("cleaning up AppInst %s failed: %s", key, cleanup)
+                raise
+
+    async def _load_balancers_of(
+        self, kube: KubeClient, namespace: str
+    ) -> list[tuple[str, str, list[str]]]:
+        """(service name, address, `proto:port` list) of LoadBalancer services with an address."""
+        with kube_errors(f"list services in namespace {namespace!r}"):
+            services = await kube.core.list_namespaced_service(namespace)
+        found: list[tuple[str, str, list[str]]] = []
+        for svc in services.items:
+            if svc.spec is None or svc.spec.type != "LoadBalancer":
+                continue
+            balancer = svc.status.load_balancer if svc.status else None
+            ingress = (balancer.ingress if balancer else None) or []
+            if not ingress or svc.metadata is None:
+                continue
+            address = ingress[0].ip or ingress[0].hostname or ""
+            ports = [f"{(p.protocol or 'TCP').lower()}:{p.port}" for p in svc.spec.ports or []]
+            if address:
+                found.append((str(svc.metadata.name), address, ports))
+        return found
+
+    async def _register_dns(
+        self, kube: KubeClient, namespace: str, app_inst: appinst_pb2.AppInst
+    ) -> None:
+        """`<service>.<uri>` for every LoadBalancer service: A for an IP, CNAME for a name."""
+        for service, address, ports in await self._load_balancers_of(kube, namespace):
+            for port in ports:
+                app_inst.internal_port_to_lb_ip[port] = address
+            if not app_inst.uri or self._dns is None:
+                continue
+            rtype = "A" if _IPV4.fullmatch(address) else "CNAME"
+            await self._dns.create_or_update_dns_record(f"{service}.{app_inst.uri}", rtype, address)
+
+    async def _remove_app(
+        self,
+        kube: KubeClient,
+        namespace: str,
+        own: bool,
+        manifest: str,
+        app_inst: appinst_pb2.AppInst,
+    ) -> None:
+        """DNS names, the manifest's objects, and the namespace when it is the AppInst's."""
+        try:
+            balancers = await self._load_balancers_of(kube, namespace)
+        except NotFound:
+            balancers = []
+        if app_inst.uri and self._dns is not None:
+            for service, _, _ in balancers:
+                await self._dns.delete_dns_record(f"{service}.{app_inst.uri}")
+        await delete_manifest(kube, namespace, manifest)
+        if own:
+            await delete_namespace(kube, namespace)
+
+    @override
+    async def update_app_inst(
+        self,
+        cluster: clusterinst_pb2.ClusterInst | None,
+        app: app_pb2.App,
+        app_inst: appinst_pb2.AppInst,
+        flavor: flavor_pb2.Flavor | None,
+        progress: Progress,
+    ) -> None:
+        manifest = await self._manifest(app, app_inst)
+        kubeconfig = await self._kubeconfig(cluster, f"AppInst {keys.key_string(app_inst.key)}")
+        assert cluster is not None  # noqa: S101 - checked by _kubeconfig
+        namespace, _ = self._namespace(cluster, app, app_inst)
+        async with KubeClient.from_kubeconfig(kubeconfig) as kube:
+            progress.task("Applying Kubernetes manifest")
+            await apply_manifest(kube, namespace, manifest)
+            progress.task("Waiting for the app to be ready")
+            await wait_ready(kube, namespace, manifest, timeout=APP_READY_TIMEOUT)
+            await self._register_dns(kube, namespace, app_inst)
 
     @override
     async def delete_app_inst(
@@ -540,4 +692,36 @@ class AwsEksPlatform(Platform):
         *,
         undo: bool = False,
     ) -> None:
-        return
+        key = keys.key_string(app_inst.key)
+        if cluster is None or await self.clusters.describe(self.cluster_name(cluster)) is None:
+            return  # its cluster is gone, and the workload with it
+        manifest = await self._manifest(app, app_inst, deleting=True)
+        kubeconfig = await self._kubeconfig(cluster, f"AppInst {key}")
+        namespace, own = self._namespace(cluster, app, app_inst)
+        progress.task("Deleting Kubernetes objects")
+        try:
+            async with KubeClient.from_kubeconfig(kubeconfig) as kube:
+                await self._remove_app(kube, namespace, own, manifest, app_inst)
+        except Exception as err:
+            if not undo:
+                raise
+            log.warning("undoing AppInst %s left something behind: %s", key, err)
+
+    @override
+    async def get_app_inst_runtime(
+        self,
+        cluster: clusterinst_pb2.ClusterInst | None,
+        app: app_pb2.App,
+        app_inst: appinst_pb2.AppInst,
+    ) -> appinst_pb2.AppInstRuntime:
+        runtime = appinst_pb2.AppInstRuntime()
+        kubeconfig = await self._kubeconfig(cluster, f"AppInst {keys.key_string(app_inst.key)}")
+        assert cluster is not None  # noqa: S101 - checked by _kubeconfig
+        namespace, _ = self._namespace(cluster, app, app_inst)
+        async with KubeClient.from_kubeconfig(kubeconfig) as kube:
+            with kube_errors(f"list pods in namespace {namespace!r}"):
+                pods = await kube.core.list_namespaced_pod(namespace)
+        runtime.container_ids.extend(
+            sorted(str(p.metadata.name) for p in pods.items if p.metadata is not None)
+        )
+        return runtime

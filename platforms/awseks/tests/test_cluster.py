@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 
 import pytest
 from edgeproto import cloudlet_pb2, refs_pb2
@@ -51,6 +52,14 @@ def test_features_are_a_managed_kubernetes_public_cloud() -> None:
     }
 
 
+def test_the_default_flavor_pattern_keeps_general_purpose_families() -> None:
+    pattern = re.compile(registry.features("awseks").properties["FLAVOR_MATCH_PATTERN"].value)
+    kept = ["t3.medium", "m5.large", "c6i.xlarge", "r7g.2xlarge", "z1d.large"]
+    dropped = ["g4dn.xlarge", "p3.2xlarge", "x1e.xlarge", "inf1.xlarge", "u-6tb1.metal"]
+    assert all(pattern.search(n) for n in kept)
+    assert not any(pattern.search(n) for n in dropped)
+
+
 def test_names_drop_dots_and_stay_legal_for_eks() -> None:
     p = AwsEksPlatform()
     assert p.name_sanitize("my.cluster-dev.org") == "mycluster-devorg"
@@ -83,18 +92,22 @@ async def test_credentials_fall_back_to_the_daemon_environment(
 async def test_cloudlet_create_checks_the_account_and_lists_flavors(
     eks_moto: ServerProcess,
 ) -> None:
-    site = await make_site(moto_url(eks_moto), env={"FLAVOR_MATCH_PATTERN": r"^[acdhimrtz]\d+"})
+    site = await make_site(moto_url(eks_moto))
     await create_cloudlet(site)
     assert "Verifying AWS credentials" in site.progress.messages
     info = await site.platform.gather_cloudlet_info()
     names = {f.name: f for f in info.flavors}
     assert {"t3.medium", "m5.large"} <= set(names)
-    assert (names["t3.medium"].vcpus, names["t3.medium"].ram) == (2, 4096)
-    assert not any(n.startswith(("g4", "p3", "x1e", "u-")) for n in names)  # pattern filtered
-    narrow = await make_site(moto_url(eks_moto), env={"FLAVOR_MATCH_PATTERN": r"^t3\."})
-    assert {f.name for f in await narrow.platform.get_flavors()} <= {
-        n for n in names if n.startswith("t3.")
-    }
+    assert all(n.startswith(("t3.", "m5.")) for n in names)  # TEST_FLAVORS, searched
+    assert (names["t3.medium"].vcpus, names["t3.medium"].ram, names["t3.medium"].disk) == (
+        2,
+        4096,
+        0,
+    )
+    narrow = await make_site(
+        moto_url(eks_moto), env={"FLAVOR_MATCH_PATTERN": r"^t3\.(nano|micro)$"}
+    )
+    assert [f.name for f in await narrow.platform.get_flavors()] == ["t3.micro", "t3.nano"]
     restricted = cloudlet_pb2.Cloudlet()
     restricted.CopyFrom(site.cloudlet)
     restricted.infra_api_access = cloudlet_pb2.RESTRICTED_ACCESS

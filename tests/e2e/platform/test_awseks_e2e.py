@@ -22,7 +22,9 @@ import grpc
 import pytest
 from distributed_match_engine import appcommon_pb2, loc_pb2
 from edgeproto import (
+    app_pb2,
     app_pb2_grpc,
+    appinst_pb2,
     appinst_pb2_grpc,
     cloudlet_pb2,
     cloudlet_pb2_grpc,
@@ -208,6 +210,39 @@ def test_cloudlet_cluster_and_app_on_eks_leave_nothing_behind(world: World) -> N
     found = leftovers(world.moto, tag)
     assert found["clusters"] == [EKS_NAME]
     assert len(found["roles"]) == 2
+
+    app = app_pb2.App(
+        deployment="kubernetes",
+        image_type=app_pb2.IMAGE_TYPE_DOCKER,
+        image_path="docker.io/library/nginx:latest",
+        access_ports="tcp:80",
+        default_flavor=flavor_pb2.FlavorKey(name=FLAVOR),
+    )
+    app.key.organization, app.key.name, app.key.version = DEV, "web", "1.0"
+    world.apps.CreateApp(app, timeout=10)
+    inst = appinst_pb2.AppInst(
+        app_key=app.key, cluster_key=cluster.key, cloudlet_key=cluster.cloudlet_key
+    )
+    inst.key.name, inst.key.organization = "web1", DEV
+    messages = ok(world.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
+    assert "Applying Kubernetes manifest" in messages, messages
+    assert messages[-1] == "Created AppInst successfully", messages
+    [stored_inst] = world.app_insts.ShowAppInst(appinst_pb2.AppInst(key=inst.key), timeout=5)
+    assert stored_inst.state == TS.READY
+    assert stored_inst.uri.startswith("web1-eksdev."), stored_inst.uri
+    namespace = "web1-eksdev"
+    [deployment] = world.kube.objects("deployments", namespace)
+    assert deployment["status"]["readyReplicas"] >= 1
+    [service] = world.kube.objects("services", namespace)
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["status"]["loadBalancer"]["ingress"]
+    pods = {p["metadata"]["name"] for p in world.kube.objects("pods", namespace)}
+    assert set(stored_inst.runtime_info.container_ids) == pods
+
+    messages = ok(world.app_insts.DeleteAppInst(inst, timeout=TIMEOUT))
+    assert messages[-1] == "Deleted AppInst successfully", messages
+    assert namespace not in {n["metadata"]["name"] for n in world.kube.objects("namespaces")}
+    world.apps.DeleteApp(app, timeout=10)
 
     messages = ok(world.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
     assert messages[-1] == "Deleted ClusterInst successfully", messages
