@@ -222,15 +222,32 @@ async def test_patch_null_deletes_and_status_subresource(api: client.ApiClient) 
     assert ignored.status.replicas != 42
 
 
-async def test_delete_collection_and_propagation(api: client.ApiClient) -> None:
+async def test_delete_collection_and_propagation(
+    k8s_api_server: KubeApiServer, api: client.ApiClient
+) -> None:
     core = client.CoreV1Api(api)
     for name, tier in (("a", "web"), ("b", "web"), ("c", "db")):
         await core.create_namespaced_config_map(
             "default", {"metadata": {"name": name, "labels": {"tier": tier}}}
         )
     await core.delete_collection_namespaced_config_map("default", label_selector="tier=web")
+    code, _ = await raw(k8s_api_server, "DELETE", "/api/v1/configmaps", b"")
+    assert code == 405
     left = await core.list_namespaced_config_map("default", label_selector="tier")
     assert [c.metadata.name for c in left.items] == ["c"]
+    apps = client.AppsV1Api(api)
+    await apps.create_namespaced_deployment("default", deployment("orphans", 1))
+
+    async def has_replica_set() -> bool:
+        sets = await apps.list_namespaced_replica_set("default", label_selector="app=orphans")
+        return bool(sets.items)
+
+    await until(has_replica_set)
+    await apps.delete_namespaced_deployment("orphans", "default", propagation_policy="Orphan")
+    await asyncio.sleep(0.2)  # give the garbage collector a chance to (wrongly) act
+    sets = await apps.list_namespaced_replica_set("default", label_selector="app=orphans")
+    assert len(sets.items) == 1
+    assert not sets.items[0].metadata.owner_references
 
 
 async def test_generate_name_and_pagination(api: client.ApiClient) -> None:

@@ -429,7 +429,7 @@ class KubeApiServer:
                 "the server does not allow this method on the requested resource"
             )
         namespace = target.namespace
-        if verb == "create" and rt.namespaced and namespace is None:
+        if verb in ("create", "deletecollection") and rt.namespaced and namespace is None:
             raise method_not_allowed(
                 "the server does not allow this method on the requested resource"
             )
