@@ -383,7 +383,10 @@ class AppInstOps(InstOpsBase):
             reads, turns = self._commit_plan(inst, target)
             try:
                 committed = await rt.engine.apply_at(
-                    self._commit_fn(cctx, inst, target), reads=reads, serialize=turns
+                    self._commit_fn(cctx, inst, target),
+                    reads=reads,
+                    serialize=turns,
+                    from_caches=True,
                 )
                 break
             except NoFit as err:
@@ -719,7 +722,7 @@ class AppInstOps(InstOpsBase):
             txn.delete(APP_INST, key)
 
         reads, turns = self._removal_plan(key)
-        await self._rt.engine.apply_at(remove, reads=reads, serialize=turns)
+        await self._rt.engine.apply_at(remove, reads=reads, serialize=turns, from_caches=True)
 
     def _removal_plan(self, key: appinst_pb2.AppInstKey) -> tuple[list[str], list[str]]:
         """Prefetch list and hot records of a removal (or delete mark), from the caches."""

@@ -343,7 +343,9 @@ class Engine:
             from_caches: Start from the cached values of `reads` instead of reading them
                 (one etcd round trip less per write; the commit verifies them, and a
                 decision to write nothing is re-taken on a real read). For writes that
-                follow the caches closely, such as worker reports.
+                follow the caches closely, such as worker reports, and for hot records
+                written in turns (`serialize`), which keep the turn until the caches have
+                the commit.
 
         Returns:
             The value of the run that committed (or of the run that wrote nothing).
@@ -366,9 +368,15 @@ class Engine:
         from_caches: bool = False,
     ) -> tuple[R, int | None]:
         """`apply`, also returning the commit revision (None when nothing was written)."""
+        waited = False
         async with self.serialized(serialize):
             result, revision = await self._commit(fn, reads, from_caches)
-        if revision is not None and wait:
+            if revision is not None and wait and from_caches and serialize:
+                # the next turn starts from the caches: hand it over once they have this
+                # commit, or its guess is stale and costs it a lost race
+                await self.sync.wait_for_revision(revision)
+                waited = True
+        if revision is not None and wait and not waited:
             await self.sync.wait_for_revision(revision)
         return result, revision
 
@@ -415,22 +423,22 @@ class Engine:
     def _from_caches(self, store_keys: list[str]) -> Snapshot | None:
         """The keys as the caches have them, for an update that skips its first read.
 
-        Only when every key is a cached object type (the caches know for sure whether it
-        exists); values stay empty, `Txn` takes the cached objects by mod revision.
+        Values stay empty: `Txn` takes the cached objects by mod revision. Keys that are not
+        cached objects (reservations such as ids and DNS labels) are guessed absent, which
+        they nearly always are; the commit's compares catch a wrong guess.
         """
         if not store_keys:
             return None
         values: dict[str, KeyValue | None] = {}
         for skey in store_keys:
             where = split_store_key(skey)
-            if where is None:
-                return None
-            try:
-                otype = registry.by_name(where[0])
-            except KeyError:
-                return None
-            if not otype.stored:
-                return None
+            otype = None
+            if where is not None:
+                with contextlib.suppress(KeyError):
+                    otype = registry.by_name(where[0])
+            if where is None or otype is None or not otype.stored:
+                values[skey] = None
+                continue
             entry = self.caches.entry(otype, where[1])
             values[skey] = (
                 None if entry is None else KeyValue(skey, b"", 0, entry.mod_revision, _FROM_CACHE)
