@@ -189,3 +189,27 @@ async def test_writes_from_stale_caches_are_still_guarded(start_instance: StartI
     assert stored is not None
     assert codec.decode(FLAVOR, stored.value).vcpus == 4
     lagging.task = asyncio.create_task(lagging.sync.run())
+
+
+async def test_reservations_guessed_free_are_checked_by_the_commit(
+    start_instance: StartInstance,
+) -> None:
+    engine = (await start_instance()).engine
+    await engine.store.put("1/AppInstId/taken", b"someone else")
+    tried: list[str] = []
+
+    def reserve(txn: Txn) -> str:
+        for candidate in ("taken", "free"):
+            reservation = f"1/AppInstId/{candidate}"
+            if not txn.has_key(reservation):
+                tried.append(candidate)
+                txn.put_key(reservation, b"mine")
+                return candidate
+        raise AssertionError("no candidate left")
+
+    got = await engine.apply(reserve, reads=["1/AppInstId/taken"], from_caches=True)
+    assert got == "free"
+    assert tried == ["taken", "free"]  # the guess lost its compare, then the real read won
+    kept = await engine.store.get("1/AppInstId/taken")
+    assert kept is not None
+    assert kept.value == b"someone else"
