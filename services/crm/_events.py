@@ -59,6 +59,11 @@ class KeyedTasks:
     def __init__(self) -> None:
         self._tails: dict[str, asyncio.Task[None]] = {}
 
+    @property
+    def pending(self) -> int:
+        """How many keys have work queued or running."""
+        return sum(1 for task in self._tails.values() if not task.done())
+
     def busy(self, key: str) -> bool:
         """Whether a job for `key` is queued or running."""
         task = self._tails.get(key)

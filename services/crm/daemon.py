@@ -65,6 +65,7 @@ MIN_SNAPSHOT_INTERVAL: Final = 30.0
 _RESEND_INIT: Final = 2.0
 """Seconds between repeats of the INIT report while the Controller has not answered it."""
 _INITOK: Final = frozenset({TS.CRM_INITOK, TS.READY})
+_FLUSH: Final = 0.2
 
 
 def parse_cloudlet_key(text: str) -> cloudletkey_pb2.CloudletKey:
@@ -195,13 +196,31 @@ class CrmDaemon(Daemon[CrmConfig]):
         """None of its own: the CRM serves health and metrics only."""
         return []
 
+    async def start(self) -> None:
+        """Dial the Controller; the connection outlives the background loops (see `close`)."""
+        await self.notify.start()
+
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        """The notify client, the bring-up (then idle), and the snapshot loop."""
-        return [self.notify.run(), self._bring_up(), self._snapshots()]
+        """The bring-up (which then ends) and the snapshot loop."""
+        return [self._bring_up(), self._snapshots()]
 
     async def close(self) -> None:
-        """Stop queued work, then the notify client (the Controller sees us go)."""
+        """Graceful end, after the background loops stopped.
+
+        Running work gets `--shutdown-grace` to finish and report; whatever is left is
+        cancelled, the last reports are flushed and the notify connection closes (the
+        Controller marks the cloudlet OFFLINE).
+        """
+        if self._tasks.pending:
+            log.info("waiting up to %gs for running work", self.config.shutdown_grace)
+            try:
+                async with asyncio.timeout(self.config.shutdown_grace):
+                    await self._tasks.idle()
+            except TimeoutError:
+                log.warning("cancelling work still running after %gs", self.config.shutdown_grace)
         await self._tasks.close()
+        if self.notify.connected:
+            await asyncio.sleep(_FLUSH)  # the writer sends what the work reported last
         await self.notify.close()
 
     # -- the handshake ------------------------------------------------------------------------
@@ -258,7 +277,7 @@ class CrmDaemon(Daemon[CrmConfig]):
             gathered = await platform.get_cloudlet_resources()
         except EdgeError as err:
             sender.send_state(CS.CLOUDLET_STATE_ERRORS, error=err.message)
-            await asyncio.sleep(0.2)  # let the notify writer deliver it
+            await asyncio.sleep(_FLUSH)  # let the notify writer deliver it
             if isinstance(err, DeadlineExceeded):
                 raise
             # one line and exit status 1 for the supervisor, not a traceback
