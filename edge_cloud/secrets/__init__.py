@@ -32,8 +32,6 @@ from edge_cloud.secrets._cloudlet import (
     save_cloudlet_access_vars,
     save_crm_access_keys,
     save_kafka_creds,
-    totp_code,
-    totp_secrets_path,
     totp_session_token,
 )
 from edge_cloud.secrets._local import (
@@ -57,6 +55,7 @@ from edge_cloud.secrets._paths import (
     crm_access_keys_path,
     kafka_creds_path,
 )
+from edge_cloud.secrets._totp import cloudlet_totp_name, totp_code, totp_mount
 from edge_cloud.secrets._vault import VaultAuth, VaultSecretsBackend
 
 __all__ = [
@@ -77,6 +76,7 @@ __all__ = [
     "check_data",
     "check_path",
     "cloudlet_access_vars_path",
+    "cloudlet_totp_name",
     "connect_backend",
     "crm_access_keys_path",
     "delete_cloudlet_access_vars",
@@ -94,6 +94,6 @@ __all__ = [
     "save_crm_access_keys",
     "save_kafka_creds",
     "totp_code",
-    "totp_secrets_path",
+    "totp_mount",
     "totp_session_token",
 ]

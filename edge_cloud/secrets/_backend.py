@@ -5,7 +5,8 @@ keys and Kafka credentials in Vault's KV version 2 engine (controller.md §2.3).
 here see the same semantics whichever backend runs: every write makes a new version, a
 write may be guarded by check-and-set on the current version, a read may ask for an older
 version, a delete removes every version, and a listing shows the children of a folder. So
-code written against the local backend behaves the same against a real Vault.
+code written against the local backend behaves the same against a real Vault. TOTP seeds
+go to a TOTP engine (Vault's, or a local equivalent) that hands out codes, never seeds.
 
 Paths are logical, relative to the KV mount (`local/cloudlet/org/name/accessvars`); the
 Vault backend adds the mount, the local backend an etcd prefix. Values are flat maps of
@@ -85,6 +86,18 @@ class SecretsBackend(Protocol):
 
     async def list(self, folder: str) -> list[str]:
         """Children of a folder, sorted; sub-folders end with `/`. Empty if none."""
+        ...
+
+    async def put_totp_key(self, mount: str, name: str, seed: str) -> None:
+        """Register a base32 TOTP seed as key `name` of the TOTP engine at `mount`."""
+        ...
+
+    async def totp_code(self, mount: str, name: str) -> str | None:
+        """The current code of a TOTP key; None when there is no such key."""
+        ...
+
+    async def delete_totp_key(self, mount: str, name: str) -> None:
+        """Remove a TOTP key; a missing key (or engine) is fine."""
         ...
 
     async def close(self) -> None:

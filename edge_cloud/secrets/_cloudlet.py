@@ -9,26 +9,20 @@ TOTP engine computes in the original).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import struct
-import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge_cloud.errors import InvalidArgument, NotFound
+from edge_cloud.errors import NotFound
 from edge_cloud.secrets._backend import REDACTED, SecretsBackend
 from edge_cloud.secrets._paths import (
     cloudlet_access_vars_path,
     crm_access_keys_path,
     kafka_creds_path,
 )
+from edge_cloud.secrets._totp import cloudlet_totp_name, seed_bytes, totp_mount
 
 __all__ = [
     "AccessKeyPair",
@@ -41,18 +35,8 @@ __all__ = [
     "save_cloudlet_access_vars",
     "save_crm_access_keys",
     "save_kafka_creds",
-    "totp_code",
-    "totp_secrets_path",
     "totp_session_token",
 ]
-
-TOTP_PERIOD: Final = 30
-TOTP_DIGITS: Final = 6
-
-
-def totp_secrets_path(region: str, org: str, name: str, physical_name: str = "") -> str:
-    """`<region>/cloudlet/<org>/<physical name or name>/totp`: the TOTP seeds of a cloudlet."""
-    return f"{region}/cloudlet/{org}/{physical_name or name}/totp"
 
 
 def redact(values: Mapping[str, str]) -> dict[str, str]:
@@ -87,58 +71,56 @@ async def save_cloudlet_access_vars(
         merge: Update: add to / overwrite the stored vars instead of replacing them.
     """
     plain_path = cloudlet_access_vars_path(region, org, name, physical_name)
-    totp_path = totp_secrets_path(region, org, name, physical_name)
     given = {k: v for k, v in values.items() if v != REDACTED}
     plain = {k: v for k, v in given.items() if k not in totp_names}
     seeds = {k: v for k, v in given.items() if k in totp_names}
     for key, seed in seeds.items():
-        _seed_bytes(seed, key)
-    full: dict[str, str] = {}
-    for path, new in ((plain_path, plain), (totp_path, seeds)):
-        current = await backend.get(path)
-        stored = dict(current.data) if current is not None else {}
-        if merge:
-            merged = {**stored, **new}
-        else:
-            kept = {k: v for k, v in stored.items() if values.get(k) == REDACTED}
-            merged = {**kept, **new}
-        if merged and merged != stored:
-            await backend.put(path, merged, cas=current.version if current else 0)
-        elif not merged and stored:
-            await backend.delete(path)
-        full.update(merged)
-    return redact(full)
+        seed_bytes(seed, f"access var {key}")  # refuse before anything is written
+    current = await backend.get(plain_path)
+    stored = dict(current.data) if current is not None else {}
+    if merge:
+        merged = {**stored, **plain}
+    else:
+        merged = {**{k: v for k, v in stored.items() if values.get(k) == REDACTED}, **plain}
+    if merged and merged != stored:
+        await backend.put(plain_path, merged, cas=current.version if current else 0)
+    elif not merged and stored:
+        await backend.delete(plain_path)
+    mount = totp_mount(region)
+    for key, seed in seeds.items():
+        await backend.put_totp_key(mount, cloudlet_totp_name(org, name, key, physical_name), seed)
+    kept_seeds = [k for k in totp_names if values.get(k) == REDACTED]
+    return redact({**merged, **seeds, **dict.fromkeys(kept_seeds, "")})
 
 
 async def delete_cloudlet_access_vars(
-    backend: SecretsBackend, *, region: str, org: str, name: str, physical_name: str = ""
+    backend: SecretsBackend,
+    *,
+    region: str,
+    org: str,
+    name: str,
+    physical_name: str = "",
+    names: Collection[str] = (),
 ) -> bool:
-    """Remove a cloudlet's access vars and TOTP seeds; returns whether any existed."""
-    removed = await backend.delete(cloudlet_access_vars_path(region, org, name, physical_name))
-    removed_totp = await backend.delete(totp_secrets_path(region, org, name, physical_name))
-    return removed or removed_totp
+    """Remove a cloudlet's access vars, and the TOTP seeds among `names`.
 
+    Args:
+        backend: Where they are.
+        region: Region of the Controller.
+        org: Cloudlet organization.
+        name: Cloudlet name.
+        physical_name: Cloudlet physical name.
+        names: The cloudlet's access var names (its object keeps them, redacted); any of
+            them may be a TOTP seed, and a missing seed is fine.
 
-def _seed_bytes(seed: str, key: str) -> bytes:
-    cleaned = seed.replace(" ", "").upper()
-    try:
-        return base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
-    except (binascii.Error, ValueError):
-        raise InvalidArgument(f"access var {key} must be a base32 TOTP seed") from None
-
-
-def totp_code(seed: str, *, at: float | None = None) -> str:
-    """The RFC 6238 code (HMAC-SHA1, 30 s, 6 digits) of a base32 seed at a time.
-
-    Raises:
-        InvalidArgument: The seed is not base32.
+    Returns:
+        Whether the plain access vars existed.
     """
-    counter = int((time.time() if at is None else at) // TOTP_PERIOD)
-    digest = hmac.new(_seed_bytes(seed, "seed"), struct.pack(">Q", counter), hashlib.sha1)
-    mac = digest.digest()
-    offset = mac[-1] & 0x0F
-    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
-    return str(value % 10**TOTP_DIGITS).zfill(TOTP_DIGITS)
+    removed = await backend.delete(cloudlet_access_vars_path(region, org, name, physical_name))
+    mount = totp_mount(region)
+    for var in names:
+        await backend.delete_totp_key(mount, cloudlet_totp_name(org, name, var, physical_name))
+    return removed
 
 
 async def totp_session_token(
@@ -155,14 +137,15 @@ async def totp_session_token(
     Raises:
         NotFound: The cloudlet has no seed of that name.
     """
-    found = await backend.get(totp_secrets_path(region, org, name, physical_name))
-    seed = None if found is None else found.data.get(secret_name)
-    if seed is None:
+    code = await backend.totp_code(
+        totp_mount(region), cloudlet_totp_name(org, name, secret_name, physical_name)
+    )
+    if code is None:
         raise NotFound(
             f"no TOTP secret {secret_name} for cloudlet {org}/{name}; give it as an access var "
             "the platform flags as a TOTP secret"
         )
-    return totp_code(seed)
+    return code
 
 
 # --- CRM access keys and Kafka credentials -----------------------------------------------------

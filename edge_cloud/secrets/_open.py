@@ -169,6 +169,18 @@ class LazySecretsBackend:
         """See `SecretsBackend.list`."""
         return await (await self._open()).list(folder)
 
+    async def put_totp_key(self, mount: str, name: str, seed: str) -> None:
+        """See `SecretsBackend.put_totp_key`."""
+        await (await self._open()).put_totp_key(mount, name, seed)
+
+    async def totp_code(self, mount: str, name: str) -> str | None:
+        """See `SecretsBackend.totp_code`."""
+        return await (await self._open()).totp_code(mount, name)
+
+    async def delete_totp_key(self, mount: str, name: str) -> None:
+        """See `SecretsBackend.delete_totp_key`."""
+        await (await self._open()).delete_totp_key(mount, name)
+
     async def close(self) -> None:
         """Close the backend if it was ever opened."""
         async with self._lock:

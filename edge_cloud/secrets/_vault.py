@@ -16,6 +16,7 @@ refusal → `CasMismatch`, 403 → `PermissionDenied`, Vault sealed/down or unre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +29,14 @@ import requests
 from edge_cloud.errors import (
     ConfigError,
     EdgeError,
+    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
 )
 from edge_cloud.secrets._backend import CasMismatch, Secret, check_data, check_path
+from edge_cloud.secrets._totp import TOTP_DIGITS, seed_bytes
 
 __all__ = ["VaultAuth", "VaultSecretsBackend"]
 
@@ -244,6 +247,52 @@ class VaultSecretsBackend:
             return sorted(str(k) for k in reply["data"]["keys"])
 
         return await self._run(f"list secrets under {full or '/'}", listing)
+
+    # -- the TOTP engine (the original's `<region>/totp` mount) ------------------------------
+
+    def _no_engine(self, mount: str) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"Vault at {self._addr} has no TOTP engine at {mount}/: enable it with "
+            f"`vault secrets enable -path={mount} totp`"
+        )
+
+    async def put_totp_key(self, mount: str, name: str, seed: str) -> None:
+        """Create (or replace) a TOTP key from a seed; Vault computes the codes."""
+        seed_bytes(seed, f"TOTP key {name}")
+        path = f"{mount.strip('/')}/keys/{name}"
+
+        def write() -> None:
+            try:
+                self._client.write_data(path, data={"key": seed, "digits": TOTP_DIGITS})
+            except hvac.exceptions.InvalidPath:
+                raise self._no_engine(mount) from None
+
+        await self._run(f"write TOTP key {path}", write)
+
+    async def totp_code(self, mount: str, name: str) -> str | None:
+        """Vault's current code for the key; None when the key (or engine) is missing."""
+        path = f"{mount.strip('/')}/code/{name}"
+
+        def read() -> str | None:
+            try:
+                reply = self._client.read(path)
+            except hvac.exceptions.InvalidRequest:
+                return None  # Vault: 400 "unknown key"
+            if not isinstance(reply, dict) or not reply.get("data"):
+                return None
+            return str(reply["data"]["code"])
+
+        return await self._run(f"read TOTP code {path}", read)
+
+    async def delete_totp_key(self, mount: str, name: str) -> None:
+        """Delete the key; nothing to do when it (or the engine) is missing."""
+        path = f"{mount.strip('/')}/keys/{name}"
+
+        def remove() -> None:
+            with contextlib.suppress(hvac.exceptions.InvalidPath):
+                self._client.delete(path)
+
+        await self._run(f"delete TOTP key {path}", remove)
 
     async def health(self) -> bool:
         """Whether Vault is initialised, unsealed and active."""

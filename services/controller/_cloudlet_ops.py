@@ -348,6 +348,7 @@ class CloudletOps(TrackedOps):
                 org=cloudlet.key.organization,
                 name=cloudlet.key.name,
                 physical_name=cloudlet.physical_name,
+                names=list(cloudlet.access_vars),
             )
         except EdgeError as err:
             log.warning("access vars of deleted cloudlet %s stay stored: %s", site(cloudlet), err)
@@ -915,7 +916,7 @@ class CloudletOps(TrackedOps):
                 cur, dict(update.access_vars), features, merge=True
             )
             update.access_vars.clear()
-            update.access_vars.update(redacted)
+            update.access_vars.update({**cur.access_vars, **redacted})
         if fmap.has_or_child(_cloudlet.GPU_CONFIG) and update.gpu_config.license_config:
             raise FailedPrecondition(
                 "Validating a GPU driver license config needs the registry credentials kept in "

@@ -8,6 +8,7 @@ two connections exactly as across two processes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from edgeproto import cloudlet_pb2, cloudletkey_pb2, common_pb2
 
-from edge_cloud.errors import FailedPrecondition, InvalidArgument
+from edge_cloud.errors import FailedPrecondition, InvalidArgument, NotFound
 from edge_cloud.platform import PlatformCaches
 from edge_cloud.secrets import (
     REDACTED,
@@ -30,6 +31,7 @@ from edge_cloud.secrets import (
     load_crm_access_keys,
     load_kafka_creds,
     parse_key,
+    totp_code,
 )
 from edge_cloud.store import EtcdStore
 from services.ccrm._host import PlatformHost
@@ -51,6 +53,7 @@ from tests.support.vault.fixture import VaultServerProcess
 __all__ = ["harness"]
 
 SECRET = "sekrit-api-key-8d1f"
+SEED = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 ACCESS_VARS = "23"
 
 
@@ -77,11 +80,12 @@ async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
     props = {
         "APIKey": cloudlet_pb2.PropertyInfo(name="API key", secret=True, mandatory=True),
         "REGION": cloudlet_pb2.PropertyInfo(name="region"),
+        "MFA": cloudlet_pb2.PropertyInfo(name="MFA seed", totp_secret=True),
     }
     await put_features(ctl, features(access_vars=props))
     org = unique_org()
 
-    cloudlet = new_cloudlet(org, access_vars={"APIKey": SECRET})
+    cloudlet = new_cloudlet(org, access_vars={"APIKey": SECRET, "MFA": SEED})
     _, err = await collect(bare.cloudlets.CreateCloudlet(cloudlet, timeout=30))
     assert isinstance(err, FailedPrecondition)
     assert "secrets backend" in err.message
@@ -90,7 +94,7 @@ async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
         ctl.cloudlets.CreateCloudlet(new_cloudlet(org, access_vars={"NOPE": "x"}), timeout=30)
     )
     assert isinstance(err, InvalidArgument)
-    assert err.message == "Invalid access vars NOPE, valid vars are APIKey, REGION"
+    assert err.message == "Invalid access vars NOPE, valid vars are APIKey, MFA, REGION"
     _, err = await collect(
         ctl.cloudlets.CreateCloudlet(new_cloudlet(org, access_vars={"REGION": "x"}), timeout=30)
     )
@@ -102,9 +106,11 @@ async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
     assert lines[-1] == "Created Cloudlet successfully"
     stored = ctl.cloudlet(cloudlet.key)
     assert stored is not None
-    assert dict(stored.access_vars) == {"APIKey": REDACTED}
-    assert dict(ccrm.requests[-1].access_vars) == {"APIKey": REDACTED}
-    assert not [v for v in await etcd_values(etcd_store) if SECRET.encode() in v]
+    assert dict(stored.access_vars) == {"APIKey": REDACTED, "MFA": REDACTED}
+    assert dict(ccrm.requests[-1].access_vars) == {"APIKey": REDACTED, "MFA": REDACTED}
+    assert not [
+        v for v in await etcd_values(etcd_store) if SECRET.encode() in v or SEED.encode() in v
+    ]
 
     host = PlatformHost(
         CcrmConfig(
@@ -121,6 +127,9 @@ async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
     try:
         access = host.access_for(stored)
         assert await access.get_cloudlet_access_vars() == {"APIKey": SECRET}
+        before = time.time()
+        code = await access.get_session_tokens("MFA")  # the seed itself never comes back
+        assert code in {totp_code(SEED, at=before), totp_code(SEED, at=time.time())}
 
         update = cloudlet_pb2.Cloudlet(key=cloudlet.key, access_vars={"REGION": "eu-west-1"})
         update.fields.append(ACCESS_VARS)
@@ -128,7 +137,11 @@ async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
         assert err is None, err
         stored = ctl.cloudlet(cloudlet.key)
         assert stored is not None
-        assert dict(stored.access_vars) == {"APIKey": REDACTED, "REGION": REDACTED}
+        assert dict(stored.access_vars) == {
+            "APIKey": REDACTED,
+            "MFA": REDACTED,
+            "REGION": REDACTED,
+        }
         assert await access.get_cloudlet_access_vars() == {
             "APIKey": SECRET,
             "REGION": "eu-west-1",
@@ -141,6 +154,8 @@ async def test_access_vars_go_to_the_backend_and_reach_the_ccrm(
         _, err = await collect(ctl.cloudlets.DeleteCloudlet(stored, timeout=30))
         assert err is None, err
         assert await access.get_cloudlet_access_vars() == {}
+        with pytest.raises(NotFound):
+            await access.get_session_tokens("MFA")
         found, _ = await etcd_store.range("secrets/")
         assert found == []
     finally:

@@ -14,6 +14,7 @@ from edge_cloud.secrets import (
     CasMismatch,
     LocalSecretsBackend,
     SecretDecryptError,
+    cloudlet_totp_name,
     delete_cloudlet_access_vars,
     generate_key,
     parse_key,
@@ -117,7 +118,7 @@ async def test_cloudlet_access_vars_save_merge_totp_and_delete(
     merged = await save_cloudlet_access_vars(
         backend, **where, values={"SECRET": "s2", "KEY_ID": REDACTED}, merge=True
     )
-    assert set(merged) == {"KEY_ID", "SECRET", "TOTP"}
+    assert set(merged) == {"KEY_ID", "SECRET"}  # the caller adds the object's other keys
     assert await access.get_cloudlet_access_vars() == {"KEY_ID": "AKIA1", "SECRET": "s2"}
     # a create with a redacted value keeps it; one not given again is dropped
     await save_cloudlet_access_vars(backend, **where, values={"KEY_ID": REDACTED, "NEW": "n"})
@@ -126,9 +127,17 @@ async def test_cloudlet_access_vars_save_merge_totp_and_delete(
         await save_cloudlet_access_vars(
             backend, **where, values={"TOTP": "not base32!"}, totp_names=["TOTP"]
         )
-    assert await delete_cloudlet_access_vars(backend, **where)
+    names = ["KEY_ID", "NEW", "TOTP"]
+    assert await backend.list("EU/totp/keys") == [cloudlet_totp_name("op", "c1", "TOTP", "site1")]
+    assert await delete_cloudlet_access_vars(backend, **where, names=names)
     assert await access.get_cloudlet_access_vars() == {}
-    assert not await delete_cloudlet_access_vars(backend, **where)
+    with pytest.raises(NotFound):
+        await access.get_session_tokens("TOTP")
+    assert not await delete_cloudlet_access_vars(backend, **where, names=names)
+    # the seed sat sealed under the region's TOTP mount, keyed as the original names it
+    name = cloudlet_totp_name("op", "c1", "TOTP", "site1")
+    assert name == "Y2xvdWRsZXQvb3Avc2l0ZTEvVE9UUA=="
+    assert await backend.list("EU/totp/keys") == []
 
 
 async def test_app_secret_vars_and_registry_auth_through_the_access_api(

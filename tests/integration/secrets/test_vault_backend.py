@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import hvac
 import pytest
 
-from edge_cloud.errors import PermissionDenied, Unauthenticated, Unavailable
+from edge_cloud.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from edge_cloud.platform import SecretsAccessApi
 from edge_cloud.secrets import (
     CasMismatch,
     SecretsSettings,
     VaultAuth,
     VaultSecretsBackend,
+    cloudlet_totp_name,
     connect_backend,
+    delete_cloudlet_access_vars,
     save_cloudlet_access_vars,
+    totp_code,
 )
 from tests.support.vault.fixture import VaultServerProcess
 
@@ -154,3 +164,27 @@ async def test_a_sealed_vault_is_unavailable(
     finally:
         admin.sys.submit_unseal_key(vault_server.token)
     assert await backend.get("x") is None
+
+
+async def test_totp_seeds_go_to_the_regions_totp_engine(
+    backend: VaultSecretsBackend, admin: hvac.Client
+) -> None:
+    region = f"R{uuid.uuid4().hex[:6]}"
+    seed = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+    where = {"region": region, "org": "op", "name": "c1"}
+    with pytest.raises(FailedPrecondition, match=f"no TOTP engine at {region}/totp"):
+        await save_cloudlet_access_vars(backend, **where, values={"MFA": seed}, totp_names=["MFA"])
+    admin.sys.enable_secrets_engine("totp", path=f"{region}/totp")
+    await save_cloudlet_access_vars(
+        backend, **where, values={"KEY": "k", "MFA": seed}, totp_names=["MFA"]
+    )
+    name = cloudlet_totp_name("op", "c1", "MFA")
+    assert admin.read(f"{region}/totp/keys/{name}")["data"]["period"] == 30
+    access = SecretsAccessApi(backend, region=region, organization="op", name="c1")
+    before = time.time()
+    code = await access.get_session_tokens("MFA")
+    assert code in {totp_code(seed, at=before), totp_code(seed, at=time.time())}
+    assert await access.get_cloudlet_access_vars() == {"KEY": "k"}
+    await delete_cloudlet_access_vars(backend, **where, names=["KEY", "MFA"])
+    with pytest.raises(NotFound, match="no TOTP secret MFA"):
+        await access.get_session_tokens("MFA")

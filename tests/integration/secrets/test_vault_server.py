@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edge_cloud.secrets import totp_code
 from tests.support.vault.fixture import VaultServerProcess
 
 
@@ -190,3 +192,22 @@ def test_mounts_enable_list_disable(client: hvac.Client, prefix: str) -> None:
         client.secrets.kv.v2.read_secret_version(
             path="s", mount_point=prefix, raise_on_deleted_version=True
         )
+
+
+def test_totp_engine_keys_and_codes(client: hvac.Client, prefix: str) -> None:
+    mount = f"{prefix}/totp"
+    client.sys.enable_secrets_engine("totp", path=mount)
+    seed = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+    name = "Y2xvdWRsZXQvb3AvYzEvVE9UUA=="
+    client.write_data(f"{mount}/keys/{name}", data={"key": seed, "digits": 6})
+    assert client.read(f"{mount}/keys/{name}")["data"]["digits"] == 6
+    assert client.list(f"{mount}/keys")["data"]["keys"] == [name]
+    before = time.time()
+    code = client.read(f"{mount}/code/{name}")["data"]["code"]
+    assert code in {totp_code(seed, at=before), totp_code(seed, at=time.time())}
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="unknown key"):
+        client.read(f"{mount}/code/other")
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="illegal base32"):
+        client.write_data(f"{mount}/keys/bad", data={"key": "not base32!"})
+    client.delete(f"{mount}/keys/{name}")
+    assert client.read(f"{mount}/keys/{name}") is None

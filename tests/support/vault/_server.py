@@ -15,6 +15,9 @@ than Vault:
   (`allowed_domains`, `allow_subdomains`, `allow_bare_domains`, `allow_any_name`,
   `allow_localhost`, `allow_ip_sans`, `ttl`, `max_ttl`), `issue/<role>` returning a real
   certificate and key signed by that CA, `ca/pem` and `cert/ca`.
+- **TOTP** at any mount enabled as `totp` (the original mounts one per region at
+  `<region>/totp`): keys from a given base32 `key` (`digits`, `period`, `algorithm`),
+  read, delete, `LIST`, and `code/<name>` with the current RFC 6238 code.
 - **sys:** `health` (no token; 503 while sealed), `mounts` (list, enable, disable), `seal`
   and `unseal` (the unseal key is `--unseal-key`, default the root token), so callers can
   be tested against a sealed Vault.
@@ -27,13 +30,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import datetime as dt
+import hmac
 import ipaddress
 import json
 import re
 import secrets
 import signal
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -224,6 +231,25 @@ class PkiMount:
 
 
 @dataclass
+class TotpMount:
+    """A TOTP engine: keys by name (raw secret, digits, period, hash)."""
+
+    keys: dict[str, Json] = field(default_factory=dict)
+
+    @staticmethod
+    def code(key: Json, at: float) -> str:
+        """RFC 6238: HMAC over the time step, dynamic truncation."""
+        counter = struct.pack(">Q", int(at // key["period"]))
+        mac = hmac.new(key["secret"], counter, key["algorithm"]).digest()
+        offset = mac[-1] & 0x0F
+        value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+        return str(value % 10 ** key["digits"]).zfill(key["digits"])
+
+
+Engine = KvMount | PkiMount | TotpMount
+
+
+@dataclass
 class VaultState:
     """Everything the server knows."""
 
@@ -232,7 +258,7 @@ class VaultState:
     sealed: bool = False
     tokens: dict[str, Token] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
-    mounts: dict[str, KvMount | PkiMount] = field(default_factory=dict)
+    mounts: dict[str, Engine] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tokens[self.root_token] = Token(self.root_token, ["root"], "auth/token/root")
@@ -303,7 +329,7 @@ class VaultServer:
             return _json({"errors": err.errors}, status=err.status)
 
     def _method(self, request: web.Request) -> str:
-        if request.method == "GET" and request.query.get("list") in ("true", "1"):
+        if request.method == "GET" and request.query.get("list", "").lower() in ("true", "1"):
             return "LIST"
         return "POST" if request.method == "PUT" else request.method
 
@@ -343,6 +369,8 @@ class VaultServer:
         engine = self.state.mounts[mount]
         if isinstance(engine, KvMount):
             return await self._kv(request, method, engine, rest)
+        if isinstance(engine, TotpMount):
+            return await self._totp(request, method, engine, rest)
         return await self._pki(request, method, engine, rest)
 
     @staticmethod
@@ -418,9 +446,11 @@ class VaultServer:
         raise VaultHTTPError(405, "unsupported operation")
 
     @staticmethod
-    def _mount_info(engine: KvMount | PkiMount) -> Json:
+    def _mount_info(engine: Engine) -> Json:
         if isinstance(engine, KvMount):
             return {"type": "kv", "options": {"version": "2"}, "description": ""}
+        if isinstance(engine, TotpMount):
+            return {"type": "totp", "options": None, "description": ""}
         return {"type": "pki", "options": None, "description": ""}
 
     async def _enable(self, request: web.Request, name: str) -> web.Response:
@@ -435,6 +465,8 @@ class VaultServer:
             self.state.mounts[name] = KvMount()
         elif kind == "pki":
             self.state.mounts[name] = PkiMount.generate(name)
+        elif kind == "totp":
+            self.state.mounts[name] = TotpMount()
         else:
             raise VaultHTTPError(400, f"plugin not found in the catalog: {kind or '(none)'}")
         return _no_content()
@@ -727,6 +759,66 @@ class VaultServer:
         if not keys:
             raise VaultHTTPError(404)
         return _reply({"keys": sorted(keys)})
+
+    # -- TOTP ------------------------------------------------------------------------------------
+
+    async def _totp(
+        self, request: web.Request, method: str, mount: TotpMount, rest: str
+    ) -> web.Response:
+        op, _, name = rest.partition("/")
+        if op == "keys" and not name and method == "LIST":
+            if not mount.keys:
+                raise VaultHTTPError(404)
+            return _reply({"keys": sorted(mount.keys)})
+        if not name:
+            raise VaultHTTPError(405, "unsupported operation")
+        if op == "keys" and method == "POST":
+            mount.keys[name] = self._totp_key(await _body(request))
+            return _no_content()
+        if op == "keys" and method == "GET":
+            key = mount.keys.get(name)
+            if key is None:
+                raise VaultHTTPError(404)
+            return _reply(
+                {
+                    "account_name": "",
+                    "algorithm": key["algorithm"].upper(),
+                    "digits": key["digits"],
+                    "issuer": "",
+                    "period": key["period"],
+                }
+            )
+        if op == "keys" and method == "DELETE":
+            mount.keys.pop(name, None)
+            return _no_content()
+        if op == "code" and method == "GET":
+            key = mount.keys.get(name)
+            if key is None:
+                raise VaultHTTPError(400, f"unknown key: {name}")
+            return _reply({"code": TotpMount.code(key, time.time())})
+        raise VaultHTTPError(405, "unsupported operation")
+
+    @staticmethod
+    def _totp_key(body: Json) -> Json:
+        if _bool(body.get("generate"), False):
+            raise VaultHTTPError(400, "this test server does not generate TOTP keys")
+        text = str(body.get("key", "")).replace(" ", "").upper().rstrip("=")
+        if not text:
+            raise VaultHTTPError(400, "the key value is required")
+        try:
+            secret = base64.b32decode(text + "=" * (-len(text) % 8))
+        except (binascii.Error, ValueError):
+            raise VaultHTTPError(400, "invalid key value: illegal base32 data") from None
+        digits = int(body.get("digits", 6))
+        if digits not in (6, 8):
+            raise VaultHTTPError(400, "the digits value can only be 6 or 8")
+        algorithm = str(body.get("algorithm", "SHA1")).lower()
+        if algorithm not in ("sha1", "sha256", "sha512"):
+            raise VaultHTTPError(400, "unknown algorithm")
+        period = _seconds(body.get("period"), 30)
+        if period <= 0:
+            raise VaultHTTPError(400, "the period value must be greater than zero")
+        return {"secret": secret, "digits": digits, "algorithm": algorithm, "period": period}
 
     # -- PKI ---------------------------------------------------------------------------------------
 
