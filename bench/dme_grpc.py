@@ -13,12 +13,16 @@ else registered): the framework's own ceiling on this machine. With N calls in f
 Little's law bounds the mean latency from below by N / RPS, so a p99 goal is out of reach
 for any handler when N / (bare no-op RPS) is above it; the last line says so.
 
+`--canned` adds rounds against a third server like the first whose FindCloudlet returns a
+reply computed once: what any FindCloudlet costs in gRPC, interceptor and message handling
+alone, so the DME's own share of a call is the difference to the real one.
+
 `--workers N` (N > 1) starts N server processes sharing the port (SO_REUSEPORT; the kernel
 spreads connections) and spreads the calls over 4 x N client channels; nothing is pinned
 then, since the workers and the load share the machine's CPUs.
 
 Usage: python bench/dme_grpc.py [--calls 20000] [--rounds 2] [--in-flight 64] [--seconds 30]
-       [--workers 1]
+       [--workers 1] [--canned]
 
 The issue's goal: FindCloudlet >= 70% of the no-op's RPS and p99 <= 20 ms.
 """
@@ -33,6 +37,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -56,8 +61,8 @@ from services.dme._edgeevents import EdgeEvents
 from services.dme._operators import StandaloneOperator
 from services.dme._ranking import MatchEngine, SpatialIndex
 from services.dme._ratelimit import RateLimitManager, default_flow_settings
-from services.dme._world import World
-from services.dme.api.match_engine import add_dme_services
+from services.dme._world import AppKey, World
+from services.dme.api.match_engine import DmeServicer, add_dme_services
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = app_pb2.AppKey(organization="devorg", name="bench-app", version="1.0")
@@ -139,13 +144,26 @@ async def serve(port: int, reuse_port: bool) -> None:
     bare = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     add_noop(bare)
     bare_port = bare.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await bare.start()
-    sys.stdout.write(f"{port} {bare_port}\n")
+    canned_reply = calls.find(
+        AppKey(APP.organization, APP.name, APP.version), "", loc_pb2.Loc(latitude=40, longitude=-90)
+    )
+
+    class Canned(DmeServicer):
+        async def FindCloudlet(self, request: Any, context: Any) -> Any:
+            return canned_reply
+
+    canned = new_server("dme")
+    match_engine_api_pb2_grpc.add_MatchEngineApiServicer_to_server(
+        Canned("MatchEngineApi", calls, EdgeEvents(calls)), canned
+    )
+    canned_port = bind(canned, "127.0.0.1:0")
+    for s in (server, bare, canned):
+        await s.start()
+    sys.stdout.write(f"{port} {bare_port} {canned_port}\n")
     sys.stdout.flush()
     await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
-    await bare.stop(None)
-    await server.stop(None)
+    for s in (canned, bare, server):
+        await s.stop(None)
 
 
 async def run_round(
@@ -199,7 +217,9 @@ async def run_round(
     return len(latencies) / elapsed, latencies, errors
 
 
-async def start_worker(port: int, reuse_port: bool) -> tuple[asyncio.subprocess.Process, int, int]:
+async def start_worker(
+    port: int, reuse_port: bool
+) -> tuple[asyncio.subprocess.Process, int, int, int]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         str(Path(__file__)),
@@ -213,8 +233,8 @@ async def start_worker(port: int, reuse_port: bool) -> tuple[asyncio.subprocess.
     )
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), 60)
-    port, bare_port = map(int, line.split())
-    return child, port, bare_port
+    port, bare_port, canned_port = map(int, line.split())
+    return child, port, bare_port, canned_port
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -222,7 +242,7 @@ async def main(args: argparse.Namespace) -> None:
     plan = None if multi else plan_cpus()
     children: list[asyncio.subprocess.Process] = []
     try:
-        child, port, bare_port = await start_worker(0, multi)
+        child, port, bare_port, canned_port = await start_worker(0, multi)
         children.append(child)
         for _ in range(args.workers - 1):
             children.append((await start_worker(port, True))[0])
@@ -242,8 +262,11 @@ async def main(args: argparse.Namespace) -> None:
             for _ in range(4 * args.workers if multi else 1)
         ]
         bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}")
+        canned_channel = grpc.aio.insecure_channel(f"127.0.0.1:{canned_port}")
+        kinds = ("noop", "find", "bare", *(("canned",) if args.canned else ()))
+        targets = {"bare": [bare_channel], "canned": [canned_channel]}
         async with contextlib.AsyncExitStack() as stack:
-            for ch in (*channels, bare_channel):
+            for ch in (*channels, bare_channel, canned_channel):
                 await stack.enter_async_context(ch)
             channel = channels[0]
             reg = await session_pb2_grpc.SessionStub(channel).RegisterClient(
@@ -255,17 +278,14 @@ async def main(args: argparse.Namespace) -> None:
             # warm-up
             await run_round(channels, "noop", reg.session_cookie, 2000, args.in_flight, 10)
             await run_round(channels, "find", reg.session_cookie, 2000, args.in_flight, 10)
-            await run_round([bare_channel], "bare", "", 2000, args.in_flight, 10)
-            results: dict[str, list[tuple[float, list[int], int]]] = {
-                "noop": [],
-                "find": [],
-                "bare": [],
-            }
+            for kind in kinds[2:]:
+                await run_round(targets[kind], kind, reg.session_cookie, 2000, args.in_flight, 10)
+            results: dict[str, list[tuple[float, list[int], int]]] = {k: [] for k in kinds}
             for _ in range(args.rounds):
-                for kind in ("noop", "find", "bare"):
+                for kind in kinds:
                     results[kind].append(
                         await run_round(
-                            [bare_channel] if kind == "bare" else channels,
+                            targets.get(kind, channels),
                             kind,
                             reg.session_cookie,
                             args.calls,
@@ -277,6 +297,7 @@ async def main(args: argparse.Namespace) -> None:
             "noop": "noop unary",
             "find": "FindCloudlet",
             "bare": "noop on a bare grpc.aio server (worker 1 only)",
+            "canned": "FindCloudlet returning a reply computed once (worker 1 only)",
         }
         figures = {}
         for kind, rounds in results.items():
@@ -293,6 +314,12 @@ async def main(args: argparse.Namespace) -> None:
             f"FindCloudlet/noop rps: {ratio(find_rps, noop_rps)} (goal >= 0.70x), "
             f"p99 {find_lat.p99:.3f}ms (goal <= 20ms): {'met' if ok else 'NOT met'}"
         )
+        if args.canned:
+            canned_rps, _ = figures["canned"]
+            print(
+                f"canned FindCloudlet/noop rps: {ratio(canned_rps, noop_rps)}: the most any "
+                "FindCloudlet could reach here"
+            )
         floor_ms = args.in_flight / max(bare_rps, noop_rps) * 1000
         print(
             f"Little's law: {args.in_flight} in flight at the best no-op rate "
@@ -319,6 +346,9 @@ def cli() -> int:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=1, help="server processes (SO_REUSEPORT)")
+    parser.add_argument(
+        "--canned", action="store_true", help="also time a FindCloudlet with a fixed reply"
+    )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
