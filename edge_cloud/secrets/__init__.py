@@ -1,14 +1,17 @@
 """Secrets: Vault (hvac, KV v2) or a local backend in etcd sealed with AES-GCM.
 
 Secrets never sit in etcd in plaintext and never reach a log (controller.md §2.3): objects
-keep `REDACTED` in their place, and the values live behind `SecretsBackend`:
+keep `REDACTED` (`***`) in their place, and the values live behind `SecretsBackend`:
 
-- `VaultSecretsBackend` when `VAULT_ADDR` is set (production; shares the original's layout,
-  `paths`),
+- `VaultSecretsBackend` when `VAULT_ADDR` is set (production): the original's layout
+  (`_paths`), so a Vault can be shared with the original's daemons;
 - `LocalSecretsBackend` otherwise (`make run`, tests): etcd values sealed with a key from
-  the configuration.
+  the configuration (`edge local up` generates one in the run dir).
 
-`open_backend` applies that rule for every daemon.
+`open_backend`/`connect_backend` apply that rule for every daemon. On top of the backend:
+cloudlet access vars (`save_cloudlet_access_vars`, TOTP seeds into a TOTP engine that only
+hands out codes), CRM access key pairs, Kafka credentials; the Controller writes them and
+the CCRM reads them through `edge_cloud.platform.SecretsAccessApi`.
 """
 
 from __future__ import annotations

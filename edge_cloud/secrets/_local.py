@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import secrets as pysecrets
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ __all__ = [
     "load_key",
     "parse_key",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX: Final = "secrets/"
 DEFAULT_MAX_VERSIONS: Final = 10
@@ -101,8 +104,12 @@ def load_key(path: Path, *, create: bool = False) -> bytes:
                 f.write(generate_key() + "\n")
     try:
         text = path.read_text()
+        mode = path.stat().st_mode
     except OSError as err:
         raise ConfigError(f"cannot read the secrets key file {path}: {err.strerror}") from None
+    if mode & 0o077:
+        # not refused: mounted secrets (Kubernetes, compose) are often group- or world-readable
+        log.warning("the secrets key file %s is readable by others (mode %o)", path, mode & 0o777)
     try:
         return parse_key(text)
     except ConfigError as err:

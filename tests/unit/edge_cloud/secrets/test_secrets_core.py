@@ -70,13 +70,20 @@ def test_key_text_round_trips_and_bad_keys_are_refused_without_echo() -> None:
         parse_key("!!!not base64!!!")
 
 
-def test_key_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+def test_key_file_is_created_once_with_mode_0600(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "run" / "secrets.key"
     with pytest.raises(ConfigError, match="cannot read the secrets key file"):
         load_key(path)
     first = load_key(path, create=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_key(path, create=True) == first  # kept, not regenerated
+    assert "readable by others" not in caplog.text
+    path.chmod(0o644)
+    assert load_key(path) == first
+    assert "readable by others (mode 644)" in caplog.text
+    assert path.read_text().strip() not in caplog.text
     path.write_text("garbage")
     with pytest.raises(ConfigError, match=str(path)):
         load_key(path)
