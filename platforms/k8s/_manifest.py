@@ -359,12 +359,24 @@ async def wait_ready(
     namespace: str,
     manifest: str,
     timeout: float,  # noqa: ASYNC109 - the deadline is reported, not a cancellation
+    *,
+    on_wait: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Wait until the manifest's workloads are rolled out and its LoadBalancers have addresses.
 
     Deployments: observed the latest generation, all replicas updated and available;
     StatefulSets: all replicas ready and updated; DaemonSets: a ready, updated pod on every
-    node they target; Services of type LoadBalancer: an ingress IP or hostname.
+    node they target; Pods: Running and Ready; Services of type LoadBalancer: an ingress IP
+    or hostname.
+
+    Args:
+        client: An entered `KubeClient`.
+        namespace: Where objects without their own `metadata.namespace` live.
+        manifest: Multi-document YAML, as applied.
+        timeout: Seconds to wait in all.
+        on_wait: Awaited with a one-line summary (`Deployment "web" in namespace "ns": 1/2
+            replicas available, 2 updated`) each time what is being waited for changes, so
+            a platform can report progress as the original reports pod phases.
 
     Raises:
         DeadlineExceeded: After `timeout` seconds, naming each object still not ready, why,
@@ -373,6 +385,7 @@ async def wait_ready(
     objects = parse_manifest(manifest, namespace)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    reported = ""
     while True:
         waiting: list[tuple[KubeObject, str]] = []
         for obj in objects:
@@ -381,6 +394,10 @@ async def wait_ready(
                 waiting.append((obj, why))
         if not waiting:
             return
+        summary = "; ".join(f"{obj.describe()}: {why}" for obj, why in waiting)
+        if on_wait is not None and summary != reported:
+            reported = summary
+            await on_wait(summary)
         if loop.time() >= deadline:
             parts = []
             for obj, why in waiting:

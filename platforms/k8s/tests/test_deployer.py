@@ -205,8 +205,16 @@ async def test_wait_ready_sees_a_slow_rollout_through(k8s_api_server_factory: Fa
         await apply_manifest(kube, "default", manifest)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await wait_ready(kube, "default", manifest, timeout=30)
+        seen: list[str] = []
+
+        async def report(summary: str) -> None:
+            seen.append(summary)
+
+        await wait_ready(kube, "default", manifest, timeout=30, on_wait=report)
         assert loop.time() - started >= 0.3
+        assert seen, "a slow rollout reports what it waits for"
+        assert 'Deployment "hello10-deployment" in namespace "default"' in seen[0]
+        assert len(seen) == len(set(seen))  # only changes are reported
         sts = await kube.apps.read_namespaced_stateful_set("db", "default")
         assert sts.status.ready_replicas == 2
 
