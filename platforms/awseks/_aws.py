@@ -13,6 +13,7 @@ session, error and flavor handling (see README.md, "What could be shared").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -198,8 +199,16 @@ class AwsSession:
 
     async def run(self, what: str, fn: Callable[[], T]) -> T:
         """Run any blocking boto3 work (a waiter, a paginator) in a thread, errors translated."""
+        call = asyncio.ensure_future(asyncio.to_thread(fn))
         try:
-            return await asyncio.to_thread(fn)
+            try:
+                return await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # The call runs on in its thread whatever we do; let it land, so that the
+                # caller's cleanup finds (and removes) what it made instead of racing it.
+                with contextlib.suppress(Exception):
+                    await call
+                raise
         except botocore.exceptions.ClientError as err:
             raise self.translate(what, err) from err
         except botocore.exceptions.WaiterError as err:

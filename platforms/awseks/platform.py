@@ -37,6 +37,7 @@ from edge_cloud.objects import keys
 from edge_cloud.platform import (
     DEFAULT_NODE_POOL,
     AccessApi,
+    Deployment,
     NodeType,
     Platform,
     PlatformConfig,
@@ -563,7 +564,13 @@ class AwsEksPlatform(Platform):
             FailedPrecondition: A Helm App (no chart repository access here).
             InvalidArgument: No manifest, or one that does not parse.
         """
-        self.check_deployment(app)
+        if self.check_deployment(app) is Deployment.HELM:
+            # TODO(#9, helm): install charts once the CCRM can fetch and render them.
+            raise self._unsupported(
+                f"cannot deploy helm apps yet (App {keys.key_string(app.key)}): installing "
+                "charts needs the helm client and access to the chart repository; deploy a "
+                "Kubernetes manifest instead"
+            )
         check_kubernetes_app(app)
         secrets: dict[str, str] = {}
         if app.secret_env_vars:

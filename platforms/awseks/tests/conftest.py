@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from edge_cloud.localservers import ServerProcess
-from platforms.awseks.tests.support import start_iam_moto
+from platforms.awseks.tests.support import shared_iam_moto
 from tests.support import servers
 from tests.support.k8sapi import fixture as k8s_fixture
 
@@ -21,10 +19,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def eks_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def eks_moto(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     """moto in server mode with AWS's managed IAM policies, for the whole run."""
-    server = start_iam_moto(tmp_path_factory.mktemp("eks_moto"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    return shared_iam_moto(tmp_path_factory.mktemp("eks_moto"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import hmac
@@ -12,7 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,26 +161,47 @@ def start_iam_moto(root: Path) -> ServerProcess:
 
 
 def api_token_checker(
-    sts_endpoint: str, cluster: str, secrets: Mapping[str, str]
+    sts_endpoint: str, cluster: str | Collection[str], secrets: Mapping[str, str]
 ) -> Callable[[str], bool]:
-    """The test Kubernetes API server's authenticator for one EKS cluster.
+    """The test Kubernetes API server's authenticator for EKS clusters.
 
     The token must be well formed for the API server (`eks_token_problem`, with the STS
-    emulator's address allowed) and carry a valid signature for this cluster
+    emulator's address allowed) and carry a valid signature for the cluster (or one of the
+    clusters, a collection the caller may keep adding to) that this server stands for
     (`check_token`), as STS would confirm.
     """
     host = urllib.parse.urlsplit(sts_endpoint).netloc
+    names = [cluster] if isinstance(cluster, str) else cluster
 
     def check(token: str) -> bool:
         if eks_token_problem(token, extra_hosts=[host]) is not None:
             return False
-        try:
-            check_token(token, cluster, secrets)
-        except ValueError:
-            return False
-        return True
+        for name in list(names):
+            try:
+                check_token(token, name, secrets)
+            except ValueError:
+                continue
+            return True
+        return False
 
     return check
+
+
+_shared: list[ServerProcess] = []
+
+
+def shared_iam_moto(root: Path) -> ServerProcess:
+    """One `start_iam_moto` server per test process, stopped (by its PID) at exit.
+
+    The awseks tests and the conformance suite's awseks emulator share it: moto's first EC2
+    call in a region loads its catalogue for seconds, which one server pays once.
+    """
+    if _shared and _shared[0].alive():
+        return _shared[0]
+    server = start_iam_moto(root)
+    _shared[:] = [server]
+    atexit.register(server.stop)
+    return server
 
 
 def moto_url(server: ServerProcess) -> str:

@@ -12,7 +12,6 @@ import pytest
 from edgeproto import app_pb2, appinst_pb2
 
 from edge_cloud.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotSupportedByPlatform,
     Unauthenticated,
@@ -152,7 +151,7 @@ async def test_unsupported_deployments_are_refused_by_name(eks: Eks) -> None:
     for deployment in ("docker", "vm"):
         with pytest.raises(NotSupportedByPlatform, match=f"Kubernetes apps only, not {deployment}"):
             await platform.create_app_inst(eks.cluster, app(deployment), inst(), None, progress)
-    with pytest.raises(FailedPrecondition, match=r"is a Helm chart.*needs the helm client"):
+    with pytest.raises(NotSupportedByPlatform, match=r"helm apps yet.*needs the helm client"):
         await platform.create_app_inst(eks.cluster, app("helm"), inst(), None, progress)
     with pytest.raises(InvalidArgument, match="has no Kubernetes manifest"):
         await platform.create_app_inst(eks.cluster, app(manifest=""), inst(), None, progress)
