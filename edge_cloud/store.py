@@ -14,8 +14,9 @@ Why it looks like this:
   watch at once. We call the stubs it ships directly, each with its own deadline.
 - **Writes are guarded.** `update()` reads with revisions, lets a pure function compute the
   writes, and commits them in one transaction that compares the mod revision of everything
-  read; on a lost race it retries a bounded number of times, then raises `Aborted`
-  (architecture.md §8). No write path reads, thinks, then blindly overwrites.
+  read; on a lost race it retries with jittered backoff, at least a set number of times and
+  as long as a time budget allows, then raises `Aborted` (architecture.md §8). No write
+  path reads, thinks, then blindly overwrites.
 - **A watch never ends by itself.** When the connection drops (an etcd restart, a network
   blip) it reopens from the last delivered revision + 1 with backoff, so nothing is lost or
   repeated. When the revision it needs was compacted away, nothing can replay the missed

@@ -5,6 +5,13 @@ its unique id, DNS label, `AppInstRefs.insts`, `ClusterRefs.apps`, `CloudletRefs
 root-LB ports, VM apps) and a cluster reservation in one guarded transaction; the worker
 (CCRM or CRM on the edge) then deploys it. See `_inst_common` for what both instance types
 share.
+
+Bursts of creates on one cluster (issue 6) stay fast and race-free: the commit guards the
+refs records (ClusterRefs, CloudletRefs, AppInstRefs) and reads the other instances of the
+cluster from the caches without guarding them (their resources, namespace, App and ports
+change only together with the ClusterRefs, see `update`); creates of this Controller on
+one cloudlet or App take turns on those records, starting from the caches, so they do not
+fail each other's commits; another Controller's are caught by the compares and retried.
 """
 
 from __future__ import annotations
