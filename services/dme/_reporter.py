@@ -124,9 +124,10 @@ class Reporter:
         for name, period in periods.items():
             due = self._due.get(name)
             fresh = due is None or due - now > period  # first tick, or the period got shorter
-            if fresh or now >= due:  # type: ignore[operator]  # due is set unless fresh
-                self._due[name] = _next_multiple(now, period) if name in _ALIGNED else now + period
-            if fresh or now < due:  # type: ignore[operator]
+            if not fresh and due is not None and now < due:
+                continue
+            self._due[name] = _next_multiple(now, period) if name in _ALIGNED else now + period
+            if fresh:
                 continue
             if name == "dme_api":
                 self.report_api()
