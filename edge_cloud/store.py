@@ -678,25 +678,32 @@ class EtcdStore:
         lease_id: int = resp.ID
         return lease_id
 
-    async def refresh(self, lease_id: int) -> int:
+    async def refresh(self, lease_id: int, *, timeout: float | None = None) -> int:  # noqa: ASYNC109 - a per-call deadline
         """Renew a lease once.
 
         Args:
             lease_id: The lease.
+            timeout: Deadline of this call; default the store's.
 
         Returns:
             The TTL it was renewed to.
 
         Raises:
             NotFound: The lease has expired or was revoked (its keys are gone).
+            DeadlineExceeded: etcd did not answer in time.
         """
         what = f"lease {lease_id:x}"
+        deadline = self._timeout if timeout is None else timeout
         call = self._lease.LeaseKeepAlive(
-            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout
+            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=deadline
         )
         try:
             reply = await call.read()
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(
+                    f"etcd at {self._endpoint} did not refresh {what} within {deadline:g}s"
+                ) from err
             raise self._error(err, "refresh", what) from err
         finally:
             call.cancel()
@@ -709,8 +716,10 @@ class EtcdStore:
         """Keep a lease alive until cancelled; meant to run as a task beside its owner.
 
         Transient failures are retried sooner than the normal interval, since the lease keeps
-        counting down on the server meanwhile. If it expires anyway, this raises instead of
-        pretending: the keys tied to it are gone and the owner must re-create them.
+        counting down on the server meanwhile; for the same reason one refresh may take at
+        most a third of the TTL (the store's usual deadline can be as long as the whole TTL,
+        and a refresh stuck that long loses the lease). If it expires anyway, this raises
+        instead of pretending: the keys tied to it are gone and the owner must re-create them.
 
         Args:
             lease_id: The lease.
@@ -721,9 +730,10 @@ class EtcdStore:
             NotFound: The lease expired or was revoked.
         """
         period = interval if interval is not None else max(ttl / 3, 0.1)
+        deadline = min(self._timeout, max(ttl / 3, 0.5))
         while True:
             try:
-                await self.refresh(lease_id)
+                await self.refresh(lease_id, timeout=deadline)
             except (Unavailable, DeadlineExceeded) as err:
                 log.warning("could not refresh etcd lease %x, retrying: %s", lease_id, err)
                 await asyncio.sleep(min(period, 0.5))
