@@ -20,6 +20,7 @@ from platforms.k8s._app import (
     APPINST_ORG_LABEL,
     CONFIG_LABEL,
     MEX_DEPLOYMENT_LABEL,
+    DeploymentVars,
     app_inst_manifest,
     app_inst_namespace,
     check_kubernetes_app,
@@ -28,6 +29,7 @@ from platforms.k8s._app import (
     k8s_sanitize,
     label_value_sanitize,
     namespace_sanitize,
+    replace_deployment_vars,
 )
 from platforms.k8s._client import KubeClient, api_error, kube_errors
 from platforms.k8s._cluster import (
@@ -56,6 +58,7 @@ __all__ = [
     "CONFIG_LABEL",
     "DEFAULT_NAMESPACE",
     "MEX_DEPLOYMENT_LABEL",
+    "DeploymentVars",
     "KubeClient",
     "KubeObject",
     "NodeInfo",
@@ -79,6 +82,7 @@ __all__ = [
     "parse_manifest",
     "parse_quantity",
     "pull_secret_name",
+    "replace_deployment_vars",
     "service_external_ips",
     "wait_ready",
 ]

@@ -10,7 +10,9 @@ repositories, which a CCRM deploying in process does not have: that is an explic
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import yaml
@@ -24,6 +26,7 @@ __all__ = [
     "APPINST_ORG_LABEL",
     "CONFIG_LABEL",
     "MEX_DEPLOYMENT_LABEL",
+    "DeploymentVars",
     "app_inst_manifest",
     "app_inst_namespace",
     "check_kubernetes_app",
@@ -32,6 +35,7 @@ __all__ = [
     "k8s_sanitize",
     "label_value_sanitize",
     "namespace_sanitize",
+    "replace_deployment_vars",
 ]
 
 MEX_DEPLOYMENT_LABEL: Final = "mex-app"
@@ -81,6 +85,68 @@ def label_value_sanitize(value: str) -> str:
         if alnum or ch in "-_.":
             out += ch
     return out.rstrip("._-")
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentVars:
+    """What a manifest may reference as `[[ .Deployment.<Field> ]]`.
+
+    The original's `CrmReplaceVars`; the attribute names are the template's field names,
+    which App authors write, hence the CamelCase.
+    """
+
+    ClusterIp: str = ""
+    ClusterIPV6: str = ""
+    CloudletName: str = ""
+    ClusterName: str = ""
+    CloudletOrg: str = ""
+    AppOrg: str = ""
+    DnsZone: str = ""
+
+
+def replace_deployment_vars(manifest: str, delimiters: str, variables: DeploymentVars) -> str:
+    """Substitute `[[ .Deployment.Field ]]` references (the original's `ReplaceDeploymentVars`).
+
+    The original runs Go's text/template; manifests use it for field references only, which
+    is what this supports, with Go's `-` whitespace trimming. Anything else in an action is
+    refused rather than passed through half-understood.
+
+    Args:
+        manifest: The manifest text.
+        delimiters: `App.template_delimiter`, "<start> <end>" (default "[[ ]]").
+        variables: The values.
+
+    Raises:
+        InvalidArgument: Bad delimiters, an unknown field, or a template action other than a
+            field reference.
+    """
+    parts = (delimiters or "[[ ]]").split(" ")
+    if len(parts) != 2:
+        raise InvalidArgument(
+            f"invalid app template delimiter {delimiters}, valid format '<START-DELIM> <END-DELIM>'"
+        )
+    start, end = (re.escape(p) for p in parts)
+    action = re.compile(rf"(\s*){start}(-\s)?\s*(.*?)\s*(\s-)?{end}(\s*)", re.DOTALL)
+    values = asdict(variables)
+
+    def substitute(m: re.Match[str]) -> str:
+        expr = m.group(3)
+        ref = re.fullmatch(r"\.Deployment\.([A-Za-z0-9_]+)", expr)
+        if ref is None:
+            raise InvalidArgument(
+                f"unsupported template action {expr!r} in the manifest: only "
+                "`.Deployment.<Field>` references are substituted; try changing "
+                "templatedelimiter in app definition"
+            )
+        if ref.group(1) not in values:
+            raise InvalidArgument(
+                f"template: can't evaluate field {ref.group(1)} in type deployvars.CrmReplaceVars"
+            )
+        before = "" if m.group(2) else m.group(1)
+        after = "" if m.group(4) else m.group(5)
+        return f"{before}{values[ref.group(1)]}{after}"
+
+    return action.sub(substitute, manifest)
 
 
 def check_kubernetes_app(app: app_pb2.App) -> Deployment:
@@ -166,6 +232,7 @@ def app_inst_manifest(
     *,
     secret_vars: Mapping[str, str] | None = None,
     image_pull_secrets: Sequence[str] = (),
+    deployment_vars: DeploymentVars | None = None,
 ) -> str:
     """The App's manifest as deployed for one AppInst (the original's `MergeEnvVars`).
 
@@ -181,12 +248,18 @@ def app_inst_manifest(
         secret_vars: The App's secret environment (from the access API), one per name in
             `app.secret_env_vars`.
         image_pull_secrets: Names of docker-registry Secrets in the namespace.
+        deployment_vars: When given, `[[ .Deployment.Field ]]` references in the manifest
+            are replaced first (`replace_deployment_vars`, with `app.template_delimiter`).
 
     Raises:
-        InvalidArgument: The manifest does not parse, or secret variables are missing.
+        InvalidArgument: The manifest does not parse, a template reference is bad, or secret
+            variables are missing.
     """
+    text = app.deployment_manifest
+    if deployment_vars is not None:
+        text = replace_deployment_vars(text, app.template_delimiter, deployment_vars)
     try:
-        objects = [d for d in yaml.safe_load_all(app.deployment_manifest) if d is not None]
+        objects = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         raise InvalidArgument(f"invalid kubernetes deployment yaml, {err}") from None
     if not all(isinstance(o, dict) for o in objects):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
@@ -24,6 +25,7 @@ from edge_cloud.errors import (
 from platforms.k8s import (
     CONFIG_LABEL,
     MEX_DEPLOYMENT_LABEL,
+    DeploymentVars,
     KubeClient,
     app_inst_manifest,
     app_inst_namespace,
@@ -36,6 +38,7 @@ from platforms.k8s import (
     list_nodes,
     parse_quantity,
     pull_secret_name,
+    replace_deployment_vars,
     service_external_ips,
     wait_ready,
 )
@@ -509,3 +512,22 @@ async def test_concurrent_applies_retry_lost_races(
     # Applies that read the same version lose the replace race (409 Conflict) and retry, so
     # there are usually more PUTs than applies; what must hold is that none of them failed.
     assert len(puts) >= 3
+
+
+def test_deployment_vars_are_substituted() -> None:
+    variables = DeploymentVars(ClusterIp="10.1.2.3", CloudletName="paris", DnsZone="edge.net")
+    text = "a: [[ .Deployment.ClusterIp ]]\nb: x-[[- .Deployment.CloudletName -]]  .y\n"
+    assert replace_deployment_vars(text, "", variables) == "a: 10.1.2.3\nb: x-paris.y\n"
+    assert replace_deployment_vars("z: {{.Deployment.DnsZone}}", "{{ }}", variables) == (
+        "z: edge.net"
+    )
+    with pytest.raises(InvalidArgument, match="can't evaluate field Nope"):
+        replace_deployment_vars("[[ .Deployment.Nope ]]", "", variables)
+    with pytest.raises(InvalidArgument, match=re.escape("only `.Deployment.<Field>` references")):
+        replace_deployment_vars("[[ range .x ]]", "", variables)
+    with pytest.raises(InvalidArgument, match="invalid app template delimiter"):
+        replace_deployment_vars("", "<<>>", variables)
+    app = make_app(template_delimiter="<< >>")
+    app.deployment_manifest = BASIC.replace("hello10-tcp", "hello-<< .Deployment.CloudletName >>")
+    merged = app_inst_manifest(app, make_inst(), deployment_vars=variables)
+    assert "name: hello-paris" in merged
