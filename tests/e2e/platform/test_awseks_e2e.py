@@ -3,8 +3,9 @@ the EKS plugin against moto (AWS) and the Kubernetes API test server (the cluste
 
 moto makes EKS clusters but no Kubernetes API, so the cloudlet points
 `EKS_API_ENDPOINT_OVERRIDE` / `EKS_API_CA_DATA` at the test server, as an operator points
-them at a tunnel; the server checks the plugin's real `k8s-aws-v1` tokens. The CCRM gets the
-AWS keys from its environment (the plugin's fallback when the cloudlet has no access vars).
+them at a tunnel; the server checks the plugin's real `k8s-aws-v1` tokens. The AWS keys are
+the cloudlet's access vars, kept by the Controller in the local secrets backend and read by
+the CCRM's AccessApi (the CCRM's own environment has none).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from edgeproto import (
 )
 
 from edge_cloud.localservers import ServerProcess
+from edge_cloud.secrets import generate_key
 from platforms.awseks.tests.support import (
     CREDS,
     REGION,
     TEST_FLAVORS,
     api_token_checker,
+    client,
     leftovers,
     nothing,
     start_iam_moto,
@@ -112,6 +115,9 @@ def world(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     moto = start_iam_moto(tmp_path_factory.mktemp("moto"))
+    # moto loads its EC2 catalogue for a region on the first call (seconds, a minute on a
+    # busy machine); pay that here rather than inside the CreateCloudlet deadline
+    client(moto, "ec2").describe_instance_type_offerings(LocationType="region")
     kube: ThreadedKubeApi | None = None
     platform: Platform | None = None
     try:
@@ -123,12 +129,18 @@ def world(
             )
         )
         platform = Platform(
-            etcd_server.client_url,
-            redis_server.client_url,
-            tmp_path_factory.mktemp("platform"),
-            ccrm_env=dict(CREDS),
+            etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("platform")
         )
-        platform.ccrm.args += ["--platforms", "awseks"]
+        # the cloudlet's AWS keys go Controller → local secrets backend → CCRM's AccessApi
+        key = generate_key()
+        platform.ccrm.env = {k: v for k, v in platform.ccrm.env.items() if not k.startswith("AWS_")}
+        platform.controller.args += ["--secrets-key", key]
+        platform.ccrm.args += [
+            "--platforms", "awseks",
+            "--secrets-key", key,
+            "--etcd-urls", etcd_server.client_url,
+            "--etcd-namespace", platform.namespace,
+        ]  # fmt: skip
         platform.start()
         with grpc.insecure_channel(platform.api_addr) as channel:
             stubs = World(platform, channel, moto, kube)
@@ -175,6 +187,7 @@ def eks_cloudlet(world: World) -> cloudlet_pb2.Cloudlet:
         location=loc_pb2.Loc(latitude=-33.87, longitude=151.21),
         num_dynamic_ips=10,
     )
+    cloudlet.access_vars.update(CREDS)
     cloudlet.env_var.update(
         {
             "AWS_REGION": REGION,
