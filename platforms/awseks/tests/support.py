@@ -200,7 +200,7 @@ def shared_iam_moto(root: Path) -> ServerProcess:
         return _shared[0]
     server = start_iam_moto(root)
     _shared[:] = [server]
-    atexit.register(server.stop)
+    atexit.register(server.stop, 1.0)  # moto ignores SIGTERM; it holds nothing to save
     return server
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -205,8 +206,15 @@ async def test_kubeconfig_carries_a_signed_sts_token(eks_moto: ServerProcess) ->
         later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=16)
         with pytest.raises(ValueError, match="valid for 15 minutes"):
             check_token(token, "kc-devorg", SECRETS, now=later)
-        # a kept token is reused while fresh, and a new one is signed when asked
+        # a kept token is reused while fresh, and re-signed a minute before it expires
         assert json.loads(await site.platform.get_cluster_credentials(cluster)) == config
+        kept = site.platform._access["kc-devorg"]
+        site.platform._access["kc-devorg"] = dataclasses.replace(
+            kept, signed_at=kept.signed_at - 14.5 * 60
+        )
+        renewed = json.loads(await site.platform.get_cluster_credentials(cluster))
+        assert site.platform._access["kc-devorg"].signed_at >= kept.signed_at
+        assert check_token(renewed["users"][0]["user"]["token"], "kc-devorg", SECRETS)
         # an override endpoint (operator proxy) replaces EKS's and drops its CA
         proxied = await make_site(
             moto_url(eks_moto),
