@@ -79,6 +79,7 @@ class Crm:
             [
                 "--notify-addrs", f"127.0.0.1:{api.platform.notify_port}",
                 "--cloudlet-key", keys.key_string(cloudlet.key),
+                "--api-addr", "127.0.0.1:0",
                 "--metrics-addr", "",
                 "--test-mode",
                 "--init-timeout", "20",
@@ -315,6 +316,51 @@ def test_crm_killed_mid_create_ends_the_operation_after_restart(api: Api, crm_di
     assert_no_refs(api, cloudlet.key)
     assert cloudlet_info(api, cloudlet.key).state == CS.CLOUDLET_STATE_READY
     assert wait_snapshot(api, cloudlet, empty) == empty
+    offboard(api, cloudlet, crm)
+
+
+def test_crm_killed_mid_app_inst_delete_leaves_delete_error_then_retry_works(
+    api: Api, crm_dir: Path
+) -> None:
+    cloudlet = edge_cloudlet(FAKE_PAUSE_AT="delete_appinst:step1")
+    crm, _ = onboard(api, cloudlet, crm_dir)
+    cluster = docker_cluster(cloudlet, "host")
+    ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    inst = app_inst(ensure_app(api, "docker"), cluster, "stuck")
+    ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
+    outcome: list[tuple[list[str], grpc.RpcError | None]] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(run(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT)))
+    )
+    caller.start()
+    try:
+
+        def deleting() -> bool | None:
+            shown = show_insts(api, inst.key)
+            return True if shown and shown[0].state == TS.DELETING else None
+
+        wait_for(deleting, 10, "the AppInst delete to reach the pause point")
+        crm.daemon.kill()
+        crm.start()
+    finally:
+        caller.join(TIMEOUT)
+    assert not caller.is_alive()
+    [(messages, err)] = outcome
+    code, text = details(err)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert text.startswith("inconsistent Controller vs CRM state"), text
+    assert messages, "progress was streamed before the kill"
+    # a failed delete is not undone: the instance stays, in DeleteError, until a retry
+    stored = settled(lambda: show_insts(api, inst.key))
+    assert stored.state == TS.DELETE_ERROR
+    assert list(stored.errors) == [text]
+
+    assert drop_env(api, cloudlet, "FAKE_PAUSE_AT")[-1] == "Cloudlet updated successfully"
+    settled(lambda: list(api.cloudlets.ShowCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key))))
+    ok(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT))
+    assert show_insts(api, inst.key) == []
+    ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
+    assert_no_refs(api, cloudlet.key)
     offboard(api, cloudlet, crm)
 
 
