@@ -92,6 +92,7 @@ EKS_FEATURES: Final = PlatformFeatures(
     kubernetes_requires_worker_nodes=True,
     ip_allocated_per_service=True,
     requires_crm_off_edge=True,
+    # TODO(#9, ingress): install ingress-nginx per cluster as the original does (needs helm)
     uses_ingress=True,
     access_vars={
         ACCESS_KEY_ID: PropertyInfo(
