@@ -32,10 +32,9 @@ from edge_cloud.errors import (
     EdgeError,
     FailedPrecondition,
     InvalidArgument,
-    Unimplemented,
 )
 from edge_cloud.objects import fields, keys
-from services.controller import _app, _uses
+from services.controller import _app, _usage, _uses
 from services.controller._app import APP, APP_INST, APP_INST_REFS, AppEnv, TxnReferences
 from services.controller._engine import Txn
 from services.controller._ids import now_timestamp, ulid
@@ -257,12 +256,9 @@ class AppApi(app_pb2_grpc.AppApiServicer):
     async def ShowZonesForAppDeployment(
         self, request: app_pb2.DeploymentZoneRequest, context: _Ctx
     ) -> AsyncIterator[cloudletkey_pb2.ZoneKey]:
-        """Zones where the App would fit: needs cloudlet resources, not served yet."""
-        for _ in ():  # an async generator that yields nothing before failing
-            yield cloudletkey_pb2.ZoneKey()
-        raise Unimplemented(
-            "AppApi.ShowZonesForAppDeployment needs cloudlet resources (ClusterInst slice)"
-        )
+        """Zones whose cloudlets map the App's flavor (and, on a dry run, have room for it)."""
+        for zone in _usage.zones_for_app_deployment(self._rt.caches, request):
+            yield zone
 
     # -- policies ------------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Create, update and delete are long-running and server-streaming (`_cloudlet_ops`); the
 other RPCs are answered from the caches, by the CCRM of the cloudlet's platform, or refuse
-with a status naming what this Controller lacks (Vault, DNS providers, resource accounting
-of the ClusterInst slice) - never with a made-up result.
+with a status naming what this Controller lacks (Vault, DNS providers) - never with a made-up
+result. Resource usage and flavor mapping come from `_usage`, the create path's accounting.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from edge_cloud.errors import (
     Unimplemented,
 )
 from edge_cloud.objects import keys, registry
-from services.controller import _cloudlet, _validate
+from services.controller import _cloudlet, _usage, _validate
 from services.controller._cloudlet_ops import (
     CloudletOps,
     features_for,
@@ -49,7 +49,6 @@ __all__ = ["CloudletApi", "add"]
 RES_TAG_TABLE: Final = registry.by_class(restagtable_pb2.ResTagTable)
 CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
 APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
-RESOURCES_LATER: Final = "needs the resource accounting that comes with the ClusterInst slice"
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -248,7 +247,7 @@ class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
         for name in sorted(orgs):
             yield org_pb2.Organization(name=name)
 
-    # -- what needs Vault, DNS or resource accounting ------------------------------------------
+    # -- keys, DNS and resources ------------------------------------------
 
     async def RevokeAccessKey(
         self, request: cloudletkey_pb2.CloudletKey, context: _Ctx
@@ -294,40 +293,51 @@ class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
     async def GetCloudletResourceUsage(
         self, request: cloudlet_pb2.CloudletResourceUsage, context: _Ctx
     ) -> cloudlet_pb2.CloudletResourceUsage:
-        """Not yet: resource usage comes with the ClusterInst slice."""
-        self._cloudlet(request.key)
-        raise Unimplemented(f"GetCloudletResourceUsage {RESOURCES_LATER}")
+        """Used against limits: the infra's report (`infra_usage`) or the Controller's own."""
+        return _usage.cloudlet_resource_usage(self._rt.caches, request.key, request.infra_usage)
 
     async def ShowCloudletResourceUsage(
         self, request: cloudlet_pb2.Cloudlet, context: _Ctx
     ) -> AsyncIterator[cloudlet_pb2.CloudletResourceUsage]:
-        """Not yet: resource usage comes with the ClusterInst slice."""
-        for _ in ():
-            yield cloudlet_pb2.CloudletResourceUsage()
-        raise Unimplemented(f"ShowCloudletResourceUsage {RESOURCES_LATER}")
+        """The Controller's accounting for every matching cloudlet, by key.
+
+        All usages are computed before the first is sent, so one cloudlet without resource
+        information fails the call as in the original, naming the cloudlet.
+        """
+        usages = []
+        for cloudlet in self._rt.engine.show(request):
+            try:
+                usages.append(_usage.cloudlet_resource_usage(self._rt.caches, cloudlet.key, False))
+            except NotFound as err:
+                raise NotFound(
+                    f"failed to get cloudlet resource usage for "
+                    f"{keys.key_string(cloudlet.key)}, {err.message}"
+                ) from None
+        for usage in sorted(usages, key=lambda u: keys.key_string(u.key)):
+            yield usage
 
     async def ShowCloudletGPUUsage(
         self, request: cloudlet_pb2.Cloudlet, context: _Ctx
     ) -> AsyncIterator[cloudlet_pb2.CloudletGPUUsage]:
-        """Not yet: GPU usage comes with the ClusterInst slice."""
-        for _ in ():
-            yield cloudlet_pb2.CloudletGPUUsage()
-        raise Unimplemented(f"ShowCloudletGPUUsage {RESOURCES_LATER}")
+        """Per GPU model usage of the matching cloudlets that offer GPUs, by key."""
+        cloudlets = sorted(self._rt.engine.show(request), key=lambda c: keys.key_string(c.key))
+        for cloudlet in cloudlets:
+            usage = _usage.cloudlet_gpu_usage(self._rt.caches, cloudlet)
+            if usage is not None:
+                yield usage
 
     async def FindFlavorMatch(
         self, request: cloudlet_pb2.FlavorMatch, context: _Ctx
     ) -> cloudlet_pb2.FlavorMatch:
-        """Not yet: infra flavor matching comes with the ClusterInst slice."""
-        self._cloudlet(request.key)
-        raise Unimplemented(f"FindFlavorMatch {RESOURCES_LATER}")
+        """The infra flavor (and GPU availability zone) a flavor maps to on the cloudlet."""
+        return _usage.find_flavor_match(self._rt.caches, request.key, request.flavor_name)
 
     async def ShowFlavorsForZone(
         self, request: cloudletkey_pb2.ZoneKey, context: _Ctx
     ) -> AsyncIterator[flavor_pb2.FlavorKey]:
-        """Not yet: infra flavor matching comes with the ClusterInst slice."""
-        for _ in ():
-            yield flavor_pb2.FlavorKey()
-        raise Unimplemented(f"ShowFlavorsForZone {RESOURCES_LATER}")
+        """The flavors that map on at least one cloudlet of the zone."""
+        for key in _usage.flavors_for_zone(self._rt.caches, request):
+            yield key
 
 
 _FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)

@@ -31,7 +31,6 @@ from edge_cloud.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unimplemented,
 )
 from edge_cloud.objects import codec, keys, registry
 from services.controller._engine import Txn
@@ -351,7 +350,7 @@ async def test_show_public_apps_and_zones(start_instance: StartInstance) -> None
     assert [a.key.name for a in await shown(api, app_pb2.App(key=APP_KEY))] == ["myapp"]
     publics = [a async for a in api.ShowPublicApp(app_pb2.App(), CTX)]
     assert [a.key for a in publics] == [public]
-    with pytest.raises(Unimplemented, match="ClusterInst slice"):
+    with pytest.raises(InvalidArgument, match="No flavor specified for App"):
         _ = [z async for z in api.ShowZonesForAppDeployment(app_pb2.DeploymentZoneRequest(), CTX)]
 
 
