@@ -299,6 +299,9 @@ class CrmDaemon(Daemon[CrmConfig]):
         # and those it sent in the send-all are resumed or checked (§4.3).
         self.ready.set()
         self._resync()
+        current = self._cloudlet()
+        if current is not None:
+            self._cloudlet_changed(current, None)  # an update requested during the bring-up
         sender.send_state(CS.CLOUDLET_STATE_READY)
         sender.send_update(ready, ALL_FIELDS)
         log.info("cloudlet %s ready", self.key_string)
