@@ -360,6 +360,7 @@ class ClusterInstOps(InstOpsBase):
                     self._commit_fn(cctx, cluster, cl.key, notes, auto_reservable=auto_reservable),
                     reads=self._commit_reads(cluster, cl, auto_reservable=auto_reservable),
                     serialize=[store_key_of(CLOUDLET_REFS, cl.key)],
+                    from_caches=True,
                 )
                 break
             except NoFit as err:
@@ -488,7 +489,7 @@ class ClusterInstOps(InstOpsBase):
         cached = self._rt.caches.get(CLUSTER_INST, keys.key_string(key))
         turns = [] if cached is None else [store_key_of(CLOUDLET_REFS, cached.cloudlet_key)]
         reads = [store_key_of(CLUSTER_INST, key), store_key_of(CLUSTER_REFS, key), *turns]
-        await self._rt.engine.apply_at(remove, reads=reads, serialize=turns)
+        await self._rt.engine.apply_at(remove, reads=reads, serialize=turns, from_caches=True)
 
     async def delete(self, request: clusterinst_pb2.ClusterInst, sink: Sink) -> None:
         """DeleteClusterInst: in-use and state checks, delete-prepare, worker, removal."""
