@@ -11,7 +11,6 @@ its own, and a delete after a crash still finds everything (crm_platforms.md §1
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import logging
 import time
@@ -879,8 +878,3 @@ def _attribute(response: dict[str, Any], name: str) -> int:
                 if raw.isdigit():
                     return int(raw)
     return 0
-
-
-def b64(text: str) -> str:
-    """Base64 of a text (for files embedded in cloud-config)."""
-    return base64.b64encode(text.encode()).decode()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import datetime as dt
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -494,6 +496,17 @@ async def test_mfa_trades_the_account_keys_for_session_credentials(
         sts = [s for s in proxy.seen if s[0] == "GetSessionToken"]
         assert len(sts) == 1
         assert sts[0][1] == "AKIAACCOUNTKEY"
+        # past half their life, the session credentials are renewed with a fresh code
+        api = emu.platform.infra.api
+        session = api._session
+        assert session is not None
+        assert session.expires is not None
+        api._session = dataclasses.replace(
+            session, expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        )
+        await emu.platform.get_cloudlet_infra_resources()
+        assert len([s for s in proxy.seen if s[0] == "GetSessionToken"]) == 2
+        assert len(emu.access.totp_requests) == 2
         ec2_calls = [s for s in proxy.seen if s[0].startswith("Describe")]
         assert ec2_calls
         assert all(k != "AKIAACCOUNTKEY" and token for _, k, token in ec2_calls)
