@@ -226,6 +226,11 @@ def cloudlet_resource_usage(
             rows[name] = infraresources_pb2.InfraResource(
                 name=name, value=value, units=_clusterinst.UNITS.get(name, "")
             )
+        # the total `GPUs` above, and per model as the original reports them
+        for model, count in _gpus_used(caches, cloudlet).items():
+            rows[res_key(RES_TYPE_GPU, model)] = infraresources_pb2.InfraResource(
+                name=model, type=RES_TYPE_GPU, value=count
+            )
     for name, lim in resource_limits(cloudlet, info).items():
         row = rows.setdefault(
             name, infraresources_pb2.InfraResource(name=lim.name, type=lim.res_type)

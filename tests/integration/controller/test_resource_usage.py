@@ -1,0 +1,351 @@
+"""Resource usage and flavor mapping RPCs through gRPC, on real etcd and Redis (issue 4).
+
+The cloudlets are created through a CCRM test server; their CloudletInfo (infra flavors,
+resources snapshot) and quotas are then set the way a CRM report or an operator would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+from edgeproto import (
+    app_pb2,
+    app_pb2_grpc,
+    appinst_pb2,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    flavor_pb2,
+    flavor_pb2_grpc,
+    resources_pb2,
+    zone_pb2,
+    zone_pb2_grpc,
+)
+
+from edge_cloud.errors import InvalidArgument, NotFound, from_rpc_error
+from edge_cloud.objects import keys, registry
+from services.controller._engine import Txn
+from tests.integration.controller.cloudlet_harness import (
+    Controller,
+    ControllerHarness,
+    collect,
+    harness,
+    unique_org,
+)
+from tests.integration.controller.clusterinst_harness import (
+    InstCcrm,
+    app_insts,
+    cluster_key,
+    clusters,
+    create_app,
+    inst_ccrm_server,
+    new_app_inst,
+    new_cluster,
+    put_flavor,
+    ready_cloudlet,
+)
+
+__all__ = ["harness"]
+
+CLOUDLET = registry.by_class(cloudlet_pb2.Cloudlet)
+CLOUDLET_INFO = registry.by_class(cloudlet_pb2.CloudletInfo)
+T4 = "nvidia-t4"
+
+
+@pytest.fixture
+async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
+    fake = InstCcrm()
+    async with inst_ccrm_server(fake) as addr:
+        harness.ccrm_addr = addr
+        yield fake
+
+
+async def edit(ctl: Controller, otype: Any, key: Any, change: Callable[[Any], None]) -> None:
+    """Change a stored object in one transaction (as a CRM report or operator edit would)."""
+
+    def fn(txn: Txn) -> None:
+        found = txn.get(otype, key)
+        assert found is not None
+        change(found)
+        txn.put(found)
+
+    await ctl.engine.apply(fn)
+
+
+async def rpc_error(call: Any) -> Exception:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return from_rpc_error(err)
+    raise AssertionError("the call succeeded")
+
+
+async def stream_error(call: Any) -> Exception:
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as err:
+        return from_rpc_error(err)
+    raise AssertionError("the call succeeded")
+
+
+def rows(usage: cloudlet_pb2.CloudletResourceUsage) -> list[tuple[str, int, int, int, str]]:
+    return [(r.name, r.value, r.infra_max_value, r.quota_max_value, r.units) for r in usage.info]
+
+
+async def usage_of(
+    ctl: Controller, key: cloudletkey_pb2.CloudletKey, *, infra: bool = False
+) -> cloudlet_pb2.CloudletResourceUsage:
+    return await ctl.cloudlets.GetCloudletResourceUsage(
+        cloudlet_pb2.CloudletResourceUsage(key=key, infra_usage=infra), timeout=10
+    )
+
+
+async def test_cloudlet_usage_follows_clusters_and_vm_apps(
+    harness: ControllerHarness, ccrm: InstCcrm
+) -> None:
+    ctl = await harness.start()
+    org = unique_org()
+    cloudlet = await ready_cloudlet(ctl, org, max_vcpus=8, max_ram=16384)
+    other = await ready_cloudlet(ctl, org, "c2")
+    await put_flavor(ctl)  # x1.small: 2 vCPUs, 1024 MB, 10 GB
+
+    def add_quota(cl: cloudlet_pb2.Cloudlet) -> None:
+        cl.resource_quotas.add(name="RAM", value=8192, alert_threshold=70)
+
+    await edit(ctl, CLOUDLET, cloudlet.key, add_quota)
+    before = await usage_of(ctl, cloudlet.key)
+    assert before.key == cloudlet.key
+    assert not before.infra_usage
+    assert rows(before) == [("RAM", 0, 16384, 8192, "MB"), ("vCPUs", 0, 8, 0, "")]
+    assert [r.alert_threshold for r in before.info] == [70, 0]
+    # free vCPUs 8 x1000 and free RAM min(16384, 8192) MB, averaged
+    assert before.resource_score == (8000 + 8192) // 2
+
+    _, err = await collect(clusters(ctl).CreateClusterInst(new_cluster(org, cloudlet)))
+    assert err is None, err
+    after_cluster = await usage_of(ctl, cloudlet.key)
+    assert rows(after_cluster) == [
+        ("Disk", 10, 0, 0, "GB"),
+        ("RAM", 1024, 16384, 8192, "MB"),
+        ("vCPUs", 2, 8, 0, ""),
+    ]
+    assert after_cluster.resource_score == (6000 + 7168) // 2
+
+    # an AppInst on the cluster takes from the cluster, not the cloudlet; a VM takes from both
+    app = await create_app(ctl, org)
+    _, err = await collect(
+        app_insts(ctl).CreateAppInst(new_app_inst(org, app, cluster=cluster_key(org)))
+    )
+    assert err is None, err
+    assert rows(await usage_of(ctl, cloudlet.key)) == rows(after_cluster)
+    vm = await create_app(
+        ctl,
+        org,
+        "vm1",
+        image_type=app_pb2.IMAGE_TYPE_QCOW,
+        deployment="vm",
+        image_path=f"https://artifacts.example.com/vm.qcow2#md5:{'0' * 32}",
+    )
+    vm_inst = new_app_inst(org, vm, "vmi", cloudlet_key=cloudlet.key)
+    _, err = await collect(app_insts(ctl).CreateAppInst(vm_inst))
+    assert err is None, err
+    assert rows(await usage_of(ctl, cloudlet.key)) == [
+        ("Disk", 20, 0, 0, "GB"),
+        ("RAM", 2048, 16384, 8192, "MB"),
+        ("vCPUs", 4, 8, 0, ""),
+    ]
+    _, err = await collect(app_insts(ctl).DeleteAppInst(appinst_pb2.AppInst(key=vm_inst.key)))
+    assert err is None, err
+    assert rows(await usage_of(ctl, cloudlet.key)) == rows(after_cluster)
+
+    # infra_usage: what the infra reports, limits merged in the same way
+    def report(info: cloudlet_pb2.CloudletInfo) -> None:
+        for res in info.resources_snapshot.info:
+            res.value = {"vCPUs": 3, "RAM": 3000}[res.name]
+        info.resources_snapshot.info.add(name="Instances", value=4, description="VMs")
+
+    await edit(ctl, CLOUDLET_INFO, cloudlet.key, report)
+    infra = await usage_of(ctl, cloudlet.key, infra=True)
+    assert infra.infra_usage
+    assert rows(infra) == [
+        ("Instances", 4, 0, 0, ""),
+        ("RAM", 3000, 16384, 8192, "MB"),
+        ("vCPUs", 3, 8, 0, ""),
+    ]
+    assert infra.resource_score == (5000 + 5192) // 2
+
+    # Show: every matching cloudlet, by key; a cloudlet without limits scores the maximum
+    shown = [
+        u
+        async for u in ctl.cloudlets.ShowCloudletResourceUsage(
+            cloudlet_pb2.Cloudlet(key=cloudletkey_pb2.CloudletKey(organization=org)), timeout=10
+        )
+    ]
+    assert [u.key.name for u in shown] == ["c1", "c2"]
+    assert rows(shown[0]) == rows(after_cluster)
+    assert rows(shown[1]) == []
+    assert shown[1].resource_score == 2**64 - 1
+    assert shown[1].key == other.key
+
+    missing = cloudletkey_pb2.CloudletKey(organization=org, name="nope")
+    err = await rpc_error(usage_of(ctl, missing))
+    assert isinstance(err, NotFound)
+    assert err.message == f"Cloudlet key {keys.key_string(missing)} not found"
+
+
+async def test_gpu_usage(harness: ControllerHarness, ccrm: InstCcrm) -> None:
+    ctl = await harness.start()
+    org = unique_org()
+    cloudlet = await ready_cloudlet(ctl, org)
+    await ready_cloudlet(ctl, org, "c2")  # no GPU flavors: not in the GPU stream
+
+    def offer_gpus(info: cloudlet_pb2.CloudletInfo) -> None:
+        info.flavors.add(
+            name="g1.large",
+            vcpus=8,
+            ram=16384,
+            disk=80,
+            gpus=[resources_pb2.GPUResource(model_id=T4, count=1, vendor="nvidia", memory=16)],
+        )
+        info.resources_snapshot.info.add(name=T4, type="gpu", infra_max_value=4)
+
+    await edit(ctl, CLOUDLET_INFO, cloudlet.key, offer_gpus)
+    gpu_nodes = resources_pb2.NodeResources(
+        vcpus=2, ram=1024, gpus=[resources_pb2.GPUResource(model_id=T4, count=1)]
+    )
+    request = new_cluster(org, cloudlet, "gpucl", flavor=None, node_resources=gpu_nodes)
+    _, err = await collect(clusters(ctl).CreateClusterInst(request))
+    assert err is None, err
+
+    filt = cloudlet_pb2.Cloudlet(key=cloudletkey_pb2.CloudletKey(organization=org))
+    gpus = [u async for u in ctl.cloudlets.ShowCloudletGPUUsage(filt, timeout=10)]
+    assert [u.key for u in gpus] == [cloudlet.key]
+    (entry,) = gpus[0].gpus
+    assert (entry.gpu.model_id, entry.gpu.vendor, entry.gpu.memory, entry.gpu.count) == (
+        T4,
+        "nvidia",
+        16,
+        0,
+    )
+    assert (entry.usage.name, entry.usage.type, entry.usage.value) == (T4, "gpu", 1)
+    assert entry.usage.infra_max_value == 4
+    usage = await usage_of(ctl, cloudlet.key)
+    by_name = {(r.type, r.name): (r.value, r.infra_max_value) for r in usage.info}
+    assert by_name[("", "GPUs")] == (1, 0)
+    assert by_name[("gpu", T4)] == (1, 4)
+
+
+async def test_flavor_match_and_flavors_for_zone(
+    harness: ControllerHarness, ccrm: InstCcrm
+) -> None:
+    ctl = await harness.start()
+    org = unique_org()
+    zone = cloudletkey_pb2.ZoneKey(organization=org, name="z1")
+    await zone_pb2_grpc.ZoneApiStub(ctl.channel).CreateZone(zone_pb2.Zone(key=zone), timeout=10)
+    cloudlet = await ready_cloudlet(ctl, org, zone="z1")
+    await put_flavor(ctl)
+    await put_flavor(ctl, "x1.large", vcpus=4)
+    await put_flavor(ctl, "x1.huge", vcpus=32)
+
+    async def match(flavor: str, key: cloudletkey_pb2.CloudletKey = cloudlet.key) -> Any:
+        return await ctl.cloudlets.FindFlavorMatch(
+            cloudlet_pb2.FlavorMatch(key=key, flavor_name=flavor), timeout=10
+        )
+
+    # the smallest infra flavor that is big enough, as a cluster create would choose
+    assert (await match("x1.small")).flavor_name == "m1.small"
+    found = await match("x1.large")
+    assert (found.key, found.flavor_name, found.availability_zone) == (
+        cloudlet.key,
+        "m1.xlarge",
+        "",
+    )
+    err = await rpc_error(match("x1.huge"))
+    assert isinstance(err, NotFound)
+    assert err.message == (
+        "failed to find flavor match for c1, no suitable infra flavor found for requested node "
+        "resources, 1 with not enough mem, 2 with not enough vcpu"
+    )
+    err = await rpc_error(match("nope"))
+    assert isinstance(err, NotFound)
+    assert err.message == 'Flavor key {"name":"nope"} not found'
+    missing = cloudletkey_pb2.CloudletKey(organization=org, name="gone")
+    err = await rpc_error(match("x1.small", missing))
+    assert isinstance(err, NotFound)
+    assert err.message == f"Cloudlet key {keys.key_string(missing)} not found"
+
+    def gpu_zone(info: cloudlet_pb2.CloudletInfo) -> None:
+        info.availability_zones.add(name="nova")
+        info.availability_zones.add(name="GPU-zone")
+        info.flavors.add(name="g1", vcpus=4, ram=4096, disk=40)
+
+    await edit(ctl, CLOUDLET_INFO, cloudlet.key, gpu_zone)
+    gpu_flavor = flavor_pb2.Flavor(
+        key=flavor_pb2.FlavorKey(name="x1.gpu"),
+        vcpus=4,
+        ram=2048,
+        disk=10,
+        gpus=[resources_pb2.GPUResource(model_id=T4, count=1, vendor="nvidia", memory=16)],
+    )
+    await flavor_pb2_grpc.FlavorApiStub(ctl.channel).CreateFlavor(gpu_flavor, timeout=10)
+    gpu_match = await match("x1.gpu")
+    assert (gpu_match.flavor_name, gpu_match.availability_zone) == ("g1", "GPU-zone")
+
+    names = [k.name async for k in ctl.cloudlets.ShowFlavorsForZone(zone, timeout=10)]
+    assert names == ["x1.gpu", "x1.large", "x1.small"]
+    empty = cloudletkey_pb2.ZoneKey(organization=org, name="nothing-here")
+    assert [k async for k in ctl.cloudlets.ShowFlavorsForZone(empty, timeout=10)] == []
+
+
+async def test_zones_for_app_deployment(harness: ControllerHarness, ccrm: InstCcrm) -> None:
+    ctl = await harness.start()
+    org = unique_org()
+    zones = zone_pb2_grpc.ZoneApiStub(ctl.channel)
+    for name in ("small", "big"):
+        key = cloudletkey_pb2.ZoneKey(organization=org, name=name)
+        await zones.CreateZone(zone_pb2.Zone(key=key), timeout=10)
+    await ready_cloudlet(ctl, org, "c-small", max_vcpus=2, zone="small")
+    await ready_cloudlet(ctl, org, "c-big", max_vcpus=16, zone="big")
+    await ready_cloudlet(ctl, org, "c-nozone")
+    await put_flavor(ctl, "x1.large", vcpus=4)
+    await put_flavor(ctl, "x1.huge", vcpus=32)
+    api = app_pb2_grpc.AppApiStub(ctl.channel)
+
+    async def zones_for(**kw: Any) -> list[str]:
+        app = app_pb2.App(**kw.pop("app"))
+        request = app_pb2.DeploymentZoneRequest(app=app, **kw)
+        return [z.name async for z in api.ShowZonesForAppDeployment(request, timeout=10)]
+
+    large = flavor_pb2.FlavorKey(name="x1.large")
+    docker = {"deployment": "docker", "default_flavor": large}
+    # without a dry run only the flavor mapping counts; cloudlets without a zone are left out
+    assert await zones_for(app=docker) == ["big", "small"]
+    # a dry run checks room for a new cluster: 4 vCPUs do not fit in 2
+    assert await zones_for(app=docker, dry_run_deploy=True) == ["big"]
+    kube = {"deployment": "kubernetes", "default_flavor": large}
+    # one 1-vCPU master plus 3 nodes of 4 fits in 16; plus 4 nodes does not
+    assert await zones_for(app=kube, dry_run_deploy=True, num_nodes=3) == ["big"]
+    assert await zones_for(app=kube, dry_run_deploy=True, num_nodes=4) == []
+    huge = {"deployment": "docker", "default_flavor": flavor_pb2.FlavorKey(name="x1.huge")}
+    assert await zones_for(app=huge) == []
+
+    err = await stream_error(
+        api.ShowZonesForAppDeployment(app_pb2.DeploymentZoneRequest(), timeout=10)
+    )
+    assert isinstance(err, InvalidArgument)
+    assert err.message == "No flavor specified for App"
+    no_deployment = app_pb2.DeploymentZoneRequest(
+        app=app_pb2.App(default_flavor=large), dry_run_deploy=True
+    )
+    err = await stream_error(api.ShowZonesForAppDeployment(no_deployment, timeout=10))
+    assert isinstance(err, InvalidArgument)
+    assert err.message == "No deployment found on candidate App"
+    unknown = app_pb2.DeploymentZoneRequest(
+        app=app_pb2.App(default_flavor=flavor_pb2.FlavorKey(name="nope"))
+    )
+    err = await stream_error(api.ShowZonesForAppDeployment(unknown, timeout=10))
+    assert isinstance(err, NotFound)
+    assert err.message == 'Flavor key {"name":"nope"} not found'
