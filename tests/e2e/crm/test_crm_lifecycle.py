@@ -326,8 +326,10 @@ def test_crm_killed_mid_app_inst_delete_leaves_delete_error_then_retry_works(
     crm, _ = onboard(api, cloudlet, crm_dir)
     cluster = docker_cluster(cloudlet, "host")
     ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    settled(lambda: show_clusters(api, cluster.key))
     inst = app_inst(ensure_app(api, "docker"), cluster, "stuck")
     ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
+    settled(lambda: show_insts(api, inst.key))  # a delete needs it READY, not CREATING
     outcome: list[tuple[list[str], grpc.RpcError | None]] = []
     caller = threading.Thread(
         target=lambda: outcome.append(run(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT)))
