@@ -253,6 +253,7 @@ async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
         features = cloudlet_pb2.PlatformFeatures(platform_type=ctl.PLATFORM_TYPE, node_type="ccrm")
         await store.put(keys.object_store_key(features), codec.encode(features))
     raw_before = await raw_etcd(srv.etcd.client_url, "bench/raw-a/", args)
+    ctl.warm_bytecode(srv)
     daemon, addr = ctl.controller(srv)
     daemon.start(timeout=60)
     try:

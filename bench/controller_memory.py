@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="edge-bench-ctlmem-") as tmp,
         ctl.servers(Path(tmp), plan) as srv,
     ):
+        print(f"compiled the Controller's bytecode in {ctl.warm_bytecode(srv):.1f}s (not timed)")
         empty, addr = ctl.controller(srv, "empty")
         empty.start(timeout=START_TIMEOUT)
         try:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -89,9 +89,9 @@ def _decode_new(cls: type[M], data: bytes | str) -> M:
     msg = cls()
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        if _fast_parse(text, msg):
-            return msg
-        msg = cls()  # the fast path may have filled part of it
+        fast = _fast_build(cls, text)
+        if fast is not None:
+            return fast
         json_format.Parse(text, msg, ignore_unknown_fields=True)
     except (json_format.ParseError, UnicodeDecodeError) as err:
         raise EdgeError(f"cannot decode stored {descriptor_of(cls).full_name}: {err}") from err
@@ -209,169 +209,195 @@ def _map_durations(desc: Descriptor, data: Any, fn: Callable[[Any], Any]) -> Non
 # --- the fast JSON -> message path ------------------------------------------------------------
 #
 # `json_format.Parse` interprets every field through generic Python code; loading a database
-# of 100,000 objects spends seconds in it. What `encode` writes is a narrow subset of proto3
-# JSON: proto field names, enums by name, 64-bit integers as decimal strings, no nulls, no
-# well-known types but Timestamp. `_fast_parse` handles exactly that subset with a setter per
-# field, compiled once per message type, and gives up (returns False) on anything else, in
-# which case the caller parses with `json_format` from scratch: the result, errors included,
-# is what `json_format` would have produced. One difference, for text `encode` never
-# writes: a key repeated inside one JSON object keeps its last value instead of failing.
+# of 100,000 objects spends many seconds in it. What `encode` writes is a narrow subset of
+# proto3 JSON: proto field names, enums by name, 64-bit integers as decimal strings, no
+# nulls, no well-known types. For that subset the message constructor (C code) does the
+# work: `json.loads`, then a pass over the few fields the constructor would read differently
+# (64-bit integers from strings, integer map keys) or more leniently than json_format (a
+# bool from 1, a repeated field from a string), then `cls(**data)`. Anything else (unknown
+# or lowerCamel field names, unknown enum names, wrong JSON types, well-known types) makes
+# the constructor or the pass refuse, and the caller parses with `json_format` from
+# scratch: the result, errors included, is what `json_format` would have produced. One
+# difference, for text `encode` never writes: a key repeated inside one JSON object keeps
+# its last value instead of failing.
 
-_MAX_DEPTH: Final = 100  # json_format's default max_recursion_depth
-
-_Setter = Callable[[Message, Any, int], None]
+_Check = Callable[[dict[str, Any]], None]
 
 
 class _Unsupported(Exception):
     """The value is outside the fast path's subset; parse it with json_format instead."""
 
 
-def _fast_parse(text: str, msg: Message) -> bool:
-    """Fill `msg` from `text` if it is in the subset `encode` writes; False otherwise."""
+def _fast_build(cls: type[M], text: str) -> M | None:
+    """The message encoded by `text` if it is in the subset `encode` writes; else None."""
     try:
         data = json.loads(text)
     except ValueError:
-        return False  # json_format reports it
-    if not isinstance(data, dict):
-        return False
+        return None  # json_format reports it
+    if type(data) is not dict:
+        return None
     try:
-        _fill(msg, data, 0)
-    except (_Unsupported, ValueError, TypeError, OverflowError):
-        return False
-    return True
+        _check(cls.DESCRIPTOR)(data)
+        return cls(**data)
+    except (_Unsupported, ValueError, TypeError, OverflowError, RecursionError):
+        return None
 
 
-def _fill(msg: Message, data: dict[str, Any], depth: int) -> None:
-    if depth >= _MAX_DEPTH:
-        raise _Unsupported
-    setters = _setters(msg.DESCRIPTOR)
-    if setters is None:
-        raise _Unsupported
-    for name, value in data.items():
-        setter = setters.get(name)
-        if setter is None:
-            if name in _json_only_names(msg.DESCRIPTOR):
-                raise _Unsupported  # a lowerCamel name: json_format's precedence rules apply
-            continue  # unknown field: skipped, as ignore_unknown_fields does
-        if value is None:
-            raise _Unsupported
-        setter(msg, value, depth)
+def _no_check(data: dict[str, Any]) -> None:
+    return None
 
 
 @functools.cache
-def _json_only_names(desc: Descriptor) -> frozenset[str]:
-    return frozenset(f.json_name for f in desc.fields if f.json_name != f.name)
+def _check(desc: Descriptor) -> _Check:
+    """The pass that makes a decoded JSON object of `desc` fit the constructor, in place."""
+    steps = [step for f in desc.fields if (step := _field_step(f)) is not None]
+    if desc.oneofs or desc.full_name.startswith("google.protobuf."):
+        steps = [_refuse_all]  # oneof exclusivity, well-known JSON forms: json_format
+    if not steps:
+        return _no_check
+
+    def check(data: dict[str, Any]) -> None:
+        for step in steps:
+            step(data)
+
+    return check
 
 
-@functools.cache
-def _setters(desc: Descriptor) -> dict[str, _Setter] | None:
-    """One setter per proto field name of a message type; None for types with oneofs."""
-    if desc.oneofs:
-        return None  # json_format's one-member-per-oneof check applies
-    return {f.name: _setter(f) for f in desc.fields}
-
-
-def _setter(field: FieldDescriptor) -> _Setter:
-    name = field.name
-    mt = field.message_type
-    if mt is not None and mt.GetOptions().map_entry:
-        return _map_setter(field)
-    if mt is not None:
-        if mt.full_name == "google.protobuf.Timestamp" and not field.is_repeated:
-            return _timestamp_setter(name)
-        if mt.full_name.startswith("google.protobuf."):
-            return _unsupported_setter
-        if field.is_repeated:
-
-            def set_messages(msg: Message, value: Any, depth: int) -> None:
-                if not isinstance(value, list):
-                    raise _Unsupported
-                container = getattr(msg, name)
-                for item in value:
-                    if not isinstance(item, dict):
-                        raise _Unsupported
-                    _fill(container.add(), item, depth + 1)
-
-            return set_messages
-
-        def set_message(msg: Message, value: Any, depth: int) -> None:
-            if not isinstance(value, dict):
-                raise _Unsupported
-            sub = getattr(msg, name)
-            sub.SetInParent()
-            _fill(sub, value, depth + 1)
-
-        return set_message
-    convert = _converter(field)
-    if field.is_repeated:
-
-        def set_scalars(msg: Message, value: Any, depth: int) -> None:
-            if not isinstance(value, list):
-                raise _Unsupported
-            getattr(msg, name).extend([convert(v) for v in value])
-
-        return set_scalars
-
-    def set_scalar(msg: Message, value: Any, depth: int) -> None:
-        setattr(msg, name, convert(value))
-
-    return set_scalar
-
-
-def _unsupported_setter(msg: Message, value: Any, depth: int) -> None:
+def _refuse_all(data: dict[str, Any]) -> None:
     raise _Unsupported
 
 
-def _timestamp_setter(name: str) -> _Setter:
-    def set_timestamp(msg: Message, value: Any, depth: int) -> None:
-        if not isinstance(value, str):
+def _field_step(field: FieldDescriptor) -> _Check | None:
+    """What one field's value needs before the constructor takes it (None: nothing)."""
+    name = field.name
+    mt = field.message_type
+    if mt is not None and mt.GetOptions().map_entry:
+        return _map_step(field)
+    if field.is_repeated:
+        if mt is not None:
+            inner = _message_step(field)
+
+            def messages(data: dict[str, Any]) -> None:
+                value = data.get(name)
+                if value is None:
+                    if name in data:
+                        raise _Unsupported
+                    return
+                if type(value) is not list:
+                    raise _Unsupported
+                for item in value:
+                    if type(item) is not dict:
+                        raise _Unsupported
+                    inner(item)
+
+            return messages
+        convert = _scalar_fix(field)
+
+        def scalars(data: dict[str, Any]) -> None:
+            value = data.get(name)
+            if value is None:
+                if name in data:
+                    raise _Unsupported
+                return
+            if type(value) is not list:
+                raise _Unsupported  # a string would be split into characters
+            if convert is not None:
+                data[name] = [convert(v) for v in value]
+
+        return scalars
+    if mt is not None and mt.full_name == "google.protobuf.Timestamp":
+        return _timestamp_step(name)
+    if mt is not None:
+        inner = _message_step(field)
+
+        def message(data: dict[str, Any]) -> None:
+            value = data.get(name)
+            if value is None:
+                if name in data:
+                    raise _Unsupported
+                return
+            if type(value) is not dict:
+                raise _Unsupported
+            inner(value)
+
+        return message
+    fix = _scalar_fix(field)
+    if fix is None:
+        return None
+
+    def scalar(data: dict[str, Any]) -> None:
+        value = data.get(name)
+        if value is None:
+            if name in data:
+                raise _Unsupported
+            return
+        data[name] = fix(value)
+
+    return scalar
+
+
+def _timestamp_step(name: str) -> _Check:
+    """RFC 3339 text → a Timestamp, as json_format reads it (DMEs' device times)."""
+
+    def timestamp(data: dict[str, Any]) -> None:
+        value = data.get(name)
+        if value is None:
+            if name in data:
+                raise _Unsupported
+            return
+        if type(value) is not str:
             raise _Unsupported
-        sub = getattr(msg, name)
-        sub.SetInParent()
-        sub.FromJsonString(value)
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromJsonString(value)
+        data[name] = stamp
 
-    return set_timestamp
+    return timestamp
 
 
-def _map_setter(field: FieldDescriptor) -> _Setter:
+def _message_step(field: FieldDescriptor) -> _Check:
+    mt = field.message_type
+    assert mt is not None  # noqa: S101 - a message field's type
+    return _check(mt)
+
+
+def _map_step(field: FieldDescriptor) -> _Check:
     name = field.name
     entry = field.message_type
     assert entry is not None  # noqa: S101 - a map field's entry type
     key_field = entry.fields_by_name["key"]
     value_field = entry.fields_by_name["value"]
     if key_field.cpp_type in _INT_TYPES:
-        convert_key: Callable[[Any], Any] = _to_int  # JSON object keys are decimal strings
+        fix_key: Callable[[Any], Any] | None = _to_int  # JSON object keys are decimal strings
     elif key_field.type == FieldDescriptor.TYPE_STRING:
-        convert_key = _to_str
+        fix_key = None
     else:
-        return _unsupported_setter  # bool keys: json_format's "true"/"false" rules
+        return _refuse_all  # bool keys: json_format's "true"/"false" rules
     vt = value_field.message_type
-    if vt is not None:
-        if vt.full_name.startswith("google.protobuf."):
-            return _unsupported_setter
+    inner = None if vt is None else _check(vt)
+    fix_value = None if vt is not None else _scalar_fix(value_field)
 
-        def set_message_map(msg: Message, value: Any, depth: int) -> None:
-            if not isinstance(value, dict):
+    def map_value(data: dict[str, Any]) -> None:
+        value = data.get(name)
+        if value is None:
+            if name in data:
                 raise _Unsupported
-            container = getattr(msg, name)
-            for k, v in value.items():
-                if not isinstance(v, dict):
-                    raise _Unsupported
-                _fill(container[convert_key(k)], v, depth + 1)
-
-        return set_message_map
-    convert = _converter(value_field)
-
-    def set_scalar_map(msg: Message, value: Any, depth: int) -> None:
-        if not isinstance(value, dict):
+            return
+        if type(value) is not dict:
             raise _Unsupported
-        container = getattr(msg, name)
-        for k, v in value.items():
-            if v is None:
-                raise _Unsupported
-            container[convert_key(k)] = convert(v)
+        if inner is not None:
+            for v in value.values():
+                if type(v) is not dict:
+                    raise _Unsupported
+                inner(v)
+        if fix_key is not None or fix_value is not None:
+            data[name] = {
+                (k if fix_key is None else fix_key(k)): (v if fix_value is None else fix_value(v))
+                for k, v in value.items()
+            }
+        elif None in value.values():
+            raise _Unsupported
 
-    return set_scalar_map
+    return map_value
 
 
 _INT_TYPES: Final = frozenset(
@@ -384,34 +410,23 @@ _INT_TYPES: Final = frozenset(
 )
 
 
-def _converter(field: FieldDescriptor) -> Callable[[Any], Any]:
-    """JSON value → the Python value to assign, for the subset `encode` writes."""
+def _scalar_fix(field: FieldDescriptor) -> Callable[[Any], Any] | None:
+    """The conversion or check one scalar value needs; None when the constructor agrees.
+
+    The constructor itself refuses, as json_format does, strings for numbers and bools,
+    numbers for strings, booleans for integers and unknown enum names; it accepts what
+    these functions rule out.
+    """
     cpp = field.cpp_type
-    if cpp in _INT_TYPES:
-        return _to_int
-    if cpp == FieldDescriptor.CPPTYPE_STRING and field.type == FieldDescriptor.TYPE_STRING:
-        return _to_str
+    if cpp in (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64):
+        return _to_int  # written as decimal strings
     if cpp == FieldDescriptor.CPPTYPE_BOOL:
-        return _to_bool
+        return _to_bool  # the constructor would take 0 and 1
     if cpp == FieldDescriptor.CPPTYPE_DOUBLE:
-        return _to_double
-    if cpp == FieldDescriptor.CPPTYPE_ENUM:
-        enum_type = field.enum_type
-        assert enum_type is not None  # noqa: S101 - an enum field's type
-        by_name = {v.name: v.number for v in enum_type.values}
-        numbers = frozenset(by_name.values())
-
-        def to_enum(value: Any) -> int:
-            if type(value) is str:
-                number = by_name.get(value)
-                if number is not None:
-                    return number
-            elif type(value) is int and value in numbers:
-                return value
-            raise _Unsupported  # unknown names and numbers: json_format's skipping rules
-
-        return to_enum
-    return _unsupported_value  # bytes (base64) and float (range checks): json_format
+        return _to_double  # the constructor would take booleans
+    if cpp == FieldDescriptor.CPPTYPE_FLOAT or field.type == FieldDescriptor.TYPE_BYTES:
+        return _unsupported_value  # json_format's float range checks and base64
+    return None  # strings, enums, 32-bit integers: the constructor decides as json_format
 
 
 def _unsupported_value(value: Any) -> Any:
