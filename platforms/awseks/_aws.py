@@ -197,17 +197,24 @@ class AwsSession:
         method = getattr(self.client(service), operation)
         return await self.run(f"{service} {operation}", functools.partial(method, **params))
 
-    async def run(self, what: str, fn: Callable[[], T]) -> T:
-        """Run any blocking boto3 work (a waiter, a paginator) in a thread, errors translated."""
+    async def run(self, what: str, fn: Callable[[], T], *, settle: bool = True) -> T:
+        """Run any blocking boto3 work (a waiter, a paginator) in a thread, errors translated.
+
+        Args:
+            what: Names the work in errors.
+            fn: The work.
+            settle: On cancellation, wait for the thread's call to land before raising, so
+                the caller's cleanup finds what it made instead of racing it. Waiters, which
+                make nothing and may poll for minutes, pass False.
+        """
         call = asyncio.ensure_future(asyncio.to_thread(fn))
         try:
             try:
                 return await asyncio.shield(call)
             except asyncio.CancelledError:
-                # The call runs on in its thread whatever we do; let it land, so that the
-                # caller's cleanup finds (and removes) what it made instead of racing it.
-                with contextlib.suppress(Exception):
-                    await call
+                if settle:
+                    with contextlib.suppress(Exception):
+                        await call
                 raise
         except botocore.exceptions.ClientError as err:
             raise self.translate(what, err) from err

@@ -405,7 +405,7 @@ class EksClusters:
                 WaiterConfig={"Delay": WAIT_DELAY, "MaxAttempts": 120}, **params
             )
 
-        await self.aws.run(f"eks {waiter}", wait)
+        await self.aws.run(f"eks {waiter}", wait, settle=False)
 
     # -- update --------------------------------------------------------------------------------
 

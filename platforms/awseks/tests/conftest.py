@@ -7,15 +7,12 @@ import pytest
 from edge_cloud.localservers import ServerProcess
 from platforms.awseks.tests.support import shared_iam_moto
 from tests.support import servers
-from tests.support.k8sapi import fixture as k8s_fixture
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("edge-servers"):
         config.pluginmanager.register(servers, "edge-servers")
-    # `k8s_api_server...`; registered as an object: support.py has imported it already
-    if not config.pluginmanager.has_plugin(k8s_fixture.__name__):
-        config.pluginmanager.register(k8s_fixture, k8s_fixture.__name__)
+    config.pluginmanager.import_plugin("tests.support.k8sapi.fixture")  # `k8s_api_server...`
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ from edge_cloud.platform import LocalAccessApi, PlatformCaches, PlatformConfig, 
 from platforms.awseks import AwsEksPlatform
 from platforms.awseks._cluster import ROLE_PATH, TAG_CLOUDLET
 from platforms.awseks._kubeconfig import TOKEN_HEADER, decode_token
-from tests.support.k8sapi import eks_token_problem
 
 REGION = "ap-southeast-2"  # no other test uses it: the EC2 plugin's tests share this moto
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIAEKSTEST000000001", "AWS_SECRET_ACCESS_KEY": "eks-secret"}
@@ -170,6 +169,9 @@ def api_token_checker(
     clusters, a collection the caller may keep adding to) that this server stands for
     (`check_token`), as STS would confirm.
     """
+    # imported here: conftest imports this module before pytest may load the k8sapi plugin
+    from tests.support.k8sapi import eks_token_problem
+
     host = urllib.parse.urlsplit(sts_endpoint).netloc
     names = [cluster] if isinstance(cluster, str) else cluster
 
