@@ -25,7 +25,7 @@ Upstream messages (uncached, `NotifyServer(receive_messages=...)`):
   `metrics` (tags `apporg`, `app`, `ver`, `zoneorg`, `zone`, `dmeid`; field `count`);
   `process_now` ones are logged until AutoProv runs in-process.
 - AppInstClient: kept in a ring of the latest `max_tracked_dme_clients` per App (latest per
-  unique id) for ShowAppInstClient.
+  unique id) and handed to the ShowAppInstClient watches (`api.appinstclient`).
 
 Points are queued per database and written by one flush task (every second, or at once above
 50 queued); above 5,000 queued new points are dropped and counted, as the original's queue.
@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -86,6 +85,7 @@ from services.controller._engine import Txn
 from services.controller._inst_ops import receive_app_inst_info, receive_cluster_inst_info
 from services.controller._progress import stream_key
 from services.controller._tracked import TrackedRuntime
+from services.controller.api.appinstclient import AppInstClients, client_hub
 
 __all__ = [
     "EDGE_EVENTS_MEASUREMENTS",
@@ -353,8 +353,8 @@ class ControllerNotify:
         self._lease_id = lease_id
         self._handlers: dict[str, Handler] = {}
         self.metrics = MetricsQueue(runtime.config.influx_addr)
-        self.app_inst_clients: dict[tuple[str, str, str], deque[appinstclient_pb2.AppInstClient]]
-        self.app_inst_clients = {}
+        self.app_inst_clients: AppInstClients = client_hub(runtime)
+        self.app_inst_clients.lease_id = lease_id  # watches' requests go with this controller
         self.server = NotifyServer(
             EtcdNotifySource(store, SEND_TYPES),
             name=name,
@@ -590,21 +590,7 @@ class ControllerNotify:
             )
 
     async def _app_inst_client(self, peer: Peer, client: appinstclient_pb2.AppInstClient) -> None:
-        key = client.client_key
-        app = (key.app_key.organization, key.app_key.name, key.app_key.version)
-        limit = max(self._rt.settings().max_tracked_dme_clients, 1)
-        ring = self.app_inst_clients.get(app)
-        if ring is None or ring.maxlen != limit:
-            ring = self.app_inst_clients[app] = deque(ring or (), maxlen=limit)
-        for old in ring:
-            if (old.client_key.unique_id, old.client_key.unique_id_type) == (
-                key.unique_id,
-                key.unique_id_type,
-            ):
-                ring.remove(old)
-                break
-        ring.append(client)
-        # TODO(#4, appinstclient): ShowAppInstClient streams these to its watchers.
+        self.app_inst_clients.add(client)
 
     async def _device(self, peer: Peer, device: device_pb2.Device) -> None:
         device.notify_id = 0

@@ -12,12 +12,14 @@ from services.controller.api import (
     alertpolicy,
     app,
     appinst,
+    appinstclient,
     autoprovpolicy,
     autoscalepolicy,
     cloudlet,
     cloudletinfo,
     clusterinst,
     controller,
+    device,
     flavor,
     gpudriver,
     network,
@@ -59,6 +61,8 @@ _MODULES = (
     appinst,
     network,
     streamobj,
+    appinstclient,
+    device,
 )
 
 

@@ -28,12 +28,10 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
     "AlertApi": ("alert_pb2", "notify"),
-    "AppInstClientApi": ("appinstclient_pb2", "notify"),
     "BareMetalHostApi": ("baremetalhost_pb2", "Cloudlet"),
     "CloudletNodeApi": ("cloudletnode_pb2", "Cloudlet"),
     "SvcNodeApi": ("svcnode_pb2", "notify"),
     "DebugApi": ("debug_pb2", "notify"),
-    "DeviceApi": ("device_pb2", "notify"),
     "ExecApi": ("exec_pb2", "Cloudlet"),
     "RateLimitSettingsApi": ("ratelimit_pb2", "rate limits"),
 }
