@@ -15,6 +15,7 @@ only gathers the inputs from the caches and shapes the answer as the original do
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,6 +42,7 @@ __all__ = [
     "ResLimit",
     "cloudlet_gpu_usage",
     "cloudlet_resource_usage",
+    "cluster_resource_usage",
     "controller_used",
     "find_flavor_match",
     "flavors_for_zone",
@@ -53,6 +55,8 @@ CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
 APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
 FLAVOR: Final = registry.by_class(flavor_pb2.Flavor)
 CLOUDLET_REFS: Final = registry.by_class(refs_pb2.CloudletRefs)
+CLUSTER_REFS: Final = registry.by_class(refs_pb2.ClusterRefs)
+APP: Final = registry.by_class(app_pb2.App)
 PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
 
 RES_TYPE_GPU: Final = "gpu"
@@ -462,3 +466,158 @@ def zones_for_app_deployment(
             continue
         zones[keys.key_string(zk)] = zk
     return [zones[name] for name in sorted(zones)]
+
+
+# --- cluster usage (ShowClusterResourceUsage) -----------------------------------------------
+
+_NANOS: Final = 1_000_000_000
+
+
+def _add_gpus(totals: dict[str, int], gpus: Iterable[resources_pb2.GPUResource], n: int) -> None:
+    for gpu in gpus:
+        name = res_key(RES_TYPE_GPU, gpu.model_id)
+        totals[name] = totals.get(name, 0) + gpu.count * n
+
+
+def _add_node(totals: dict[str, int], nodes: resources_pb2.NodeResources, n: int) -> None:
+    """Node resources times `n`; vCPUs in nano-vCPUs so pool requests keep their fractions."""
+    totals[_clusterinst.RES_VCPUS] = (
+        totals.get(_clusterinst.RES_VCPUS, 0) + nodes.vcpus * _NANOS * n
+    )
+    totals[_clusterinst.RES_RAM] = totals.get(_clusterinst.RES_RAM, 0) + nodes.ram * n
+    totals[_clusterinst.RES_DISK] = totals.get(_clusterinst.RES_DISK, 0) + nodes.disk * n
+    _add_gpus(totals, nodes.gpus, n)
+
+
+def _add_pool_request(totals: dict[str, int], pool: resources_pb2.NodePoolResources) -> None:
+    cpus = pool.total_vcpus.whole * _NANOS + pool.total_vcpus.nanos
+    for name, value in (
+        (_clusterinst.RES_VCPUS, cpus),
+        (_clusterinst.RES_RAM, pool.total_memory),
+        (_clusterinst.RES_DISK, pool.total_disk),
+    ):
+        if value:
+            totals[name] = totals.get(name, 0) + value
+    _add_gpus(totals, pool.total_gpus, 1)
+
+
+def _infra_nodes(
+    nodes: resources_pb2.NodeResources, flavors: Mapping[str, cloudlet_pb2.FlavorInfo]
+) -> resources_pb2.NodeResources:
+    """What a node really has: its infra flavor's size when it has one, else what was asked.
+
+    The original skips the cluster when the infra flavor is not in the CloudletInfo; here the
+    requested size stands in (it is what the fit check counted), so the cluster still shows.
+    """
+    flavor = flavors.get(nodes.infra_node_flavor)
+    if flavor is None:
+        return nodes
+    out = resources_pb2.NodeResources(vcpus=flavor.vcpus, ram=flavor.ram, disk=flavor.disk)
+    out.gpus.extend(flavor.gpus)
+    return out
+
+
+def _cluster_rows(
+    used: Mapping[str, int], total: Mapping[str, int]
+) -> list[infraresources_pb2.InfraResource]:
+    """The original's `clusterResValToInfra`: used values, total as maximum, rows by name."""
+    out = []
+    for name in set(used) | set(total):
+        res_type, _, res_name = name.rpartition("/")
+        scale = _NANOS if name == _clusterinst.RES_VCPUS else 1
+        out.append(
+            infraresources_pb2.InfraResource(
+                name=res_name,
+                type=res_type,
+                value=used.get(name, 0) // scale,
+                infra_max_value=total.get(name, 0) // scale,
+                units=_clusterinst.UNITS.get(name, ""),
+            )
+        )
+    return sorted(out, key=lambda r: r.name)
+
+
+def _free_score(used: Mapping[str, int], total: Mapping[str, int]) -> int:
+    """The original's cluster score: the average weighted free amount of vCPUs and RAM."""
+    score = 0
+    scored = 0
+    for name, weight in _WEIGHTS.items():
+        if name not in total:
+            continue
+        free = max(total[name] - used.get(name, 0), 0) * weight
+        score += free // _NANOS if name == _clusterinst.RES_VCPUS else free
+        scored += 1
+    return score // scored if scored else 0
+
+
+def _merged(*maps: Mapping[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for values in maps:
+        for name, value in values.items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def cluster_resource_usage(
+    caches: Caches, cluster: clusterinst_pb2.ClusterInst
+) -> clusterinst_pb2.ClusterResourceUsage | None:
+    """ShowClusterResourceUsage for one cluster: what its AppInsts take of what it has.
+
+    Kubernetes clusters are split as the placement decides: CPU pools (no GPUs) against the
+    instances' CPU-pool requests, GPU pools against their GPU-pool requests; docker and VM
+    clusters compare the instances' node resources with the cluster's node. Sidecar apps are
+    not counted, as in the AppInst placement (§4.3).
+
+    Returns:
+        None when the cloudlet has no CloudletInfo (the original leaves such clusters out).
+    """
+    info = caches.get(CLOUDLET_INFO, keys.key_string(cluster.cloudlet_key))
+    if info is None:
+        return None
+    flavors = {f.name: f for f in info.flavors}
+    refs = caches.get(CLUSTER_REFS, keys.key_string(cluster.key))
+    insts = [
+        (inst, caches.get(APP, keys.key_string(inst.app_key)))
+        for inst in (caches.get(APP_INST, keys.key_string(k)) for k in (refs.apps if refs else ()))
+        if inst is not None
+    ]
+    usage = clusterinst_pb2.ClusterResourceUsage(
+        key=cluster.key, zone_key=cluster.zone_key, cloudlet_key=cluster.cloudlet_key
+    )
+    if cluster.reservable:
+        usage.ReservedBy = cluster.reserved_by
+    if cluster.deployment == "kubernetes":
+        cpu_used: dict[str, int] = {}
+        gpu_used: dict[str, int] = {}
+        for inst, app in insts:
+            if app is not None and _is_sidecar(app):
+                continue
+            _add_pool_request(cpu_used, inst.kubernetes_resources.cpu_pool)
+            _add_pool_request(gpu_used, inst.kubernetes_resources.gpu_pool)
+        cpu_total: dict[str, int] = {}
+        gpu_total: dict[str, int] = {}
+        for pool in cluster.node_pools:
+            has_gpus = any(g.count for g in pool.node_resources.gpus)
+            nodes = _infra_nodes(pool.node_resources, flavors)
+            _add_node(gpu_total if has_gpus else cpu_total, nodes, pool.num_nodes)
+        usage.cpu_pools_resources.extend(_cluster_rows(cpu_used, cpu_total))
+        usage.gpu_pools_resources.extend(_cluster_rows(gpu_used, gpu_total))
+        usage.cpu_pools_resource_score = _free_score(cpu_used, cpu_total)
+        usage.gpu_pools_resource_score = _free_score(gpu_used, gpu_total)
+        used = _merged(cpu_used, gpu_used)
+        total = _merged(cpu_total, gpu_total)
+    else:
+        used = {}
+        for inst, _ in insts:
+            _add_node(used, inst.node_resources, 1)
+        total = {}
+        if cluster.HasField("node_resources"):
+            _add_node(total, _infra_nodes(cluster.node_resources, flavors), 1)
+    usage.total_resources.extend(_cluster_rows(used, total))
+    usage.resource_score = _free_score(used, total)
+    return usage
+
+
+def _is_sidecar(app: app_pb2.App) -> bool:
+    """The original's `IsSideCarApp`: a platform app that is deleted with its cluster."""
+    return app.key.organization == _clusterinst.EDGECLOUD_ORG and app.del_opt == app_pb2.AUTO_DELETE

@@ -14,7 +14,7 @@ from edgeproto import clusterinst_pb2, clusterinst_pb2_grpc, result_pb2
 
 from edge_cloud.errors import Unavailable
 from edge_cloud.objects import keys
-from services.controller import _clusterinst
+from services.controller import _usage
 from services.controller._cloudletinfo import CLOUDLET
 from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._inst_common import CLUSTER_INST, features_of
@@ -66,19 +66,11 @@ class ClusterInstApi(clusterinst_pb2_grpc.ClusterInstApiServicer):
     async def ShowClusterResourceUsage(
         self, request: clusterinst_pb2.ClusterInst, context: _Ctx
     ) -> AsyncIterator[clusterinst_pb2.ClusterResourceUsage]:
-        """What each matching cluster takes from its cloudlet (theoretical, §4.1)."""
-        for cluster in self._rt.engine.show(request):
-            usage = clusterinst_pb2.ClusterResourceUsage(
-                key=cluster.key, zone_key=cluster.zone_key, cloudlet_key=cluster.cloudlet_key
-            )
-            totals = _clusterinst.cluster_resources(cluster)
-            for name in sorted(totals):
-                usage.total_resources.add(
-                    name=name, value=totals[name], units=_clusterinst.UNITS.get(name, "")
-                )
-            usage.resource_score = totals.get(_clusterinst.RES_VCPUS, 0) * 1000 + totals.get(
-                _clusterinst.RES_RAM, 0
-            )
+        """What the AppInsts of each matching cluster take of what it has, by cluster key."""
+        usages = [
+            _usage.cluster_resource_usage(self._rt.caches, c) for c in self._rt.engine.show(request)
+        ]
+        for usage in sorted((u for u in usages if u), key=lambda u: keys.key_string(u.key)):
             yield usage
 
     async def GetClusterCredentials(

@@ -629,10 +629,11 @@ async def test_update_credentials_and_usage(harness: ControllerHarness, ccrm: In
             clusterinst_pb2.ClusterInst(key=k8s.key), timeout=10
         )
     ]
-    assert [(r.name, r.value) for r in usage[0].total_resources] == [
-        ("Disk", 40),
-        ("RAM", 5120),
-        ("vCPUs", 7),
+    # no AppInsts yet: nothing used of 3 nodes of the m1.small infra flavor
+    assert [(r.name, r.value, r.infra_max_value) for r in usage[0].total_resources] == [
+        ("Disk", 0, 120),
+        ("RAM", 0, 12288),
+        ("vCPUs", 0, 6),
     ]
 
 

@@ -17,6 +17,8 @@ from edgeproto import (
     appinst_pb2,
     cloudlet_pb2,
     cloudletkey_pb2,
+    cluster_pb2,
+    clusterinst_pb2,
     flavor_pb2,
     flavor_pb2_grpc,
     resources_pb2,
@@ -349,3 +351,56 @@ async def test_zones_for_app_deployment(harness: ControllerHarness, ccrm: InstCc
     err = await stream_error(api.ShowZonesForAppDeployment(unknown, timeout=10))
     assert isinstance(err, NotFound)
     assert err.message == 'Flavor key {"name":"nope"} not found'
+
+
+async def test_cluster_usage_follows_app_insts(harness: ControllerHarness, ccrm: InstCcrm) -> None:
+    ctl = await harness.start()
+    org = unique_org()
+    cloudlet = await ready_cloudlet(ctl, org)
+    await put_flavor(ctl)  # x1.small maps to the m1.small infra flavor: 2 vCPUs, 4096 MB, 40 GB
+    k8s = new_cluster(org, cloudlet, "k8s", deployment="kubernetes", num_nodes=2)
+    docker = new_cluster(org, cloudlet, "dock")
+    for request in (k8s, docker):
+        _, err = await collect(clusters(ctl).CreateClusterInst(request))
+        assert err is None, err
+
+    async def usages() -> dict[str, clusterinst_pb2.ClusterResourceUsage]:
+        filt = clusterinst_pb2.ClusterInst(key=cluster_pb2.ClusterKey(organization=org))
+        return {
+            u.key.name: u async for u in clusters(ctl).ShowClusterResourceUsage(filt, timeout=10)
+        }
+
+    def table(found: Any) -> list[tuple[str, int, int]]:
+        return [(r.name, r.value, r.infra_max_value) for r in found]
+
+    before = await usages()
+    assert list(before) == ["dock", "k8s"]
+    assert table(before["k8s"].cpu_pools_resources) == [
+        ("Disk", 0, 80),
+        ("RAM", 0, 8192),
+        ("vCPUs", 0, 4),
+    ]
+    assert table(before["k8s"].gpu_pools_resources) == []
+    assert before["k8s"].resource_score == (4000 + 8192) // 2
+    assert before["k8s"].cpu_pools_resource_score == before["k8s"].resource_score
+    assert before["k8s"].gpu_pools_resource_score == 0
+
+    kapp = await create_app(ctl, org, "kapp", deployment="kubernetes")
+    dapp = await create_app(ctl, org, "dapp")
+    for name, app, cluster in (("ai1", kapp, k8s.key), ("ai2", dapp, docker.key)):
+        _, err = await collect(app_insts(ctl).CreateAppInst(new_app_inst(org, app, name, cluster)))
+        assert err is None, err
+    after = await usages()
+    # the docker AppInst takes the x1.small node resources of the whole m1.small node
+    assert table(after["dock"].total_resources) == [
+        ("Disk", 10, 40),
+        ("RAM", 1024, 4096),
+        ("vCPUs", 2, 2),
+    ]
+    assert after["dock"].resource_score == (0 + 3072) // 2
+    # the Kubernetes AppInst's CPU-pool request, against two m1.small nodes
+    expected = [("Disk", 10, 80), ("RAM", 1024, 8192), ("vCPUs", 2, 4)]
+    assert table(after["k8s"].cpu_pools_resources) == expected
+    assert table(after["k8s"].total_resources) == expected
+    assert after["k8s"].resource_score == (2000 + 7168) // 2
+    assert after["k8s"].cloudlet_key == cloudlet.key
