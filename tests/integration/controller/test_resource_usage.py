@@ -239,6 +239,34 @@ async def test_gpu_usage(harness: ControllerHarness, ccrm: InstCcrm) -> None:
     assert by_name[("", "GPUs")] == (1, 0)
     assert by_name[("gpu", T4)] == (1, 4)
 
+    # a Kubernetes cluster as a cloudlet: limits and GPU models come from its node pools
+    pools = await ready_cloudlet(ctl, org, "c3")
+
+    def node_pools(info: cloudlet_pb2.CloudletInfo) -> None:
+        del info.flavors[:]
+        nodes = resources_pb2.NodeResources(
+            vcpus=4,
+            ram=8192,
+            disk=50,
+            gpus=[resources_pb2.GPUResource(model_id=T4, count=1, vendor="nvidia")],
+        )
+        info.node_pools.add(Name="gpupool", num_nodes=2, node_resources=nodes)
+
+    await edit(ctl, CLOUDLET_INFO, pools.key, node_pools)
+    pool_usage = await usage_of(ctl, pools.key)
+    assert [(r.type, r.name, r.value, r.infra_max_value) for r in pool_usage.info] == [
+        ("", "Disk", 0, 100),
+        ("", "GPUs", 0, 2),
+        ("", "RAM", 0, 16384),
+        ("gpu", T4, 0, 2),  # rows by resource key: gpu/nvidia-t4 sorts after upper case
+        ("", "vCPUs", 0, 8),
+    ]
+    gpus = [u async for u in ctl.cloudlets.ShowCloudletGPUUsage(filt, timeout=10)]
+    assert [u.key.name for u in gpus] == ["c1", "c3"]
+    assert [(g.gpu.model_id, g.usage.value, g.usage.infra_max_value) for g in gpus[1].gpus] == [
+        (T4, 0, 2)
+    ]
+
 
 async def test_flavor_match_and_flavors_for_zone(
     harness: ControllerHarness, ccrm: InstCcrm
@@ -333,6 +361,17 @@ async def test_zones_for_app_deployment(harness: ControllerHarness, ccrm: InstCc
     assert await zones_for(app=kube, dry_run_deploy=True, num_nodes=4) == []
     huge = {"deployment": "docker", "default_flavor": flavor_pb2.FlavorKey(name="x1.huge")}
     assert await zones_for(app=huge) == []
+    vm = {"deployment": "vm", "default_flavor": large}
+    assert await zones_for(app=vm, dry_run_deploy=True) == ["big"]
+    # a free reservable docker cluster takes the instance whatever room the cloudlet has left
+    await put_flavor(ctl)
+    small = ctl.cloudlet(cloudletkey_pb2.CloudletKey(organization=org, name="c-small"))
+    assert small is not None
+    shared = new_cluster("edgecloudorg", small, "shared1", reservable=True)
+    _, err = await collect(clusters(ctl).CreateClusterInst(shared))
+    assert err is None, err
+    assert await zones_for(app=docker, dry_run_deploy=True) == ["big", "small"]
+    assert await zones_for(app=kube, dry_run_deploy=True, num_nodes=3) == ["big"]
 
     err = await stream_error(
         api.ShowZonesForAppDeployment(app_pb2.DeploymentZoneRequest(), timeout=10)
