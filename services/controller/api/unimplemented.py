@@ -29,7 +29,6 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
     "AlertApi": ("alert_pb2", "notify"),
     "BareMetalHostApi": ("baremetalhost_pb2", "Cloudlet"),
-    "CloudletNodeApi": ("cloudletnode_pb2", "Cloudlet"),
     "SvcNodeApi": ("svcnode_pb2", "notify"),
     "DebugApi": ("debug_pb2", "notify"),
     "ExecApi": ("exec_pb2", "Cloudlet"),
