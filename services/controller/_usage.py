@@ -1,7 +1,8 @@
 """Resource usage and flavor mapping answers of the Controller (controller.md §4, §3.6, §3.7).
 
 The RPCs `GetCloudletResourceUsage`, `ShowCloudletResourceUsage`, `ShowCloudletGPUUsage`,
-`FindFlavorMatch`, `ShowFlavorsForZone` and `ShowZonesForAppDeployment` only read the caches:
+`FindFlavorMatch`, `ShowFlavorsForZone`, `ShowZonesForAppDeployment` and
+`ShowClusterResourceUsage` only read the caches:
 they report, they never reserve. So that a report can never disagree with what a create would
 decide, every number here comes from the same accounting the create transactions use
 (`_clusterinst.used_resources`, `limits`, `fit_resources`, `select_infra_flavor`); this module
@@ -11,6 +12,10 @@ only gathers the inputs from the caches and shapes the answer as the original do
   unused resources listed with value 0;
 - `resource_score` is the original's average weighted free amount (vCPUs x1000, RAM MB x1)
   over the resources that have a limit, the maximum uint64 when none has.
+
+What the create path does not count is not reported either: platform VMs, root-LB flavors,
+External IPs, CCRM additional resources and flavor-count platforms (§4.1) are left to the
+accounting itself (TODO(#4, resources): count them there, and these answers follow).
 """
 
 from __future__ import annotations
