@@ -1,18 +1,30 @@
-"""The standard server interceptor: error mapping, access log, request context, metrics."""
+"""The standard server interceptor: error mapping, access log, request context, metrics.
+
+It runs on every RPC of every daemon, so its per-call work is kept to what it must do: a
+request id from a per-process prefix and a counter, one log-context binding, plain integer
+counts that a Prometheus collector reads at scrape time (no lock, no label lookup per call),
+and an access line built only when its logger would emit it. Everything that depends only
+on the method (labels, access level, wrapped behaviour) is resolved once per method.
+"""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import inspect
+import itertools
 import logging
+import os
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, Final, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.aio
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from edge_cloud import logs
 from edge_cloud.errors import EdgeError
@@ -22,28 +34,133 @@ __all__ = ["StandardInterceptor", "standard_interceptors"]
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _AnyHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 access_log = logging.getLogger("edge_cloud.access")
 log = logging.getLogger("edge_cloud.server")
 
-HANDLED: Final = Counter(
-    "edge_grpc_server_handled_total",
-    "RPCs completed on the server, by final status code",
-    ["service", "method", "code"],
+HANDLED_NAME: Final = "edge_grpc_server_handled"
+HANDLING_NAME: Final = "edge_grpc_server_handling_seconds"
+# DME calls take well under a millisecond; the default buckets start at 5 ms.
+BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
 )
-HANDLING_SECONDS: Final = Histogram(
-    "edge_grpc_server_handling_seconds",
-    "Time from the start of an RPC to its status (a stream's whole life for streams)",
-    ["service", "method"],
-    # DME calls take well under a millisecond; the default buckets start at 5 ms.
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
+# `le` as Prometheus' Go formatting writes these bounds: 0.0005, 1.0, 2.5, +Inf
+_BUCKET_LABELS: Final = (*(repr(float(b)) for b in BUCKETS), "+Inf")
 
 # Probes and tooling; logging each at INFO would bury the real traffic.
 _QUIET_SERVICES: Final = frozenset(
     {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 )
 _REQUEST_ID_KEY: Final = "x-request-id"
+_OK: Final = grpc.StatusCode.OK
+_CANCELLED: Final = grpc.StatusCode.CANCELLED
+
+
+class _RequestIds:
+    """Request ids: 8 random hex digits per process, then 8 of a counter.
+
+    Unique enough to find one call's lines, at a fraction of `secrets.token_hex` per call;
+    a forked child draws a new prefix so it does not repeat its parent's ids.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Draw a new prefix and restart the counter (at start-up and after a fork)."""
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        """The next id (16 hex digits)."""
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
+
+
+_IDS: Final = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reset)
+
+
+class _MethodStats:
+    """Counts of one (service, method): per status code, and the latency histogram."""
+
+    __slots__ = ("buckets", "codes", "count", "labels", "total")
+
+    def __init__(self, service: str, method: str) -> None:
+        self.labels = (service, method)
+        self.codes: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, code: grpc.StatusCode, seconds: float) -> None:
+        """Count one finished RPC."""
+        codes = self.codes
+        codes[code] = codes.get(code, 0) + 1
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+
+class _StatsCollector(Collector):
+    """The RPC metrics, read from the plain counts at scrape time.
+
+    `edge_grpc_server_handled_total{service,method,code}` and the
+    `edge_grpc_server_handling_seconds{service,method}` histogram, as Prometheus counters
+    would expose them, without the lock and label lookup those take on every call.
+    """
+
+    def __init__(self) -> None:
+        self.stats: dict[tuple[str, str], _MethodStats] = {}
+
+    def of(self, service: str, method: str) -> _MethodStats:
+        """The shared counts of one method (servers of one daemon share its labels)."""
+        stats = self.stats.get((service, method))
+        if stats is None:
+            stats = self.stats[(service, method)] = _MethodStats(service, method)
+        return stats
+
+    def collect(self) -> Iterator[Metric]:
+        """The two families, from a snapshot of the counts."""
+        handled = CounterMetricFamily(
+            HANDLED_NAME,
+            "RPCs completed on the server, by final status code",
+            labels=["service", "method", "code"],
+        )
+        seconds = HistogramMetricFamily(
+            HANDLING_NAME,
+            "Time from the start of an RPC to its status (a stream's whole life for streams)",
+            labels=["service", "method"],
+        )
+        for stats in list(self.stats.values()):
+            for code, count in list(stats.codes.items()):
+                handled.add_metric([*stats.labels, code.name], count)
+            cumulative = list(itertools.accumulate(stats.buckets))
+            seconds.add_metric(
+                list(stats.labels),
+                list(zip(_BUCKET_LABELS, (float(c) for c in cumulative), strict=True)),
+                stats.total,
+            )
+        yield handled
+        yield seconds
+
+
+_COLLECTOR: Final = _StatsCollector()
+REGISTRY.register(_COLLECTOR)
 
 
 def standard_interceptors(service: str) -> list[grpc.aio.ServerInterceptor]:
@@ -100,64 +217,57 @@ class StandardInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Rpc:
-    """What the wrappers of one method need to know about it."""
+    """What the wrappers of one method need, resolved once: labels, counts, access level."""
+
+    __slots__ = ("access_level", "method", "service", "stats")
 
     def __init__(self, service: str, method: str) -> None:
         self.method = method
         self.service = service
-        self.handled: dict[grpc.StatusCode, Counter] = {}
-        self.seconds = HANDLING_SECONDS.labels(service, method)
+        self.stats = _COLLECTOR.of(service, method)
         grpc_service = method.lstrip("/").partition("/")[0]
         self.access_level = logging.DEBUG if grpc_service in _QUIET_SERVICES else logging.INFO
 
-    @contextlib.asynccontextmanager
-    async def observe(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        """Run the body as this RPC: map its errors, then log and count the outcome.
+    def context(self, context: _Ctx) -> contextlib.AbstractContextManager[None]:
+        """Bind `request_id` and `method` for every line logged while handling the call."""
+        return logs.context(request_id=_request_id(context), method=self.method)
+
+    async def failed(self, error: Exception, context: _Ctx, start: float) -> None:
+        """Record a handler's exception and abort with its status (always raises).
 
         The outcome is recorded before `context.abort` sends the status, so a client that
         sees an error also sees it counted.
         """
-        start = time.perf_counter()
-        with logs.context(request_id=_request_id(context), method=self.method):
-            try:
-                yield
-            except grpc.aio.AbortError:
-                # the handler aborted by itself: the status is already on the context
-                code = _code(context) or grpc.StatusCode.UNKNOWN
-                self._record(code, context.details() or "", context, start)
-                raise
-            except Exception as error:
-                edge = _as_edge_error(error)
-                if edge is not None:
-                    code, details = edge.code, edge.message
-                else:
-                    code = grpc.StatusCode.INTERNAL
-                    details = f"internal error (id {secrets.token_hex(4)})"
-                    log.exception("%s in %s", details, self.method)
-                self._record(code, details, context, start)
-                await context.abort(code, details)
-            except BaseException:
-                # cancelled by the client or the server's shutdown: pass it on untouched
-                self._record(grpc.StatusCode.CANCELLED, "", context, start)
-                raise
-            else:
-                code = _code(context) or grpc.StatusCode.OK
-                details = "" if code is grpc.StatusCode.OK else context.details() or ""
-                self._record(code, details, context, start)
+        edge = _as_edge_error(error)
+        if edge is not None:
+            code, details = edge.code, edge.message
+        else:
+            code = grpc.StatusCode.INTERNAL
+            details = f"internal error (id {secrets.token_hex(4)})"
+            log.error("%s in %s", details, self.method, exc_info=error)
+        self.record(code, details, context, start)
+        await context.abort(code, details)
 
-    def _record(
-        self,
-        code: grpc.StatusCode,
-        details: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-        start: float,
-    ) -> None:
+    def aborted(self, context: _Ctx, start: float) -> None:
+        """Record a handler that aborted by itself: the status is already on the context."""
+        self.record(
+            _code(context) or grpc.StatusCode.UNKNOWN, context.details() or "", context, start
+        )
+
+    def finished(self, context: _Ctx, start: float) -> None:
+        """Record a handler that returned: OK unless it set a code itself."""
+        code = _code(context)
+        if code is None or code is _OK:
+            self.record(_OK, "", context, start)
+        else:
+            self.record(code, context.details() or "", context, start)
+
+    def record(self, code: grpc.StatusCode, details: str, context: _Ctx, start: float) -> None:
+        """Count the call, and write its access line if that level is logged."""
         elapsed = time.perf_counter() - start
-        counter = self.handled.get(code)
-        if counter is None:
-            counter = self.handled[code] = HANDLED.labels(self.service, self.method, code.name)
-        counter.inc()
-        self.seconds.observe(elapsed)
+        self.stats.add(code, elapsed)
+        if not access_log.isEnabledFor(self.access_level):
+            return
         fields: dict[str, object] = {
             "peer": context.peer(),
             "code": code.name,
@@ -195,7 +305,7 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == _REQUEST_ID_KEY:
             return value if isinstance(value, str) else value.decode(errors="replace")
-    return secrets.token_hex(8)
+    return _IDS.next()
 
 
 def _wrap(
@@ -226,29 +336,52 @@ def _wrap(
 
 
 def _wrap_coroutine(
-    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], rpc: _Rpc
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    behavior: Callable[[Any, _Ctx], Awaitable[Any]], rpc: _Rpc
+) -> Callable[[Any, _Ctx], Awaitable[Any]]:
     """Wrap a unary-response handler, or a streaming one that writes with `context.write`."""
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async with rpc.observe(context):
-            response = await behavior(request, context)
-        return response
+    async def handle(request: Any, context: _Ctx) -> Any:
+        start = time.perf_counter()
+        with rpc.context(context):
+            try:
+                response = await behavior(request, context)
+            except grpc.aio.AbortError:
+                rpc.aborted(context, start)
+                raise
+            except Exception as error:
+                await rpc.failed(error, context, start)
+                raise  # not reached: `failed` aborts
+            except BaseException:
+                # cancelled by the client or the server's shutdown: pass it on untouched
+                rpc.record(_CANCELLED, "", context, start)
+                raise
+            rpc.finished(context, start)
+            return response
 
     return handle
 
 
 def _wrap_generator(
-    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]],
-    rpc: _Rpc,
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]]:
+    behavior: Callable[[Any, _Ctx], AsyncGenerator[Any, None]], rpc: _Rpc
+) -> Callable[[Any, _Ctx], AsyncGenerator[Any, None]]:
     """Wrap a handler that yields its responses."""
 
-    async def handle(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncGenerator[Any, None]:
-        async with rpc.observe(context), contextlib.aclosing(behavior(request, context)) as stream:
-            async for response in stream:
-                yield response
+    async def handle(request: Any, context: _Ctx) -> AsyncGenerator[Any, None]:
+        start = time.perf_counter()
+        with rpc.context(context):
+            try:
+                async with contextlib.aclosing(behavior(request, context)) as stream:
+                    async for response in stream:
+                        yield response
+            except grpc.aio.AbortError:
+                rpc.aborted(context, start)
+                raise
+            except Exception as error:
+                await rpc.failed(error, context, start)
+                raise  # not reached: `failed` aborts
+            except BaseException:
+                rpc.record(_CANCELLED, "", context, start)
+                raise
+            rpc.finished(context, start)
 
     return handle
