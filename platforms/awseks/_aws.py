@@ -102,6 +102,9 @@ _BAD_CREDENTIALS: Final = frozenset(
         "MissingAuthenticationToken",
     }
 )
+_IN_USE: Final = frozenset({"DependencyViolation", "ResourceInUseException"})
+"""Refusals that pass by themselves: network interfaces EKS releases minutes after a cluster
+is gone, a cluster whose node group is still being deleted."""
 _EXHAUSTED: Final = frozenset(
     {"LimitExceeded", "LimitExceededException", "ServiceQuotaExceededException"}
 )
@@ -256,6 +259,8 @@ class AwsSession:
             )
         if code in _EXHAUSTED:
             return PlatformResourceExhausted(text)
+        if code in _IN_USE:
+            return PlatformTransientError(f"{text} (still in use; try again in a few minutes)")
         return PlatformPermanentError(text)
 
     # -- flavors and quotas ----------------------------------------------------------------------

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 
 from edge_cloud.localservers import ServerProcess
-from edge_cloud.platform import PlatformPermanentError, PlatformTransientError
+from edge_cloud.platform import (
+    PlatformPermanentError,
+    PlatformResourceExhausted,
+    PlatformTransientError,
+)
+from platforms.awseks._aws import AwsCredentials, AwsSession
 from platforms.awseks.tests.proxy import aws_front
 from platforms.awseks.tests.support import (
     CREDS,
@@ -63,3 +69,18 @@ async def test_a_failed_create_removes_what_it_made(eks_moto: ServerProcess) -> 
         assert leftovers(eks_moto, site.tag)["clusters"] == ["fail-devorg"]
         await site.platform.delete_cluster_inst(keep, site.progress)
         assert nothing(leftovers(eks_moto, site.tag))
+
+
+def test_refusals_are_sorted_into_transient_exhausted_and_permanent() -> None:
+    aws = AwsSession(AwsCredentials("AKIAX", "secret"), "ap-southeast-2")
+
+    def refusal(code: str) -> Exception:
+        return aws.translate("ec2 delete_vpc", ClientError({"Error": {"Code": code}}, "DeleteVpc"))
+
+    assert isinstance(refusal("DependencyViolation"), PlatformTransientError)
+    assert "still in use" in str(refusal("DependencyViolation"))
+    assert isinstance(refusal("Throttling"), PlatformTransientError)
+    assert isinstance(refusal("LimitExceededException"), PlatformResourceExhausted)
+    refused = refusal("InvalidParameterValue")
+    assert type(refused) is PlatformPermanentError
+    assert "InvalidParameterValue" in str(refused)
