@@ -160,6 +160,8 @@ class ObjectEvents(Generic[ObjT, InfoT]):
     async def _work(self, obj: ObjT) -> None:
         target: Any = obj
         sender = self._infos.sender(target.key)
+        state = TS.TrackedState.Name(target.state)
+        log.info("%s: %s", self._name(obj), state)
         try:
             acted = await self._apply(obj, sender)
         except EdgeError as err:
@@ -167,6 +169,8 @@ class ObjectEvents(Generic[ObjT, InfoT]):
             # Controller's wait times out with the original's behaviour)
             log.warning("%s: %s", self._name(obj), err)
             acted = True
+        info: Any = sender.info
+        log.info("%s: %s done, %s", self._name(obj), state, TS.TrackedState.Name(info.state))
         if acted:
             self._changed_infra()
 

@@ -63,7 +63,10 @@ def edge_cloudlet(**env: str) -> cloudlet_pb2.Cloudlet:
         num_dynamic_ips=10,
         crm_on_edge=True,
     )
-    cloudlet.env_var.update({"FAKE_STEP_DELAY": "0.01", **env})
+    # Steps take a little time: the Controller subscribes to an operation's reports only
+    # after its commit, and a CRM that finishes within that moment leaves the caller
+    # waiting until its deadline (seen with a zero delay; reported, not ours to fix here).
+    cloudlet.env_var.update({"FAKE_STEP_DELAY": "0.05", **env})
     return cloudlet
 
 
