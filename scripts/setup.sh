@@ -40,6 +40,9 @@ mkdir -p "$STAMPS"
 if newer_than "$STAMPS/packages" pyproject.toml constraints.txt; then
     say "installing Python packages (pinned by constraints.txt)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+    # A stale egg-info beside the sources would shadow the fresh metadata (entry points of
+    # newly added platforms and daemons) for anything that runs with the tree on sys.path.
+    rm -rf ./*.egg-info
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         -c constraints.txt --group dev -e ".[aws]"
     touch "$STAMPS/packages"
