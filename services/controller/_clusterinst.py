@@ -7,8 +7,9 @@ guarded transactions and unit tests can check every message. Error texts are the
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 from edgeproto import (
     cloudlet_pb2,
@@ -18,6 +19,7 @@ from edgeproto import (
     flavor_pb2,
     refs_pb2,
     resources_pb2,
+    restagtable_pb2,
 )
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
@@ -27,22 +29,28 @@ from services.controller._dns import dns_sanitize, numbered_labels
 __all__ = [
     "EDGECLOUD_ORG",
     "ClusterInst",
+    "VmSpec",
     "add_nodes",
     "allocate_ip",
     "check_cloudlet_support",
+    "check_pools",
     "cloudlet_object_label_key",
     "cluster_fqdn",
     "cluster_label_candidates",
+    "delta_resources",
     "fit_resources",
     "free_ip",
     "ip_access_default",
+    "offered_resources",
     "precheck_user_create",
+    "res_tag_tables",
     "reservable_name",
     "reserve_auto_cluster_id",
     "resolve_node_resources",
     "select_infra_flavor",
     "used_resources",
     "validate_cluster",
+    "vm_spec",
 ]
 
 ClusterInst = clusterinst_pb2.ClusterInst
@@ -174,13 +182,7 @@ def resolve_node_resources(cluster: ClusterInst, flavor: flavor_pb2.Flavor | Non
             cluster.num_nodes = nodes
         elif not cluster.node_pools:
             raise InvalidArgument("missing flavor or node pools")
-        for pool in cluster.node_pools:
-            if not pool.Name:
-                raise InvalidArgument("pool  missing name")
-            if pool.num_nodes == 0:
-                raise InvalidArgument(f"pool {pool.Name} num nodes must be greater than 0")
-            if pool.node_resources.vcpus == 0:
-                raise InvalidArgument(f"pool {pool.Name} missing vcpus")
+        check_pools(cluster)
         if cluster.num_nodes and len(cluster.node_pools) == 1:
             cluster.node_pools[0].num_nodes = cluster.num_nodes
         cluster.num_nodes = sum(p.num_nodes for p in cluster.node_pools)
@@ -191,6 +193,21 @@ def resolve_node_resources(cluster: ClusterInst, flavor: flavor_pb2.Flavor | Non
         _node_from_flavor(cluster.node_resources, flavor)
     elif not cluster.node_resources.vcpus:
         raise InvalidArgument("missing flavor or node resources")
+
+
+def check_pools(cluster: ClusterInst) -> None:
+    """Every node pool needs a name, nodes and vCPUs (create and update alike).
+
+    Raises:
+        InvalidArgument: The original's texts for the first pool that lacks one.
+    """
+    for pool in cluster.node_pools:
+        if not pool.Name:
+            raise InvalidArgument("pool  missing name")
+        if pool.num_nodes == 0:
+            raise InvalidArgument(f"pool {pool.Name} num nodes must be greater than 0")
+        if pool.node_resources.vcpus == 0:
+            raise InvalidArgument(f"pool {pool.Name} missing vcpus")
 
 
 def _node_from_flavor(nodes: resources_pb2.NodeResources, flavor: flavor_pb2.Flavor) -> None:
@@ -366,35 +383,269 @@ def cluster_fqdn(label: str, cloudlet_label: str, region: str, app_dns_root: str
 # --- resources ------------------------------------------------------------------------------
 
 
-def select_infra_flavor(
-    nodes: resources_pb2.NodeResources, flavors: Iterable[cloudlet_pb2.FlavorInfo]
-) -> str:
-    """The smallest infra flavor with enough vCPU, RAM and disk (§4.4).
+@dataclass(frozen=True)
+class VmSpec:
+    """The infra flavor chosen for requested node resources (the original's VMCreationSpec).
 
-    Returns:
-        Its name, or `noderesources` on platforms without flavors.
+    Attributes:
+        flavor_name: The infra flavor (`noderesources` on platforms without flavors).
+        external_volume_size: Disk (GB) to allocate as a separate volume, for flavors that
+            come without a disk.
+        availability_zone: First availability zone whose name mentions `gpu`, when optional
+            resources were requested (legacy behaviour kept for OpenStack).
+        image_name: First OS image whose name mentions `gpu`, likewise.
+    """
+
+    flavor_name: str
+    external_volume_size: int = 0
+    availability_zone: str = ""
+    image_name: str = ""
+
+
+ResTagTables = Mapping[str, restagtable_pb2.ResTagTable]
+
+
+def res_tag_tables(
+    cloudlet: cloudlet_pb2.Cloudlet,
+    lookup: Callable[[restagtable_pb2.ResTagTableKey], restagtable_pb2.ResTagTable | None],
+) -> dict[str, restagtable_pb2.ResTagTable] | None:
+    """The cloudlet's res-tag tables by resource name, None when it maps none.
+
+    None and an empty dict differ as in the original: a cloudlet without a `res_tag_map`
+    refuses every optional-resource request, one whose tables are gone only matches nothing.
+
+    Args:
+        cloudlet: The cloudlet whose `res_tag_map` names the tables.
+        lookup: Reads one table (a transaction or the caches); None when it does not exist.
+    """
+    if not cloudlet.res_tag_map:
+        return None
+    out: dict[str, restagtable_pb2.ResTagTable] = {}
+    for res, key in cloudlet.res_tag_map.items():
+        table = lookup(key)
+        if table is not None:
+            out[res] = table
+    return out
+
+
+def _split_spec(text: str) -> list[str]:
+    """A `type:count` / `type:spec:count` request or an `alias:count` property, split."""
+    if ":" in text:
+        return text.split(":")
+    if "=" in text:  # VIO syntax
+        return text.split("=")
+    return [text]
+
+
+def offered_resources(flavor: cloudlet_pb2.FlavorInfo, tables: ResTagTables | None) -> set[str]:
+    """The optional resources an infra flavor offers, judged by the cloudlet's tag tables.
+
+    A flavor offers a resource when one of its property values contains one of the
+    resource table's tag values (e.g. property `pci_passthrough = "alias=t4gpu:1"` and tag
+    `pci: t4gpu:1`).
+    """
+    offered: set[str] = set()
+    if not flavor.prop_map or not tables:
+        return offered
+    for res, table in tables.items():
+        for prop_val in flavor.prop_map.values():
+            if any(tag_val in prop_val for tag_val in table.tags.values()):
+                offered.add(res)
+    return offered
+
+
+def _opt_res_matches(
+    request: str, flavor: cloudlet_pb2.FlavorInfo, table: restagtable_pb2.ResTagTable
+) -> bool:
+    """Whether the flavor's properties satisfy one optional-resource request (§8.3 step 4).
+
+    `gpu:N` is a wildcard: any property whose key contains a tag key and whose count is at
+    least N. `type:N` and `type:spec:N` must name a tag key, and the property must carry that
+    tag's value (and the spec, if given) with a count of at least N.
+    """
+    parts = _split_spec(request)
+    if len(parts) == 2:
+        res_type, spec, count = parts[0], "", parts[1]
+    elif len(parts) == 3:
+        res_type, spec, count = parts
+    else:
+        return False
+    try:
+        wanted = int(count)
+    except ValueError:
+        return False
+    if wanted <= 0:
+        return False
+    wildcard = len(parts) == 2 and res_type == "gpu"
+    for tag_key, tag_val in table.tags.items():
+        for prop_key, prop_val in flavor.prop_map.items():
+            alias = _split_spec(prop_val)
+            if len(alias) != 2:
+                continue
+            try:
+                offered = int(alias[1].strip('"').strip("'"))
+            except ValueError:
+                continue
+            if tag_key not in prop_key or offered < wanted:
+                continue
+            if wildcard:
+                return True
+            if res_type == tag_key and tag_val in prop_val and (not spec or spec in prop_val):
+                return True
+    return False
+
+
+def _gpus_exact(
+    wanted: Iterable[resources_pb2.GPUResource],
+    offered: Iterable[resources_pb2.GPUResource],
+    missing: dict[str, int],
+    extra: dict[str, int],
+) -> bool:
+    """GPUs must match exactly by model and count, so no GPU is wasted (§8.3 step 3)."""
+    provides: dict[str, int] = {}
+    for gpu in offered:
+        provides[gpu.model_id] = provides.get(gpu.model_id, 0) + gpu.count
+    for req in wanted:
+        have = provides.pop(req.model_id, 0)
+        if req.count > have:
+            missing[req.model_id] = missing.get(req.model_id, 0) + req.count - have
+            return False
+        if req.count < have:
+            extra[req.model_id] = extra.get(req.model_id, 0) + have - req.count
+            return False
+    for model, count in provides.items():
+        extra[model] = extra.get(model, 0) + count
+    return not provides
+
+
+def _check_gpu_request(
+    nodes: resources_pb2.NodeResources, tables: ResTagTables | None, cloudlet_name: str
+) -> None:
+    """The legacy `gpu` optional resource needs a `gpu` table naming its type (§8.3 step 1)."""
+    request = nodes.opt_res_map.get("gpu")
+    if request is None:
+        return
+    if tables is None or "gpu" not in tables:
+        raise InvalidArgument(f"Cloudlet {cloudlet_name} doesn't support GPU")
+    parts = _split_spec(request)
+    if len(parts) < 2:
+        raise InvalidArgument(f"Invalid optresmap {request!r} in node resources")
+    if not any(parts[0] in table.tags for table in tables.values()):
+        raise InvalidArgument(
+            f'cloudlet "{cloudlet_name}" doesn\'t support GPU resource "{parts[0]}"'
+        )
+
+
+def vm_spec(
+    nodes: resources_pb2.NodeResources,
+    info: cloudlet_pb2.CloudletInfo,
+    tables: ResTagTables | None = None,
+    *,
+    cloudlet_name: str = "",
+) -> VmSpec:
+    """The smallest infra flavor that fits the node resources, as `resspec.GetVMSpec` (§8.3).
+
+    Flavors are tried in (vCPUs, RAM, disk) order; the first with enough vCPUs, RAM and disk
+    (a disk-less flavor gets an external volume), exactly the requested GPUs, and exactly the
+    requested optional resources wins. Picking the smallest keeps big (GPU) flavors for the
+    requests that need them; the exact GPU match keeps a CPU request off GPU hardware and a
+    GPU request off hardware without it.
+
+    Args:
+        nodes: The requested resources (`infra_node_flavor` names a flavor explicitly).
+        info: The cloudlet's report: flavors, availability zones, images.
+        tables: The cloudlet's res-tag tables (`res_tag_tables`), None when it maps none.
+        cloudlet_name: For error messages.
 
     Raises:
-        InvalidArgument: `no suitable infra flavor found for requested node resources, ...`.
+        InvalidArgument: `no suitable infra flavor found for requested node resources, <n>
+            with not enough <res>, ...`, an unknown explicit flavor, or an optional resource
+            the cloudlet cannot offer.
     """
-    candidates = sorted(flavors, key=lambda f: (f.vcpus, f.ram, f.disk, f.name))
-    if not candidates:
-        return "noderesources"
-    short: dict[str, int] = {}
+    if not info.flavors:
+        return VmSpec(flavor_name="noderesources")
+    if nodes.infra_node_flavor:
+        if not any(f.name == nodes.infra_node_flavor for f in info.flavors):
+            raise InvalidArgument(
+                f"Cloudlet flavor {nodes.infra_node_flavor} not found on cloudlet"
+            )
+        return VmSpec(
+            flavor_name=nodes.infra_node_flavor,
+            availability_zone=_first_named(info.availability_zones, "gpu"),
+            image_name=_first_named(info.os_images, "gpu"),
+        )
+    _check_gpu_request(nodes, tables, cloudlet_name)
+    if nodes.opt_res_map and tables is None:
+        raise InvalidArgument(
+            f"Optional resource requested, cloudlet {cloudlet_name} supports none"
+        )
+    candidates = sorted(info.flavors, key=lambda f: (f.vcpus, f.ram, f.disk, f.name))
+    skipped: dict[str, int] = {}
+    extra_gpus: dict[str, int] = {}
+    extra_res = 0
     for flavor in candidates:
-        reasons = []
+        short = ""
         if flavor.vcpus < nodes.vcpus:
-            reasons.append("vcpu")
-        if flavor.ram < nodes.ram:
-            reasons.append("mem")
-        if nodes.disk and flavor.disk and flavor.disk < nodes.disk:
-            reasons.append("disk")
-        if not reasons:
-            return flavor.name
-        for reason in reasons:
-            short[reason] = short.get(reason, 0) + 1
-    detail = ", ".join(f"{n} with not enough {r}" for r, n in sorted(short.items()))
-    raise InvalidArgument(f"no suitable infra flavor found for requested node resources, {detail}")
+            short = RES_VCPUS
+        elif flavor.ram < nodes.ram:
+            short = RES_RAM
+        elif flavor.disk and flavor.disk < nodes.disk:
+            short = RES_DISK
+        if short:
+            skipped[short] = skipped.get(short, 0) + 1
+            continue
+        if not _gpus_exact(nodes.gpus, flavor.gpus, skipped, extra_gpus):
+            continue
+        matched: set[str] = set()
+        failed = ""
+        for res, request in nodes.opt_res_map.items():
+            table = (tables or {}).get(res)
+            if table is None:
+                continue
+            if not _opt_res_matches(request, flavor, table):
+                failed = res
+                break
+            matched.add(res)
+        if failed:
+            skipped[failed] = skipped.get(failed, 0) + 1
+            continue
+        if matched != offered_resources(flavor, tables):
+            extra_res += 1
+            continue
+        optional = bool(nodes.opt_res_map)
+        return VmSpec(
+            flavor_name=flavor.name,
+            external_volume_size=nodes.disk if flavor.disk == 0 else 0,
+            availability_zone=_first_named(info.availability_zones, "gpu") if optional else "",
+            image_name=_first_named(info.os_images, "gpu") if optional else "",
+        )
+    reasons = sorted(f"{n} with not enough {res}" for res, n in skipped.items())
+    if extra_res:
+        reasons.append(f"{extra_res} with optional resources not requested")
+    reasons.extend(f"{n} with {model} not requested" for model, n in sorted(extra_gpus.items()))
+    raise InvalidArgument(
+        "no suitable infra flavor found for requested node resources, " + ", ".join(reasons)
+    )
+
+
+def _first_named(items: Iterable[Any], part: str) -> str:
+    return next((i.name for i in items if part in i.name.lower()), "")
+
+
+def select_infra_flavor(
+    nodes: resources_pb2.NodeResources,
+    flavors: Iterable[cloudlet_pb2.FlavorInfo],
+    tables: ResTagTables | None = None,
+    *,
+    cloudlet_name: str = "",
+) -> str:
+    """The name of the infra flavor `vm_spec` chooses, for callers that need only that.
+
+    Raises:
+        InvalidArgument: As `vm_spec`.
+    """
+    info = cloudlet_pb2.CloudletInfo(flavors=list(flavors))
+    return vm_spec(nodes, info, tables, cloudlet_name=cloudlet_name).flavor_name
 
 
 def add_nodes(totals: dict[str, int], nodes: resources_pb2.NodeResources, count: int) -> None:
@@ -421,6 +672,15 @@ def cluster_resources(
     for pool in cluster.node_pools:
         add_nodes(totals, pool.node_resources, pool.num_nodes)
     return totals
+
+
+def delta_resources(new: Mapping[str, int], old: Mapping[str, int]) -> dict[str, int]:
+    """What an update adds (new - old, growing resources only), for its fit check (§4.2).
+
+    Checking only the growth lets a cloudlet that is already over a lowered quota still
+    shrink or reshape its clusters.
+    """
+    return {name: new[name] - old.get(name, 0) for name in new if new[name] > old.get(name, 0)}
 
 
 def used_resources(

@@ -297,7 +297,7 @@ async def test_flavor_match_and_flavors_for_zone(
     assert isinstance(err, NotFound)
     assert err.message == (
         "failed to find flavor match for c1, no suitable infra flavor found for requested node "
-        "resources, 1 with not enough mem, 2 with not enough vcpu"
+        "resources, 2 with not enough vCPUs"
     )
     err = await rpc_error(match("nope"))
     assert isinstance(err, NotFound)
@@ -311,6 +311,14 @@ async def test_flavor_match_and_flavors_for_zone(
         info.availability_zones.add(name="nova")
         info.availability_zones.add(name="GPU-zone")
         info.flavors.add(name="g1", vcpus=4, ram=4096, disk=40)
+        # the same size with the GPU: the match must be exact, so g1 (no GPU) never fits
+        info.flavors.add(
+            name="g1.t4",
+            vcpus=4,
+            ram=4096,
+            disk=40,
+            gpus=[resources_pb2.GPUResource(model_id=T4, count=1)],
+        )
 
     await edit(ctl, CLOUDLET_INFO, cloudlet.key, gpu_zone)
     gpu_flavor = flavor_pb2.Flavor(
@@ -322,7 +330,9 @@ async def test_flavor_match_and_flavors_for_zone(
     )
     await flavor_pb2_grpc.FlavorApiStub(ctl.channel).CreateFlavor(gpu_flavor, timeout=10)
     gpu_match = await match("x1.gpu")
-    assert (gpu_match.flavor_name, gpu_match.availability_zone) == ("g1", "GPU-zone")
+    assert (gpu_match.flavor_name, gpu_match.availability_zone) == ("g1.t4", "GPU-zone")
+    # and a CPU flavor of that size is not put on the GPU flavor
+    assert (await match("x1.large")).flavor_name == "g1"
 
     names = [k.name async for k in ctl.cloudlets.ShowFlavorsForZone(zone, timeout=10)]
     assert names == ["x1.gpu", "x1.large", "x1.small"]

@@ -208,7 +208,7 @@ def test_infra_flavor_selection() -> None:
     assert ci.select_infra_flavor(resources_pb2.NodeResources(vcpus=4), flavors) == "big"
     assert ci.select_infra_flavor(resources_pb2.NodeResources(vcpus=64), []) == "noderesources"
     assert message(ci.select_infra_flavor, resources_pb2.NodeResources(vcpus=16), flavors) == (
-        "no suitable infra flavor found for requested node resources, 2 with not enough vcpu"
+        "no suitable infra flavor found for requested node resources, 2 with not enough vCPUs"
     )
 
 
