@@ -78,6 +78,10 @@ from services.controller._cloudletinfo import (
     state_name,
 )
 from services.controller._engine import DELETE_PREPARE, Txn
+from services.controller._followons import (
+    check_cloudlet_app_insts_trust,
+    propagate_cloudlet_location,
+)
 from services.controller._inst_ops import ClusterInstOps
 from services.controller._progress import ERROR, OpStream, StreamStart, compact_text, stream_key
 from services.controller._runtime import Runtime
@@ -1006,13 +1010,13 @@ class CloudletOps(TrackedOps):
                         raise InvalidArgument(
                             f"Trust Policy not supported on {current.platform_type}"
                         )
-                    txn.require(
+                    policy = txn.require(
                         TRUST_POLICY,
                         autoscalepolicy_pb2.PolicyKey(
                             organization=update.key.organization, name=update.trust_policy
                         ),
                     )
-                    # TODO(#4, AppInst): every AppInst here must comply.
+                    check_cloudlet_app_insts_trust(txn, rt.caches, current, policy)
             if (
                 current.enable_default_serverless_cluster
                 != merged.enable_default_serverless_cluster
@@ -1073,7 +1077,7 @@ class CloudletOps(TrackedOps):
         rt = self._rt
         settings = rt.settings()
         timeout = seconds(settings.update_cloudlet_timeout)
-        # TODO(#4, AppInst): propagate a location change to the AppInsts.
+        await propagate_cloudlet_location(rt.engine, merged.key, fmap)
         if outcome["crm"] and not cctx.ignore_crm:
             if merged.crm_on_edge:
                 info = rt.caches.get(CLOUDLET_INFO, keys.key_string(merged.key))

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc.aio
-from edgeproto import flavor_pb2, flavor_pb2_grpc, result_pb2, settings_pb2
+from edgeproto import (
+    app_pb2,
+    appinst_pb2,
+    cloudlet_pb2,
+    clusterinst_pb2,
+    flavor_pb2,
+    flavor_pb2_grpc,
+    result_pb2,
+    settings_pb2,
+)
 
-from edge_cloud.errors import FailedPrecondition, Unimplemented
+from edge_cloud.errors import EdgeError, FailedPrecondition, Unimplemented
 from edge_cloud.objects import registry
 from edge_cloud.objects.registry import SETTINGS_KEY
-from services.controller import _uses, _validate
+from services.controller import _validate
 from services.controller._engine import Txn
 from services.controller._runtime import SETTINGS, Runtime
+from services.controller._sync import Caches
+from services.controller.api.app import AppApi
 
 __all__ = ["FlavorApi", "add"]
 
+log = logging.getLogger(__name__)
+
 FLAVOR: Final = registry.by_class(flavor_pb2.Flavor)
+APP: Final = registry.by_class(app_pb2.App)
+APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
+CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
+CLOUDLET: Final = registry.by_class(cloudlet_pb2.Cloudlet)
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -54,10 +72,30 @@ class FlavorApi(flavor_pb2_grpc.FlavorApiServicer):
         await engine.delete(
             request,
             prepare=not_master_flavor,
-            in_use=lambda flavor: _uses.flavor_users(engine.caches, flavor),
+            in_use=lambda flavor: _flavor_users(engine.caches, flavor),
         )
-        # TODO(#4, App): delete AutoDelete Apps whose default flavor this was.
+        await self._auto_delete_apps(request.key, context)
         return result_pb2.Result()
+
+    async def _auto_delete_apps(self, key: flavor_pb2.FlavorKey, context: _Ctx) -> None:
+        """Delete the AutoDelete Apps whose default flavor was `key`, as the original does.
+
+        Such Apps were created for the flavor (by a caller that owns neither), so they do
+        not keep it in use and go with it. Each goes through the App API's own delete, which
+        also removes its deletable instances; one that still has static instances stays,
+        and the flavor delete still succeeds, as in the original.
+        """
+        apps = AppApi(self._rt)
+        doomed = sorted(
+            (name, app)
+            for name, app in self._rt.caches.items(APP)
+            if app.default_flavor == key and app.del_opt == app_pb2.AUTO_DELETE
+        )
+        for name, app in doomed:
+            try:
+                await apps.DeleteApp(app_pb2.App(key=app.key), context)
+            except EdgeError as err:
+                log.warning("could not auto-delete App %s of flavor %s: %s", name, key.name, err)
 
     async def ShowFlavor(
         self, request: flavor_pb2.Flavor, context: _Ctx
@@ -86,6 +124,27 @@ class FlavorApi(flavor_pb2_grpc.FlavorApiServicer):
 
         await self._rt.engine.modify(FLAVOR, request.key, remove)
         return result_pb2.Result()
+
+
+def _flavor_users(caches: Caches, flavor: flavor_pb2.Flavor) -> None:
+    """The in-use checks of a flavor delete; AutoDelete Apps do not count (they go with it).
+
+    Raises:
+        FailedPrecondition: `Flavor in use by <Type> <key>` for the first user found.
+    """
+    name = flavor.key.name
+    for key, cluster in caches.items(CLUSTER_INST):
+        if cluster.flavor.name == name:
+            raise FailedPrecondition(f"Flavor in use by ClusterInst {key}")
+    for key, app in caches.items(APP):
+        if app.default_flavor.name == name and app.del_opt != app_pb2.AUTO_DELETE:
+            raise FailedPrecondition(f"Flavor in use by App {key}")
+    for key, inst in caches.items(APP_INST):
+        if inst.flavor.name == name:
+            raise FailedPrecondition(f"Flavor in use by AppInst {key}")
+    for key, cloudlet in caches.items(CLOUDLET):
+        if cloudlet.flavor.name == name:
+            raise FailedPrecondition(f"Flavor in use by Cloudlet {key}")
 
 
 def add(server: grpc.aio.Server, runtime: Runtime) -> list[str]:

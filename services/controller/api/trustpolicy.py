@@ -14,6 +14,10 @@ from edgeproto import result_pb2, trustpolicy_pb2, trustpolicy_pb2_grpc
 
 from services.controller import _uses, _validate
 from services.controller._engine import Txn
+from services.controller._followons import (
+    check_cloudlets_using_trust_policy,
+    cloudlets_using_trust_policy,
+)
 from services.controller._runtime import Runtime
 
 __all__ = ["UPDATABLE", "TrustPolicyApi", "add"]
@@ -45,7 +49,7 @@ class TrustPolicyApi(trustpolicy_pb2_grpc.TrustPolicyApiServicer):
     async def UpdateTrustPolicy(
         self, request: trustpolicy_pb2.TrustPolicy, context: _Ctx
     ) -> AsyncIterator[result_pb2.Result]:
-        """Replace the rules; cloudlets using the policy would be updated here."""
+        """Replace the rules, refused if an AppInst on a cloudlet using the policy would break."""
         update = trustpolicy_pb2.TrustPolicy()
         update.CopyFrom(request)
         _validate.fixup_security_rules(update.outbound_security_rules)
@@ -54,11 +58,17 @@ class TrustPolicyApi(trustpolicy_pb2_grpc.TrustPolicyApiServicer):
             txn: Txn, merged: trustpolicy_pb2.TrustPolicy, current: trustpolicy_pb2.TrustPolicy
         ) -> None:
             _validate.check_trust_policy(merged)
-            # TODO(#4, Cloudlet): every AppInst on cloudlets using the policy
-            # must comply, then each such cloudlet is updated through its CRM or CCRM.
+            check_cloudlets_using_trust_policy(txn, self._rt.caches, merged)
 
         await self._rt.engine.update(update, updatable=UPDATABLE, check=check)
-        yield result_pb2.Result(message="Trust policy updated, no cloudlets affected")
+        if not cloudlets_using_trust_policy(self._rt.caches, update.key):
+            yield result_pb2.Result(message="Trust policy updated, no cloudlets affected")
+            return
+        # TODO(#4, Cloudlet): push the changed rules to each cloudlet using the policy
+        # through its CRM or CCRM and report per-cloudlet results, as the original's
+        # UpdateCloudletsUsingTrustPolicy does; until then the stored policy reaches an
+        # on-edge CRM through notify only.
+        yield result_pb2.Result(message="Trust policy updated")
 
     async def DeleteTrustPolicy(
         self, request: trustpolicy_pb2.TrustPolicy, context: _Ctx

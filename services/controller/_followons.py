@@ -1,0 +1,172 @@
+"""Follow-on effects of Cloudlet and TrustPolicy changes on the AppInsts they host (issue 4).
+
+The original applies these after (location) or inside (trust policy) the triggering update,
+reading the AppInsts from its caches. Here each is one guarded etcd transaction over the
+objects it reads, so a concurrent change to one of them makes it re-run on fresh data
+instead of acting on a stale view.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from edgeproto import (
+    app_pb2,
+    appinst_pb2,
+    autoscalepolicy_pb2,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    trustpolicy_pb2,
+)
+
+from edge_cloud.errors import EdgeError, FailedPrecondition
+from edge_cloud.objects import fields, keys, registry
+from services.controller import _app, _cloudlet
+from services.controller._engine import Engine, Txn
+from services.controller._sync import Caches
+
+__all__ = [
+    "check_cloudlet_app_insts_trust",
+    "check_cloudlets_using_trust_policy",
+    "cloudlets_using_trust_policy",
+    "propagate_cloudlet_location",
+]
+
+log = logging.getLogger(__name__)
+
+CLOUDLET: Final = registry.by_class(cloudlet_pb2.Cloudlet)
+APP: Final = registry.by_class(app_pb2.App)
+APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
+
+
+def _insts_on(caches: Caches, cloudlet_key: cloudletkey_pb2.CloudletKey) -> list[str]:
+    """Key strings of the cached AppInsts on a cloudlet, sorted for stable transactions."""
+    return sorted(key for key, inst in caches.items(APP_INST) if inst.cloudlet_key == cloudlet_key)
+
+
+async def propagate_cloudlet_location(
+    engine: Engine, cloudlet_key: cloudletkey_pb2.CloudletKey, updated: fields.FieldSet
+) -> int:
+    """Copy an updated cloudlet location onto the `cloudlet_loc` of its AppInsts.
+
+    The DME ranks AppInsts by `cloudlet_loc`, so a moved cloudlet must move its instances.
+    Run after the cloudlet update committed and the caches caught up with it: every AppInst
+    created before that commit is then in the caches, and every later one copied the new
+    location when it was created. The coordinates are read from the cloudlet inside the
+    same transaction, so two racing location updates cannot leave the instances behind.
+
+    Args:
+        engine: The object engine.
+        cloudlet_key: The updated cloudlet.
+        updated: The field paths of the update; only the listed coordinates are copied
+            (`location` itself means both), as in the original.
+
+    Returns:
+        How many AppInsts were changed (0 if the transaction failed; that is logged).
+    """
+    whole = updated.has(_cloudlet.LOCATION)
+    latitude = whole or updated.has(_cloudlet.LATITUDE)
+    longitude = whole or updated.has(_cloudlet.LONGITUDE)
+    if not (latitude or longitude):
+        return 0
+    names = _insts_on(engine.caches, cloudlet_key)
+    if not names:
+        return 0
+
+    def fn(txn: Txn) -> int:
+        cloudlet = txn.get(CLOUDLET, cloudlet_key)
+        if cloudlet is None:
+            return 0  # deleted meanwhile: its AppInsts are gone or going too
+        changed = 0
+        for inst in txn.get_many(APP_INST, names):
+            if inst is None or inst.cloudlet_key != cloudlet_key:
+                continue
+            before = (inst.cloudlet_loc.latitude, inst.cloudlet_loc.longitude)
+            if latitude:
+                inst.cloudlet_loc.latitude = cloudlet.location.latitude
+            if longitude:
+                inst.cloudlet_loc.longitude = cloudlet.location.longitude
+            if before != (inst.cloudlet_loc.latitude, inst.cloudlet_loc.longitude):
+                txn.put(inst)
+                changed += 1
+        return changed
+
+    try:
+        return await engine.apply(fn)
+    except EdgeError as err:
+        # the cloudlet update itself stands, as in the original, which only logs this
+        log.warning(
+            "could not update the AppInst locations of cloudlet %s: %s",
+            keys.key_string(cloudlet_key),
+            err,
+        )
+        return 0
+
+
+def cloudlets_using_trust_policy(
+    caches: Caches, policy_key: autoscalepolicy_pb2.PolicyKey
+) -> list[str]:
+    """Key strings of the cloudlets of the policy's organization that name it, sorted."""
+    return sorted(
+        key
+        for key, cloudlet in caches.items(CLOUDLET)
+        if cloudlet.key.organization == policy_key.organization
+        and cloudlet.trust_policy == policy_key.name
+    )
+
+
+def check_cloudlet_app_insts_trust(
+    txn: Txn,
+    caches: Caches,
+    cloudlet: cloudlet_pb2.Cloudlet,
+    policy: trustpolicy_pb2.TrustPolicy,
+) -> None:
+    """Refuse unless every AppInst on `cloudlet` complies with `policy`.
+
+    The AppInsts and their Apps are read in `txn`, so the caller's write commits only if
+    none of them changed meanwhile (an App turned untrusted, a new outbound connection).
+
+    Args:
+        txn: The transaction the caller writes in.
+        caches: For the cloudlet's AppInst keys and its zone pools' exceptions.
+        cloudlet: The cloudlet as read in `txn`.
+        policy: The policy it uses or is about to use.
+
+    Raises:
+        NotFound: An AppInst's App is missing.
+        FailedPrecondition: The original's text for the first instance that does not comply.
+    """
+    for inst in txn.get_many(APP_INST, _insts_on(caches, cloudlet.key)):
+        if inst is None or inst.cloudlet_key != cloudlet.key:
+            continue
+        app = txn.get(APP, inst.app_key)
+        if app is None:
+            raise keys.not_found(inst.app_key)
+        _app._check_trust_policy(caches, cloudlet, app, policy)
+
+
+def check_cloudlets_using_trust_policy(
+    txn: Txn, caches: Caches, policy: trustpolicy_pb2.TrustPolicy
+) -> None:
+    """Refuse a policy change that an AppInst on a cloudlet using the policy would break.
+
+    Args:
+        txn: The transaction writing the policy.
+        caches: The read side, for the cloudlets and their AppInsts.
+        policy: The policy as it will be stored.
+
+    Raises:
+        FailedPrecondition: `AppInst on cloudlet <key> not compatible with trust policy - <why>`.
+    """
+    for name in cloudlets_using_trust_policy(caches, policy.key):
+        cloudlet = txn.get(CLOUDLET, name)
+        if cloudlet is None or cloudlet.trust_policy != policy.key.name:
+            continue
+        try:
+            check_cloudlet_app_insts_trust(txn, caches, cloudlet, policy)
+        except EdgeError as err:
+            raise FailedPrecondition(
+                f"AppInst on cloudlet {_app._go_text(cloudlet.key).strip()} not compatible "
+                f"with trust policy - {err.message}"
+            ) from err
