@@ -44,6 +44,7 @@ from edgeproto import (
     common_pb2,
     flavor_pb2,
     refs_pb2,
+    restagtable_pb2,
     zone_pb2,
 )
 from google.protobuf.message import Message
@@ -54,7 +55,7 @@ from edge_cloud.errors import (
     ResourceExhausted,
 )
 from edge_cloud.objects import codec, fields, keys, registry
-from services.controller import _clusterinst
+from services.controller import _clusterinst, _usage
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
 from services.controller._engine import Txn
@@ -94,11 +95,13 @@ __all__ = [
     "CLUSTER_UPDATE_WAIT",
     "FLAVOR",
     "PLATFORM_FEATURES",
+    "RES_TAG_TABLE",
     "TERMINAL",
     "InstOpsBase",
     "InstRecovery",
     "NoFit",
     "check_cloudlet_ready",
+    "cloudlet_res_tags",
     "cloudlet_score",
     "cloudlet_usable",
     "copy_msg",
@@ -125,6 +128,7 @@ AUTOSCALE: Final = registry.by_class(autoscalepolicy_pb2.AutoScalePolicy)
 CLOUDLET_REFS: Final = registry.by_class(refs_pb2.CloudletRefs)
 CLUSTER_REFS: Final = registry.by_class(refs_pb2.ClusterRefs)
 APP_INST_REFS: Final = registry.by_class(refs_pb2.AppInstRefs)
+RES_TAG_TABLE: Final = registry.by_class(restagtable_pb2.ResTagTable)
 
 CLUSTER_ALL_FIELDS: Final = list(fields.all_field_paths(clusterinst_pb2.ClusterInst.DESCRIPTOR))
 APP_INST_ALL_FIELDS: Final = list(fields.all_field_paths(appinst_pb2.AppInst.DESCRIPTOR))
@@ -363,21 +367,29 @@ def cloudlet_usable(caches: Caches, cloudlet: cloudlet_pb2.Cloudlet) -> bool:
     )
 
 
+def cloudlet_res_tags(
+    txn: Txn, cloudlet: cloudlet_pb2.Cloudlet
+) -> dict[str, restagtable_pb2.ResTagTable] | None:
+    """The cloudlet's res-tag tables read in the transaction, for infra flavor matching.
+
+    Read with `get`, so a table edited meanwhile re-runs the transaction and the flavor
+    chosen always matches the tables in force at commit.
+    """
+    return _clusterinst.res_tag_tables(cloudlet, lambda key: txn.get(RES_TAG_TABLE, key))
+
+
 def cloudlet_score(caches: Caches, cloudlet: cloudlet_pb2.Cloudlet) -> int:
-    """Free-resource score: vCPU weight 1000, RAM MB weight 1 (higher is better)."""
+    """Placement order of candidate cloudlets: the original's free-resource score.
+
+    The same number `GetCloudletResourceUsage` reports (`_usage.resource_score` over
+    `_usage.controller_used`: ClusterInsts and VM AppInsts), so placement never disagrees
+    with what an operator is shown. Higher is better; a cloudlet without limits scores
+    the maximum.
+    """
     info = caches.get(CLOUDLET_INFO, keys.key_string(cloudlet.key))
-    limit = _clusterinst.limits(cloudlet, info)
-    refs = caches.get(CLOUDLET_REFS, keys.key_string(cloudlet.key))
-    clusters = []
-    if refs is not None:
-        for ck in refs.cluster_insts:
-            found = caches.get(CLUSTER_INST, keys.key_string(ck))
-            if found is not None:
-                clusters.append(found)
-    used = _clusterinst.used_resources(clusters)
-    free_cpu = limit.get(_clusterinst.RES_VCPUS, 0) - used.get(_clusterinst.RES_VCPUS, 0)
-    free_ram = limit.get(_clusterinst.RES_RAM, 0) - used.get(_clusterinst.RES_RAM, 0)
-    return free_cpu * 1000 + free_ram
+    if info is None:
+        return 0
+    return _usage.resource_score(cloudlet, info, _usage.controller_used(caches, cloudlet))
 
 
 class InstOpsBase(TrackedOps):
