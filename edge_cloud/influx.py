@@ -180,6 +180,63 @@ class InfluxV1Writer:
                 rows.append({**(tags or {}), **point})
         return rows
 
+    async def set_retention_policy(self, name: str, duration_ns: int, *, default: bool) -> None:
+        """Create the retention policy `name` on this database, or alter it if it exists.
+
+        The original's `CreateRetentionPolicy`: replication 1, shard groups of one day or of
+        the whole duration if that is shorter, so expired data goes in day-sized drops.
+
+        Args:
+            name: Policy name, e.g. `metrics_default`.
+            duration_ns: How long points are kept, in nanoseconds (a Settings duration).
+            default: Make it the database's default policy (where writes without one go).
+
+        Raises:
+            InvalidArgument: The duration is not positive, or InfluxDB refused it (InfluxDB
+                keeps data at least an hour).
+            Unavailable: InfluxDB is down.
+        """
+        if duration_ns <= 0:
+            raise InvalidArgument(
+                f"retention of {name!r} on {self.database!r} must be positive, not {duration_ns}ns"
+            )
+        shard = min(duration_ns, _DAY_NS)
+        tail = (
+            f"ON {_quote_ident(self.database)} DURATION {_influx_duration(duration_ns)} "
+            f"REPLICATION 1 SHARD DURATION {_influx_duration(shard)}"
+            + (" DEFAULT" if default else "")
+        )
+        try:
+            await self._call(
+                "create a retention policy on",
+                self._client.query,
+                f"CREATE RETENTION POLICY {_quote_ident(name)} {tail}",
+                method="POST",
+            )
+        except InvalidArgument as err:
+            if "already exists" not in err.message:
+                raise
+            await self._call(
+                "alter a retention policy on",
+                self._client.query,
+                f"ALTER RETENTION POLICY {_quote_ident(name)} {tail}",
+                method="POST",
+            )
+
+    async def retention_policies(self) -> list[dict[str, Any]]:
+        """This database's retention policies, as InfluxDB reports them.
+
+        Returns:
+            One dict per policy: `name`, `duration`, `shardGroupDuration` (like `672h0m0s`),
+            `replicaN` and `default`.
+        """
+        result = await self._call(
+            "list retention policies on",
+            self._client.get_list_retention_policies,
+            self.database,
+        )
+        return list(result)
+
     async def drop_database(self) -> None:
         """Drop this writer's database (tests clean up with it)."""
         await self._call("drop database on", self._client.drop_database, self.database)
@@ -203,6 +260,24 @@ class InfluxV1Writer:
             raise InvalidArgument(f"{where} refused to {verb}: {_one_line(err)}") from err
         except requests.exceptions.RequestException as err:
             raise EdgeError(f"{where}: could not {verb}: {_one_line(err)}") from err
+
+
+_DAY_NS = 24 * 3600 * 10**9
+_UNITS = (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6), ("u", 10**3))
+
+
+def _influx_duration(ns: int) -> str:
+    """An InfluxQL duration literal for `ns` nanoseconds, in the largest exact unit."""
+    for unit, size in _UNITS:
+        if ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
+
+
+def _quote_ident(name: str) -> str:
+    """An InfluxQL double-quoted identifier (backslashes and quotes escaped)."""
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _point_json(point: Point) -> dict[str, Any]:

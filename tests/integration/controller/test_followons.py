@@ -20,15 +20,22 @@ from edgeproto import (
     common_pb2,
     flavor_pb2,
     refs_pb2,
+    settings_pb2,
     trustpolicy_pb2,
 )
 from google.protobuf.message import Message
 
-from edge_cloud.errors import FailedPrecondition
+from edge_cloud.errors import FailedPrecondition, InvalidArgument
+from edge_cloud.influx import InfluxV1Writer
+from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys, registry
+from services.controller import _settings
 from services.controller._engine import Txn
+from services.controller._runtime import Runtime
 from services.controller.api.flavor import FlavorApi
+from services.controller.api.settings import RETENTION_DATABASES, _path, update_settings
 from services.controller.api.trustpolicy import TrustPolicyApi
+from services.controller.config import ControllerConfig
 from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
@@ -41,6 +48,7 @@ from tests.integration.controller.cloudlet_harness import (
     put_features,
     unique_org,
 )
+from tests.integration.controller.conftest import StartInstance
 
 __all__ = ["harness"]
 
@@ -259,3 +267,53 @@ async def test_flavor_delete_takes_its_auto_delete_apps(harness: ControllerHarne
     assert ctl.engine.get(registry.by_class(flavor_pb2.Flavor), flavor.key) is None
     assert ctl.engine.get(APP, APP_KEY) is None
     assert await ctl.store.get(keys.object_store_key(refs_pb2.AppInstRefs(key=APP_KEY))) is None
+
+
+async def test_retention_changes_reach_influxdb(
+    start_instance: StartInstance, influx_server: ServerProcess
+) -> None:
+    ctl = await start_instance()
+    runtime = Runtime(ControllerConfig(influx_addr=influx_server.client_url))
+    runtime.attach(ctl.engine)
+    hour = 3600 * 10**9
+    retention = settings_pb2.Settings(
+        influx_db_metrics_retention=700 * hour,
+        influx_db_downsampled_metrics_retention=2 * hour,
+        fields=["18", "31"],  # metrics and downsampled retention
+    )
+    assert [_path(n) for n, _ in RETENTION_DATABASES] == ["18", "26", "32", "31"]
+    assert await update_settings(runtime, retention)
+
+    async def policies(database: str) -> list[tuple[str, str, str, bool]]:
+        writer = await InfluxV1Writer.connect(influx_server.client_url, database)
+        try:
+            found = await writer.retention_policies()
+        finally:
+            await writer.close()
+        return sorted(
+            (p["name"], p["duration"], p["shardGroupDuration"], p["default"])
+            for p in found
+            if p["name"] != "autogen"
+        )
+
+    assert await policies("metrics") == [("metrics_default", "700h0m0s", "24h0m0s", True)]
+    assert await policies("downsampled_metrics") == [
+        ("downsampled_metrics_default", "2h0m0s", "2h0m0s", True)
+    ]
+    # an existing policy is altered, and unchanged values are not sent again
+    retention.influx_db_metrics_retention = 800 * hour
+    assert await update_settings(runtime, retention)
+    assert await policies("metrics") == [("metrics_default", "800h0m0s", "24h0m0s", True)]
+
+    # InfluxDB refuses less than an hour: the settings stay as they were
+    short = settings_pb2.Settings(influx_db_metrics_retention=60 * 10**9, fields=["18"])
+    with pytest.raises(InvalidArgument) as caught:
+        await update_settings(runtime, short)
+    assert "retention policy duration must be at least 1h0m0s" in caught.value.message
+    assert runtime.settings().influx_db_metrics_retention == 800 * hour
+
+    # back to the defaults, so other tests of this session see the usual policies
+    defaults = _settings.default_settings()
+    defaults.fields.extend(["18", "31"])
+    assert await update_settings(runtime, defaults)
+    assert await policies("metrics") == [("metrics_default", "672h0m0s", "24h0m0s", True)]
