@@ -23,6 +23,8 @@ Pieces:
 from edge_cloud.platform import registry
 from edge_cloud.platform._access import (
     AccessApi,
+    CloudletNodes,
+    ControllerCloudletNodes,
     DnsRecord,
     LocalAccessApi,
     RegistryAuth,
@@ -86,7 +88,9 @@ __all__ = [
     "RESOURCE_TYPE_GPU",
     "RESOURCE_VCPUS",
     "AccessApi",
+    "CloudletNodes",
     "CommandClient",
+    "ControllerCloudletNodes",
     "Deployment",
     "DnsRecord",
     "InfoSender",

@@ -12,6 +12,10 @@ with a message saying so. `SecretsAccessApi` is what the CCRM hands its platform
 cloudlet's access vars, App secret env vars and registry credentials come from the
 secrets backend (Vault or the local sealed store, `edge_cloud.secrets`) at the paths the
 original uses; DNS and the rest behave as in `LocalAccessApi`.
+
+Registering a CloudletNode (the VM a platform is about to boot) is the Controller's job:
+both classes take a `CloudletNodes` for it, in the CCRM a `ControllerCloudletNodes` on the
+Controller's API address (the original's `ctrlConn`), and refuse without one.
 """
 
 from __future__ import annotations
@@ -21,12 +25,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from edgeproto import cloudletnode_pb2
+import grpc.aio
+from edgeproto import cloudletkey_pb2, cloudletnode_pb2, cloudletnode_pb2_grpc
 
-from edge_cloud import secrets
-from edge_cloud.errors import FailedPrecondition, InvalidArgument
+from edge_cloud import api, secrets
+from edge_cloud.config import TlsFiles
+from edge_cloud.errors import FailedPrecondition, InvalidArgument, PermissionDenied, from_rpc_error
+from edge_cloud.objects import keys
 
-__all__ = ["AccessApi", "DnsRecord", "LocalAccessApi", "RegistryAuth", "SecretsAccessApi"]
+__all__ = [
+    "AccessApi",
+    "CloudletNodes",
+    "ControllerCloudletNodes",
+    "DnsRecord",
+    "LocalAccessApi",
+    "RegistryAuth",
+    "SecretsAccessApi",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +134,68 @@ class AccessApi(Protocol):
         ...
 
 
+class CloudletNodes(Protocol):
+    """Where CloudletNodes are registered: the Controller's CloudletNodeApi."""
+
+    async def create(self, node: cloudletnode_pb2.CloudletNode) -> str:
+        """Store the node; returns its one-time password."""
+        ...
+
+    async def delete(self, key: cloudletnode_pb2.CloudletNodeKey) -> None:
+        """Remove the node; a node that is not there is fine."""
+        ...
+
+
+class ControllerCloudletNodes:
+    """`CloudletNodes` over gRPC to the Controller (the original CCRM's `ctrlConn` calls).
+
+    The channel is opened on the first call, inside the event loop (a daemon builds this
+    before its loop runs), and connects lazily: a CCRM started before its Controller works
+    once the Controller is up. `close` it at shutdown.
+
+    Args:
+        target: The Controller's API address (`host:port`).
+        tls: Client TLS files; None for plaintext (loopback).
+        timeout: Seconds each call may take.
+    """
+
+    def __init__(self, target: str, *, tls: TlsFiles | None = None, timeout: float = 30.0) -> None:
+        self._target = target
+        self._tls = tls
+        self._timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stub(self) -> cloudletnode_pb2_grpc.CloudletNodeApiAsyncStub:
+        if self._channel is None:
+            self._channel = api.channel(self._target, tls=self._tls, timeout=self._timeout)
+        return cloudletnode_pb2_grpc.CloudletNodeApiStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel, if one was opened; a later call opens a new one."""
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    async def create(self, node: cloudletnode_pb2.CloudletNode) -> str:
+        """`CreateCloudletNode`; the Controller's error (e.g. no such cloudlet) is raised."""
+        try:
+            result = await self._stub().CreateCloudletNode(node, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+        return result.message
+
+    async def delete(self, key: cloudletnode_pb2.CloudletNodeKey) -> None:
+        """`DeleteCloudletNode`; NOT_FOUND is success, since cleanup paths call it twice."""
+        try:
+            await self._stub().DeleteCloudletNode(
+                cloudletnode_pb2.CloudletNode(key=key), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return
+            raise from_rpc_error(err) from err
+
+
 _DNS_TYPES = frozenset({"A", "AAAA", "CNAME"})
 
 
@@ -128,16 +205,24 @@ class LocalAccessApi:
     Args:
         access_vars: What `get_cloudlet_access_vars` returns.
         app_secret_vars: Secret environment by App key string.
+        nodes: Where CloudletNodes are registered; None refuses registering.
+        cloudlet_key: The cloudlet this access API serves; when set, nodes of other
+            cloudlets are refused (a platform may register only its own machines).
     """
 
     def __init__(
         self,
         access_vars: Mapping[str, str] | None = None,
         app_secret_vars: Mapping[str, Mapping[str, str]] | None = None,
+        *,
+        nodes: CloudletNodes | None = None,
+        cloudlet_key: cloudletkey_pb2.CloudletKey | None = None,
     ) -> None:
         self._access_vars = dict(access_vars or {})
         self._app_secrets = {k: dict(v) for k, v in (app_secret_vars or {}).items()}
         self.dns: dict[str, list[DnsRecord]] = {}
+        self._nodes = nodes
+        self._cloudlet_key = cloudlet_key
 
     @staticmethod
     def _no_vault(what: str) -> FailedPrecondition:
@@ -185,12 +270,27 @@ class LocalAccessApi:
         """Refused: certificates come from Vault."""
         raise self._no_vault(f"a certificate for {common_name}")
 
+    def _own_node(self, key: cloudletnode_pb2.CloudletNodeKey) -> None:
+        if self._cloudlet_key is not None and key.cloudlet_key != self._cloudlet_key:
+            raise PermissionDenied(
+                f"cloudlet node {key.name} belongs to cloudlet "
+                f"{keys.key_string(key.cloudlet_key)}; this platform serves "
+                f"{keys.key_string(self._cloudlet_key)} and may register only its own nodes"
+            )
+
     async def create_cloudlet_node(self, node: cloudletnode_pb2.CloudletNode) -> str:
-        """Refused: node passwords are kept through the Controller and Vault."""
-        raise self._no_vault("registering a cloudlet node")
+        """Register through the Controller; refused without a connection to it."""
+        if self._nodes is None:
+            raise self._no_vault("registering a cloudlet node")
+        self._own_node(node.key)
+        return await self._nodes.create(node)
 
     async def delete_cloudlet_node(self, key: cloudletnode_pb2.CloudletNodeKey) -> None:
-        """Nothing was registered, so nothing to remove."""
+        """Unregister through the Controller; without one nothing was registered."""
+        if self._nodes is None:
+            return
+        self._own_node(key)
+        await self._nodes.delete(key)
 
     async def get_app_secret_vars(self, app_key: str) -> dict[str, str]:
         """Secrets given at construction, empty if none."""
@@ -226,6 +326,8 @@ class SecretsAccessApi(LocalAccessApi):
         organization: The cloudlet's organization.
         name: The cloudlet's name.
         physical_name: The cloudlet's physical name (access vars are kept under it).
+        nodes: Where CloudletNodes are registered; None refuses registering.
+        cloudlet_key: The cloudlet's full key; when set, only its nodes may be registered.
     """
 
     def __init__(
@@ -236,8 +338,10 @@ class SecretsAccessApi(LocalAccessApi):
         organization: str,
         name: str,
         physical_name: str = "",
+        nodes: CloudletNodes | None = None,
+        cloudlet_key: cloudletkey_pb2.CloudletKey | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(nodes=nodes, cloudlet_key=cloudlet_key)
         self._backend = backend
         self._region = region
         self._org = organization

@@ -21,6 +21,7 @@ from edge_cloud.errors import ConfigError, DeadlineExceeded, EdgeError, NotFound
 from edge_cloud.objects import keys
 from edge_cloud.platform import (
     AccessApi,
+    ControllerCloudletNodes,
     LocalAccessApi,
     NoProgress,
     Platform,
@@ -110,6 +111,7 @@ class PlatformHost:
         self._environ = dict(environ)
         self._platforms: dict[str, tuple[bytes, Platform]] = {}
         self._secrets = secrets_backend
+        self._nodes = ControllerCloudletNodes(config.controller_addr, tls=config.tls)
         if self._secrets is None and config.secrets_settings().configured:
             chosen = config.secrets_settings()
             self._secrets = secrets.LazySecretsBackend(
@@ -224,19 +226,27 @@ class PlatformHost:
         return pf
 
     def access_for(self, cloudlet: cloudlet_pb2.Cloudlet) -> AccessApi:
-        """The access API of a cloudlet: its secrets from the backend, or the local default."""
+        """The access API of a cloudlet: its secrets from the backend, or the local default.
+
+        Either way CloudletNodes of the cloudlet are registered at the Controller
+        (`--controller-addr`), over one channel shared by every cloudlet.
+        """
+        nodes = self._nodes
         if self._secrets is None:
-            return LocalAccessApi()
+            return LocalAccessApi(nodes=nodes, cloudlet_key=cloudlet.key)
         return SecretsAccessApi(
             self._secrets,
             region=self._config.region,
             organization=cloudlet.key.organization,
             name=cloudlet.key.name,
             physical_name=cloudlet.physical_name,
+            nodes=nodes,
+            cloudlet_key=cloudlet.key,
         )
 
     async def close_secrets(self) -> None:
-        """Close the secrets backend (the daemon's shutdown)."""
+        """Close the secrets backend and the Controller channel (the daemon's shutdown)."""
+        await self._nodes.close()
         if self._secrets is not None:
             await self._secrets.close()
 

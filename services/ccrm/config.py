@@ -24,6 +24,12 @@ class CcrmConfig(CommonConfig):
         go="controllerNotifyAddr",
         parse=host_port,
     )
+    controller_addr: str = option(
+        "127.0.0.1:55001",
+        "Controller API address (CloudletNode registration of platform VMs)",
+        go="controllerApiAddr",
+        parse=host_port,
+    )
     node_type: str = option(
         "ccrm", "node type the hosted platforms are registered under", go="nodeType"
     )

@@ -77,6 +77,7 @@ from services.controller._cloudletinfo import (
     report_payload,
     state_name,
 )
+from services.controller._cloudletnode import cleanup_nodes
 from services.controller._engine import DELETE_PREPARE, Txn
 from services.controller._followons import (
     check_cloudlet_app_insts_trust,
@@ -775,7 +776,8 @@ class CloudletOps(TrackedOps):
             await self._delete_cloudlet_secrets(cloudlet)
             await cleanup_info(rt, cloudlet, timeout=services.info_cleanup_timeout)
             await self._delete_autoprov_info(key)
-            # TODO(#4, alerts): remove the cloudlet's alerts and nodes.
+            await cleanup_nodes(rt.engine, key)
+            # TODO(#4, alerts): remove the cloudlet's alerts.
 
         async def on_error(err: BaseException) -> None:
             def restore(txn: Txn) -> None:

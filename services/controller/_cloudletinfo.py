@@ -207,7 +207,6 @@ async def mark_offline(
             log.info("cloudlet %s offline (notify connection %d ended)", key, notify_id)
         except EdgeError as err:
             log.warning("could not mark cloudlet %s offline: %s", key, err)
-        # TODO(#4, alerts): fire CloudletDown / AppInstDown when it was Ready.
 
 
 async def cleanup_info(
@@ -221,7 +220,10 @@ async def cleanup_info(
     Without a CRM on the edge (or restricted access, or federated) the info goes at once.
     Otherwise the CRM, shut down by the delete, disconnects and its info goes OFFLINE;
     wait up to `timeout` for that and delete the info only if it is OFFLINE (a CRM that
-    still runs keeps its info).
+    still runs keeps its info). An info no CRM ever reported over notify (`notify_id`
+    unset: only the CCRM wrote it, e.g. an onboarding that failed before the CRM came up)
+    has no CRM to wait for and goes at once too; the original waits the full timeout
+    there, which made a failed CreateCloudlet hang for five minutes.
     """
     key = cloudlet.key
     wait = cloudlet.crm_on_edge and not (
@@ -231,7 +233,7 @@ async def cleanup_info(
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = runtime.caches.get(CLOUDLET_INFO, keys.key_string(key))
-            if info is None or info.state == CS.CLOUDLET_STATE_OFFLINE:
+            if info is None or info.state == CS.CLOUDLET_STATE_OFFLINE or not info.notify_id:
                 break
             await asyncio.sleep(_OFFLINE_POLL)
         else:
@@ -241,7 +243,7 @@ async def cleanup_info(
         info = txn.get(CLOUDLET_INFO, key)
         if info is None:
             return
-        if wait and info.state != CS.CLOUDLET_STATE_OFFLINE:
+        if wait and info.notify_id and info.state != CS.CLOUDLET_STATE_OFFLINE:
             return
         txn.delete(CLOUDLET_INFO, key)
 
