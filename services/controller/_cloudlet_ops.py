@@ -82,6 +82,7 @@ from services.controller._engine import DELETE_PREPARE, Txn
 from services.controller._followons import (
     check_cloudlet_app_insts_trust,
     propagate_cloudlet_location,
+    schedule_default_mt_cluster,
 )
 from services.controller._inst_ops import ClusterInstOps
 from services.controller._progress import ERROR, OpStream, StreamStart, compact_text, stream_key
@@ -1033,7 +1034,7 @@ class CloudletOps(TrackedOps):
                     raise InvalidArgument(
                         f"Serverless cluster not supported on {current.platform_type}"
                     )
-                # TODO(#4, ClusterInst): create/delete the default MT cluster.
+                outcome["default_mt_cluster"] = True
             if needs_crm and not cctx.ignore_crm:
                 merged.state = TS.UPDATE_REQUESTED
             if trust_update and cctx.ignore_crm:
@@ -1080,6 +1081,8 @@ class CloudletOps(TrackedOps):
         settings = rt.settings()
         timeout = seconds(settings.update_cloudlet_timeout)
         await propagate_cloudlet_location(rt.engine, merged.key, fmap)
+        if outcome.get("default_mt_cluster"):
+            schedule_default_mt_cluster(rt, merged.key)
         if outcome["crm"] and not cctx.ignore_crm:
             if merged.crm_on_edge:
                 info = rt.caches.get(CLOUDLET_INFO, keys.key_string(merged.key))

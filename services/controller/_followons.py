@@ -8,6 +8,8 @@ instead of acting on a stale view.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Final
 
@@ -17,20 +19,29 @@ from edgeproto import (
     autoscalepolicy_pb2,
     cloudlet_pb2,
     cloudletkey_pb2,
+    cluster_pb2,
+    clusterinst_pb2,
+    flavor_pb2,
     trustpolicy_pb2,
 )
 
-from edge_cloud.errors import EdgeError, FailedPrecondition
+from edge_cloud.errors import AlreadyExists, EdgeError, FailedPrecondition, NotFound
 from edge_cloud.objects import fields, keys, registry
-from services.controller import _app, _cloudlet
+from services.controller import _app, _cloudlet, _clusterinst
 from services.controller._engine import Engine, Txn
+from services.controller._inst_ops import ClusterInstOps
 from services.controller._sync import Caches
+from services.controller._tracked import CallContext, TrackedRuntime
 
 __all__ = [
     "check_cloudlet_app_insts_trust",
     "check_cloudlets_using_trust_policy",
     "cloudlets_using_trust_policy",
+    "default_mt_cluster_key",
+    "largest_cpu_flavor",
     "propagate_cloudlet_location",
+    "schedule_default_mt_cluster",
+    "update_default_mt_cluster",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,3 +181,126 @@ def check_cloudlets_using_trust_policy(
                 f"AppInst on cloudlet {_app._go_text(cloudlet.key).strip()} not compatible "
                 f"with trust policy - {err.message}"
             ) from err
+
+
+# --- the default multi-tenant cluster ------------------------------------------------------
+
+DEFAULT_MT_CLUSTER: Final = "defaultmtclust"
+EDGE_CLOUD_ORG: Final = "edgecloudorg"
+FLAVOR: Final = registry.by_class(flavor_pb2.Flavor)
+PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
+_pending: dict[tuple[int, str], bool] = {}
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def default_mt_cluster_key(cloudlet_key: cloudletkey_pb2.CloudletKey) -> cluster_pb2.ClusterKey:
+    """The default multi-tenant cluster's key: `defaultmtclust-<cloudlet key hash>`.
+
+    Of `edgecloudorg`; unique in the region, and the hash keeps the cloudlet's name from
+    developers (the original's GetDefaultMTClustKey).
+    """
+    return cluster_pb2.ClusterKey(
+        name=f"{DEFAULT_MT_CLUSTER}-{_clusterinst.cloudlet_key_hash(cloudlet_key)}",
+        organization=EDGE_CLOUD_ORG,
+    )
+
+
+def largest_cpu_flavor(caches: Caches) -> flavor_pb2.Flavor:
+    """The flavor with most vCPUs, then RAM, then disk, GPU flavors left out.
+
+    The original sizes the default cluster's nodes this way; an empty flavor when there is
+    none (the cluster create then refuses, and that is logged).
+    """
+    largest = flavor_pb2.Flavor()
+    for _, flavor in sorted(caches.items(FLAVOR)):
+        if "gpu" in flavor.key.name or "gpu" in flavor.opt_res_map:
+            continue
+        if (flavor.vcpus, flavor.ram, flavor.disk) > (largest.vcpus, largest.ram, largest.disk):
+            largest = flavor
+    return largest
+
+
+def schedule_default_mt_cluster(
+    rt: TrackedRuntime, cloudlet_key: cloudletkey_pb2.CloudletKey
+) -> None:
+    """Create or delete the cloudlet's default multi-tenant cluster in the background.
+
+    The original's defaultMTClustWorkers: the cloudlet update does not wait for a cluster
+    create, one run per cloudlet at a time, and a request during a run makes it run once
+    more, so the last toggle wins.
+    """
+    slot = (id(rt), keys.key_string(cloudlet_key))
+    if slot in _pending:
+        _pending[slot] = True
+        return
+    _pending[slot] = False
+
+    async def run() -> None:
+        try:
+            while True:
+                _pending[slot] = False
+                try:
+                    await update_default_mt_cluster(rt, cloudlet_key)
+                except Exception:
+                    log.exception("default multi-tenant cluster of %s", slot[1])
+                if not _pending[slot]:
+                    return
+        finally:
+            del _pending[slot]
+
+    task = asyncio.get_running_loop().create_task(run())
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def update_default_mt_cluster(
+    rt: TrackedRuntime, cloudlet_key: cloudletkey_pb2.CloudletKey
+) -> None:
+    """Make the default multi-tenant cluster match the cloudlet's setting now.
+
+    Creates it (with its autoscale policy unless the platform cannot autoscale) when
+    `enable_default_serverless_cluster` is set, deletes it otherwise; "already exists" and
+    "not found" mean there is nothing to do. Other failures are raised for the caller
+    to log: the cloudlet update that asked for this has already succeeded.
+    """
+    cloudlet = rt.caches.get(CLOUDLET, keys.key_string(cloudlet_key))
+    if cloudlet is None:
+        return
+    features = rt.caches.get(PLATFORM_FEATURES, cloudlet.platform_type)
+    if features is None or not features.supports_multi_tenant_cluster:
+        return
+    key = default_mt_cluster_key(cloudlet_key)
+    ops = ClusterInstOps(rt)
+    if not cloudlet.enable_default_serverless_cluster:
+        with contextlib.suppress(NotFound):
+            await ops.delete_internal(
+                CallContext(), clusterinst_pb2.ClusterInst(key=key), lambda _line: None
+            )
+        return
+    cluster = clusterinst_pb2.ClusterInst(
+        key=key,
+        cloudlet_key=cloudlet_key,
+        deployment="kubernetes",
+        multi_tenant=True,
+        num_masters=1,
+    )
+    if not features.no_kubernetes_cluster_auto_scale:
+        policy = autoscalepolicy_pb2.AutoScalePolicy(
+            key=autoscalepolicy_pb2.PolicyKey(organization=EDGE_CLOUD_ORG, name=key.name),
+            target_cpu=70,
+            target_mem=80,
+            stabilization_window_sec=300,
+            min_nodes=1,
+            max_nodes=4,
+        )
+        with contextlib.suppress(AlreadyExists):
+            await rt.engine.create(policy, plain=True)
+        cluster.auto_scale_policy = key.name
+    flavor = largest_cpu_flavor(rt.caches)
+    pool = cluster.node_pools.add(Name=_clusterinst.DEFAULT_POOL, num_nodes=3)
+    pool.node_resources.vcpus = flavor.vcpus
+    pool.node_resources.ram = flavor.ram
+    pool.node_resources.disk = flavor.disk
+    pool.node_resources.opt_res_map.update(flavor.opt_res_map)
+    with contextlib.suppress(AlreadyExists):
+        await ops.create_internal(CallContext(), cluster, lambda _line: None)

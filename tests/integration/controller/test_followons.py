@@ -31,6 +31,7 @@ from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys, registry
 from services.controller import _settings
 from services.controller._engine import Txn
+from services.controller._followons import default_mt_cluster_key
 from services.controller._runtime import Runtime
 from services.controller.api.flavor import FlavorApi
 from services.controller.api.settings import RETENTION_DATABASES, _path, update_settings
@@ -48,7 +49,15 @@ from tests.integration.controller.cloudlet_harness import (
     put_features,
     unique_org,
 )
+from tests.integration.controller.clusterinst_harness import (
+    CLUSTER_INST,
+    InstCcrm,
+    inst_ccrm_server,
+    put_flavor,
+    ready_cloudlet,
+)
 from tests.integration.controller.conftest import StartInstance
+from tests.integration.helpers import eventually
 
 __all__ = ["harness"]
 
@@ -317,3 +326,59 @@ async def test_retention_changes_reach_influxdb(
     defaults.fields.extend(["18", "31"])
     assert await update_settings(runtime, defaults)
     assert await policies("metrics") == [("metrics_default", "672h0m0s", "24h0m0s", True)]
+
+
+@pytest.fixture
+async def inst_ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
+    fake = InstCcrm()
+    async with inst_ccrm_server(fake) as addr:
+        harness.ccrm_addr = addr
+        yield fake
+
+
+async def test_default_serverless_cluster_follows_the_cloudlet_setting(
+    harness: ControllerHarness, inst_ccrm: InstCcrm
+) -> None:
+    ctl = await harness.start()
+    await put_features(ctl, features(supports_multi_tenant_cluster=True))
+    org = unique_org()
+    cloudlet = await ready_cloudlet(ctl, org)
+    await put_flavor(ctl, "x1.small", vcpus=2)
+    await put_flavor(ctl, "x1.large", vcpus=8)
+    await put_flavor(ctl, "x1.gpu", vcpus=16)
+    key = default_mt_cluster_key(cloudlet.key)
+    assert key.name.startswith("defaultmtclust-")
+
+    async def toggle(enabled: bool) -> None:
+        request = new_cloudlet(org, "c1", enable_default_serverless_cluster=enabled, fields=["46"])
+        lines, err = await collect(ctl.cloudlets.UpdateCloudlet(request, timeout=30))
+        assert err is None, err
+        assert lines == ["Cloudlet updated successfully"]
+
+    await toggle(True)
+
+    async def created() -> Any:
+        cluster = ctl.engine.get(CLUSTER_INST, key)
+        assert cluster is not None
+        assert cluster.state == common_pb2.READY
+        return cluster
+
+    cluster = await eventually(created, within=20)
+    assert cluster.multi_tenant
+    assert cluster.cloudlet_key == cloudlet.key
+    assert cluster.auto_scale_policy == key.name
+    [pool] = cluster.node_pools
+    assert (pool.Name, pool.num_nodes, pool.node_resources.vcpus) == ("cpupool", 3, 8)
+    policy = ctl.engine.get(
+        registry.by_class(autoscalepolicy_pb2.AutoScalePolicy),
+        autoscalepolicy_pb2.PolicyKey(organization="edgecloudorg", name=key.name),
+    )
+    assert policy is not None
+    assert (policy.min_nodes, policy.max_nodes, policy.target_cpu) == (1, 4, 70)
+
+    await toggle(False)
+
+    async def deleted() -> None:
+        assert ctl.engine.get(CLUSTER_INST, key) is None
+
+    await eventually(deleted, within=20)
