@@ -525,7 +525,7 @@ def _value_dumper(field: FieldDescriptor) -> _Dumper:
         assert mt is not None  # noqa: S101 - a message field's type
         if mt.full_name.startswith("google.protobuf."):
             return _unsupported_value
-        return _fast_dict
+        return _flat_string_dumper(mt) or _fast_dict
     if cpp == FieldDescriptor.CPPTYPE_ENUM:
         enum_type = field.enum_type
         assert enum_type is not None  # noqa: S101 - an enum field's type
@@ -548,6 +548,30 @@ def _value_dumper(field: FieldDescriptor) -> _Dumper:
     if cpp == FieldDescriptor.CPPTYPE_DOUBLE:
         return _finite
     return _unsupported_value  # 32-bit floats: json_format's shortest-repr rounding
+
+
+def _flat_string_dumper(desc: Descriptor) -> _Dumper | None:
+    """A faster dumper for messages of plain strings only (most keys), else None.
+
+    Refs objects hold long lists of keys; for such a message the fields `ListFields` would
+    report are exactly its non-empty strings, in field-number order.
+    """
+    fields = sorted(desc.fields, key=lambda f: f.number)
+    if not fields or any(
+        f.type != FieldDescriptor.TYPE_STRING or f.is_repeated or f.has_presence for f in fields
+    ):
+        return None
+    names = tuple(f.name for f in fields)
+
+    def dump_strings(msg: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in names:
+            value = getattr(msg, name)
+            if value:
+                out[name] = value
+        return out
+
+    return dump_strings
 
 
 def _same(value: Any) -> Any:
