@@ -42,7 +42,7 @@ from edge_cloud.errors import (
     ResourceExhausted,
 )
 from edge_cloud.objects import fields, keys, registry
-from services.controller import _appinst, _clusterinst, _ids
+from services.controller import _alerts, _appinst, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
 from services.controller._engine import Txn
@@ -564,6 +564,7 @@ class AppInstOps(InstOpsBase):
                     _clusterinst.fit_resources(want, used, _clusterinst.limits(cl, info))
                 except ResourceExhausted as err:
                     raise NoFit(err.message) from None
+                _alerts.commit_usage_alerts(txn, rt, cl, info, used, want)
                 refs.vm_app_insts.append(new.key)
             shared = (
                 cluster is not None

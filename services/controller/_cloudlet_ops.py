@@ -68,6 +68,7 @@ from edge_cloud.errors import (
 )
 from edge_cloud.objects import codec, fields, keys, registry
 from services.controller import _cloudlet, _ids
+from services.controller._alerts import alert_hub
 from services.controller._cloudlet_store import dns_label_key
 from services.controller._cloudletinfo import (
     CLOUDLET,
@@ -778,7 +779,7 @@ class CloudletOps(TrackedOps):
             await cleanup_info(rt, cloudlet, timeout=services.info_cleanup_timeout)
             await self._delete_autoprov_info(key)
             await cleanup_nodes(rt.engine, key)
-            # TODO(#4, alerts): remove the cloudlet's alerts.
+            await alert_hub(rt).cleanup_cloudlet(key)
 
         async def on_error(err: BaseException) -> None:
             def restore(txn: Txn) -> None:

@@ -36,7 +36,7 @@ from edge_cloud.errors import (
     ResourceExhausted,
 )
 from edge_cloud.objects import fields, keys, registry
-from services.controller import _clusterinst, _ids
+from services.controller import _alerts, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
 from services.controller._engine import Txn
@@ -259,6 +259,9 @@ class ClusterInstOps(InstOpsBase):
                 )
             except ResourceExhausted as err:
                 raise NoFit(err.message) from None
+            _alerts.commit_usage_alerts(
+                txn, rt, cl, info, used, _clusterinst.cluster_resources(new, pf)
+            )
             _clusterinst.allocate_ip(new, cl, pf, refs)
             refs.cluster_insts.append(new.key)
             label = ""

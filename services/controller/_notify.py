@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from distributed_match_engine import appcommon_pb2
 from edgeproto import (
     alert_pb2,
     alertpolicy_pb2,
@@ -55,6 +56,7 @@ from edgeproto import (
     autoprovpolicy_pb2,
     autoscalepolicy_pb2,
     cloudlet_pb2,
+    cloudletkey_pb2,
     cloudletnode_pb2,
     clusterinst_pb2,
     common_pb2,
@@ -80,7 +82,8 @@ from edge_cloud.influx import InfluxV1Writer, Point
 from edge_cloud.notify import Action, EtcdNotifySource, NotifyServer, Peer, type_name
 from edge_cloud.objects import codec, fields, keys, registry
 from edge_cloud.store import Store
-from services.controller._cloudletinfo import ALL_FIELDS, apply_info, mark_offline
+from services.controller._alerts import alert_hub, refresh_usage_alerts
+from services.controller._cloudletinfo import ALL_FIELDS, CLOUDLET_INFO, apply_info, mark_offline
 from services.controller._engine import Txn
 from services.controller._inst_ops import receive_app_inst_info, receive_cluster_inst_info
 from services.controller._progress import stream_key
@@ -160,6 +163,7 @@ PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
 VM_POOL: Final = registry.by_class(vmpool_pb2.VMPool)
 AUTOPROV_INFO: Final = registry.by_class(autoprovpolicy_pb2.AutoProvInfo)
 ALERT: Final = registry.by_class(alert_pb2.Alert)
+CS = appcommon_pb2
 _TERMINAL_TRACKED: Final = frozenset(
     {
         common_pb2.READY,
@@ -355,6 +359,9 @@ class ControllerNotify:
         self.metrics = MetricsQueue(runtime.config.influx_addr)
         self.app_inst_clients: AppInstClients = client_hub(runtime)
         self.app_inst_clients.lease_id = lease_id  # watches' requests go with this controller
+        self.alerts = alert_hub(runtime)
+        self.alerts.lease_id = lease_id  # alerts live under the lease, replayed on a new one
+        self.alerts.region = region
         self.server = NotifyServer(
             EtcdNotifySource(store, SEND_TYPES),
             name=name,
@@ -383,8 +390,9 @@ class ControllerNotify:
         self.register(appinstclient_pb2.AppInstClient, Handler(self._app_inst_client))
 
     async def close(self) -> None:
-        """Write the queued metrics and close the InfluxDB connections."""
+        """Write the queued metrics, close the InfluxDB connections, stop the alert replay."""
         await self.metrics.close()
+        await self.alerts.close()
 
     def register(self, cls: type[Message], handler: Handler) -> None:
         """Handle an upstream type (one of `RECEIVE_TYPES`); replaces an earlier handler."""
@@ -419,17 +427,35 @@ class ControllerNotify:
 
     # -- CloudletInfo ----------------------------------------------------------------------
 
+    def _info_state(self, key: cloudletkey_pb2.CloudletKey) -> int:
+        info = self._rt.caches.get(CLOUDLET_INFO, keys.key_string(key))
+        return info.state if info is not None else CS.CLOUDLET_STATE_NOT_PRESENT
+
     async def _cloudlet_info(self, peer: Peer, info: cloudlet_pb2.CloudletInfo) -> None:
         info.notify_id = peer.notify_id
-        await apply_info(self._rt, info, paths=ALL_FIELDS)
+        was = self._info_state(info.key)
+        merged = await apply_info(self._rt, info, paths=ALL_FIELDS)
+        if merged is None or merged.state != CS.CLOUDLET_STATE_READY:
+            return
+        if was != CS.CLOUDLET_STATE_READY:
+            await self.alerts.cloudlet_up(merged.key)  # the CRM is back: clear CloudletDown
+        await refresh_usage_alerts(self._rt, merged.key)
 
     async def _cloudlet_info_delete(self, peer: Peer, info: cloudlet_pb2.CloudletInfo) -> None:
-        await mark_offline(self._rt, [info.key], peer.notify_id)
+        await self._offline(peer, [info.key])
 
     async def _cloudlet_info_flush(
         self, peer: Peer, infos: Mapping[str, cloudlet_pb2.CloudletInfo]
     ) -> None:
-        await mark_offline(self._rt, [i.key for i in infos.values()], peer.notify_id)
+        await self._offline(peer, [i.key for i in infos.values()])
+
+    async def _offline(self, peer: Peer, cloudlets: list[cloudletkey_pb2.CloudletKey]) -> None:
+        """Mark the connection's cloudlets OFFLINE; those that were READY raise CloudletDown."""
+        ready = [k for k in cloudlets if self._info_state(k) == CS.CLOUDLET_STATE_READY]
+        await mark_offline(self._rt, cloudlets, peer.notify_id)
+        for key in ready:
+            if self._info_state(key) == CS.CLOUDLET_STATE_OFFLINE:
+                await self.alerts.cloudlet_down(key)
 
     # -- ClusterInstInfo / AppInstInfo --------------------------------------------------------
 
@@ -518,35 +544,16 @@ class ControllerNotify:
     async def _alert(self, peer: Peer, alert: alert_pb2.Alert) -> None:
         if not is_monitored_alert(alert.labels):
             return
-        alert.labels["region"] = self._region
-        alert.controller = self._rt.tracked.controller_id
         alert.notify_id = peer.notify_id
-        lease = self._lease_id()
-
-        def put(txn: Txn) -> None:
-            txn.put(alert, lease=lease)
-
-        await self._rt.engine.apply(put)
-        # TODO(#4, alerts): replay alerts after a lost lease; AppInstDown
-        # sets the AppInst's health (AppInst slice).
+        await self.alerts.update(alert)  # source cache, then etcd under the lease
 
     async def _alert_delete(self, peer: Peer, alert: alert_pb2.Alert) -> None:
-        alert.labels["region"] = self._region
-        controller_id = self._rt.tracked.controller_id
-
-        def remove(txn: Txn) -> None:
-            current = txn.get(ALERT, keys.key_string(alert))
-            if current is None:
-                return
-            if current.notify_id != peer.notify_id or current.controller != controller_id:
-                return
-            txn.delete(ALERT, keys.key_string(alert))
-
-        await self._rt.engine.apply(remove)
+        await self.alerts.delete_reported(alert, peer.notify_id)
 
     async def _alert_flush(self, peer: Peer, alerts: Mapping[str, alert_pb2.Alert]) -> None:
-        for alert in alerts.values():
-            await self._alert_delete(peer, alert)
+        await self.alerts.flush(peer.notify_id)
+        for alert in alerts.values():  # stored but no longer in the source cache
+            await self.alerts.delete_reported(alert, peer.notify_id)
 
     # -- DME reports -------------------------------------------------------------------------
 

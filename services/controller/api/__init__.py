@@ -9,6 +9,7 @@ import grpc.aio
 
 from services.controller._runtime import Runtime
 from services.controller.api import (
+    alert,
     alertpolicy,
     app,
     appinst,
@@ -50,6 +51,7 @@ _MODULES = (
     autoscalepolicy,
     trustpolicy,
     alertpolicy,
+    alert,
     controller,
     refs,
     app,

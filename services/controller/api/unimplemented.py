@@ -27,7 +27,6 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     "CloudletManagedClusterApi": ("cloudlet_pb2", "Cloudlet"),
     "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
-    "AlertApi": ("alert_pb2", "notify"),
     "BareMetalHostApi": ("baremetalhost_pb2", "Cloudlet"),
     "SvcNodeApi": ("svcnode_pb2", "notify"),
     "DebugApi": ("debug_pb2", "notify"),
