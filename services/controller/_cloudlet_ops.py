@@ -1117,6 +1117,15 @@ class CloudletOps(TrackedOps):
             return
         await self._maintenance(cctx, merged, features, maintenance, stream)
 
+    async def update_trust_policy(self, key: cloudletkey_pb2.CloudletKey, sink: Sink) -> None:
+        """Push the cloudlet's (changed) trust policy to it: the TrustPolicy update's fan-out."""
+        cloudlet = self._rt.caches.get(CLOUDLET, keys.key_string(key))
+        if cloudlet is None:
+            raise keys.not_found(key)
+        features = features_for(self._rt.caches, cloudlet.platform_type)
+        stream = self._stream(CallContext(), key, sink)
+        await self._update_trust_policy(cloudlet, features, stream)
+
     async def _update_trust_policy(
         self,
         cloudlet: cloudlet_pb2.Cloudlet,

@@ -229,6 +229,9 @@ def schedule_default_mt_cluster(
     create, one run per cloudlet at a time, and a request during a run makes it run once
     more, so the last toggle wins.
     """
+    # TODO(#4, ClusterInst): also schedule this when a cloudlet with the setting comes
+    # online (the original's CloudletInfo update, `_cloudletinfo`), so a cloudlet created
+    # with it enabled gets its cluster too; today only a change of the setting does.
     slot = (id(rt), keys.key_string(cloudlet_key))
     if slot in _pending:
         _pending[slot] = True

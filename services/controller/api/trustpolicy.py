@@ -6,25 +6,38 @@ messages, a failure ends the stream with a gRPC status.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc.aio
-from edgeproto import result_pb2, trustpolicy_pb2, trustpolicy_pb2_grpc
+from edgeproto import (
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    result_pb2,
+    trustpolicy_pb2,
+    trustpolicy_pb2_grpc,
+)
 
+from edge_cloud.errors import EdgeError, FailedPrecondition
+from edge_cloud.objects import keys, registry
 from services.controller import _uses, _validate
+from services.controller._cloudlet_ops import CloudletOps
 from services.controller._engine import Txn
 from services.controller._followons import (
     check_cloudlets_using_trust_policy,
     cloudlets_using_trust_policy,
 )
+from services.controller._progress import compact_text
 from services.controller._runtime import Runtime
+from services.controller._tracked import TrackedRuntime
 
 __all__ = ["UPDATABLE", "TrustPolicyApi", "add"]
 
 UPDATABLE: Final = frozenset({"3"})
 """outbound_security_rules."""
 
+CLOUDLET: Final = registry.by_class(cloudlet_pb2.Cloudlet)
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -49,7 +62,10 @@ class TrustPolicyApi(trustpolicy_pb2_grpc.TrustPolicyApiServicer):
     async def UpdateTrustPolicy(
         self, request: trustpolicy_pb2.TrustPolicy, context: _Ctx
     ) -> AsyncIterator[result_pb2.Result]:
-        """Replace the rules, refused if an AppInst on a cloudlet using the policy would break."""
+        """Replace the rules, then push them to the cloudlets using the policy.
+
+        Refused while an AppInst on one of those cloudlets would not comply.
+        """
         update = trustpolicy_pb2.TrustPolicy()
         update.CopyFrom(request)
         _validate.fixup_security_rules(update.outbound_security_rules)
@@ -61,14 +77,72 @@ class TrustPolicyApi(trustpolicy_pb2_grpc.TrustPolicyApiServicer):
             check_cloudlets_using_trust_policy(txn, self._rt.caches, merged)
 
         await self._rt.engine.update(update, updatable=UPDATABLE, check=check)
-        if not cloudlets_using_trust_policy(self._rt.caches, update.key):
+        names = cloudlets_using_trust_policy(self._rt.caches, update.key)
+        if not names or not isinstance(self._rt, TrackedRuntime):
+            # without CCRMs and Redis (a bare runtime) there is nothing to push through
             yield result_pb2.Result(message="Trust policy updated, no cloudlets affected")
             return
-        # TODO(#4, Cloudlet): push the changed rules to each cloudlet using the policy
-        # through its CRM or CCRM and report per-cloudlet results, as the original's
-        # UpdateCloudletsUsingTrustPolicy does; until then the stored policy reaches an
-        # on-edge CRM through notify only.
-        yield result_pb2.Result(message="Trust policy updated")
+        async for result in self._update_cloudlets(self._rt, names):
+            yield result
+
+    async def _update_cloudlets(
+        self, runtime: TrackedRuntime, names: list[str]
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Push the stored policy to every cloudlet using it, at once; report as the original.
+
+        Progress lines are passed on as they come. A cloudlet that timed out is "in
+        progress" (it may still succeed), so the update fails only when no cloudlet passed
+        and none is still in progress; the policy stays stored either way.
+
+        Raises:
+            FailedPrecondition: `Failed to update trust policy on any cloudlets`.
+        """
+        ops = CloudletOps(runtime)
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def one(name: str) -> str:
+            cloudlet = runtime.caches.get(CLOUDLET, name)
+            if cloudlet is None:
+                return ""  # deleted meanwhile: nothing left to update
+            try:
+                await ops.update_trust_policy(cloudlet.key, lines.put_nowait)
+            except EdgeError as err:
+                return err.message
+            return ""
+
+        async def all_of() -> list[str]:
+            try:
+                return await asyncio.gather(*(one(n) for n in names))
+            finally:
+                lines.put_nowait(None)
+
+        task = asyncio.ensure_future(all_of())
+        try:
+            while (line := await lines.get()) is not None:
+                yield result_pb2.Result(message=line)
+            errors = await task
+        finally:
+            task.cancel()
+        passed = in_progress = failed = 0
+        for name, error in zip(names, errors, strict=True):
+            key_text = compact_text(keys.parse_key_string(cloudletkey_pb2.CloudletKey, name))
+            if not error:
+                passed += 1
+            elif "timed out" in error.lower():
+                in_progress += 1
+                yield result_pb2.Result(
+                    message=f"Update cloudlet is in progress: {key_text} - {error} Please use "
+                    "'cloudlet show' to check current status"
+                )
+            else:
+                failed += 1
+                yield result_pb2.Result(message=f"Failed to update cloudlet: {key_text} - {error}")
+        yield result_pb2.Result(
+            message=f"Processed: {len(names)} Cloudlets.  Passed: {passed} "
+            f"InProgress: {in_progress} Failed: {failed}"
+        )
+        if passed == 0 and in_progress == 0:
+            raise FailedPrecondition("Failed to update trust policy on any cloudlets")
 
     async def DeleteTrustPolicy(
         self, request: trustpolicy_pb2.TrustPolicy, context: _Ctx

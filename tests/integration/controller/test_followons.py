@@ -202,17 +202,23 @@ async def test_cloudlet_trust_policy_needs_compliant_app_insts(
 
 
 async def test_trust_policy_update_refused_while_an_app_inst_needs_the_rule(
-    harness: ControllerHarness,
+    harness: ControllerHarness, ccrm: FakeCcrm
 ) -> None:
     ctl = await started(harness, supports_trust_policy=True)
     org = unique_org()
     policy_key = autoscalepolicy_pb2.PolicyKey(organization=org, name="tp")
-    cloudlet = new_cloudlet(org, "c1", trust_policy="tp")
-    inst = app_inst("ai1", cloudlet.key)
+    ready = await create_cloudlet(ctl, org, "c1")
+    ready.trust_policy = "tp"
+    stored = ctl.cloudlet(ready.key)
+    assert stored is not None
+    stored.trust_policy = "tp"
+    never_ready = new_cloudlet(org, "c2", trust_policy="tp")  # no CloudletInfo
+    inst = app_inst("ai1", ready.key)
     await put(
         ctl,
         trustpolicy_pb2.TrustPolicy(key=policy_key, outbound_security_rules=[ANYWHERE]),
-        cloudlet,
+        stored,
+        never_ready,
         app_pb2.App(key=APP_KEY, trusted=True, required_outbound_connections=[TLS_OUT]),
         inst,
     )
@@ -230,17 +236,31 @@ async def test_trust_policy_update_refused_while_an_app_inst_needs_the_rule(
         "policy - No outbound rule in policy or exception to match required connection "
         f"tcp:10.0.0.0/8:443-443 for App {keys.key_string(APP_KEY)}"
     )
-    stored = ctl.engine.get(registry.by_class(trustpolicy_pb2.TrustPolicy), policy_key)
-    assert stored is not None
-    assert list(stored.outbound_security_rules) == [ANYWHERE]
+    policies = registry.by_class(trustpolicy_pb2.TrustPolicy)
+    current = ctl.engine.get(policies, policy_key)
+    assert current is not None
+    assert list(current.outbound_security_rules) == [ANYWHERE]
 
-    # a change the AppInst survives is stored
+    # a change the AppInst survives is stored and pushed to both cloudlets
     update.outbound_security_rules.append(TLS_OUT)
+    pushed = len(ccrm.requests)
     lines = [r.message async for r in api.UpdateTrustPolicy(update, CTX)]
-    assert lines == ["Trust policy updated"]
-    stored = ctl.engine.get(registry.by_class(trustpolicy_pb2.TrustPolicy), policy_key)
-    assert stored is not None
-    assert [r.port_range_min for r in stored.outbound_security_rules] == [53, 443]
+    c1 = f'organization:"{org}" name:"c1" '
+    c2 = f'organization:"{org}" name:"c2" '
+    assert sorted(lines) == sorted(
+        [
+            f"Doing TrustPolicy: tp Update for Cloudlet: {c1}",
+            f"Doing TrustPolicy: tp Update for Cloudlet: {c2}",
+            "Updating cloudlet",
+            f"Failed to update cloudlet: {c2} - CloudletInfo not found for {c2}",
+            "Processed: 2 Cloudlets.  Passed: 1 InProgress: 0 Failed: 1",
+        ]
+    )
+    assert lines[-1].startswith("Processed: ")
+    assert [list(r.fields) for r in ccrm.requests[pushed:]] == [["38", "37"]]
+    current = ctl.engine.get(policies, policy_key)
+    assert current is not None
+    assert [r.port_range_min for r in current.outbound_security_rules] == [53, 443]
 
 
 async def test_flavor_delete_takes_its_auto_delete_apps(harness: ControllerHarness) -> None:
