@@ -13,9 +13,11 @@ The Controller raises:
   `AppInstDown` per non-sidecar AppInst when a READY cloudlet's CRM disconnects; both are
   cleared when its CloudletInfo becomes READY again;
 - `CloudletResourceUsage`, one per resource warning of the fit check (§4.2), written in the
-  create commit of a ClusterInst or VM AppInst and on every READY CloudletInfo, stale ones
-  of that cloudlet deleted in the same transaction. As the original, these are not leased
-  and not in the source cache: they are derived from stored state and re-derived from it.
+  create and removal commits of a ClusterInst or AppInst and on every READY CloudletInfo,
+  stale ones of that cloudlet deleted in the same transaction (the original refreshes them
+  on creates and READY reports only, so a delete left a warning standing until then). As
+  the original, these are not leased and not in the source cache: they are derived from
+  stored state and re-derived from it.
 
 An `AppInstDown` alert sets the AppInst's `health_check` from its `status` label (camel
 name of `HealthCheck`, or an old numeric value); its removal sets it back to OK.
@@ -32,11 +34,20 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from distributed_match_engine import appcommon_pb2, loc_pb2
-from edgeproto import alert_pb2, app_pb2, appinst_pb2, cloudlet_pb2, cloudletkey_pb2
+from edgeproto import (
+    alert_pb2,
+    app_pb2,
+    appinst_pb2,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    clusterinst_pb2,
+    refs_pb2,
+)
 
 from edge_cloud.errors import EdgeError
 from edge_cloud.objects import keys, registry
 from edge_cloud.objects.gojson import enum_from_go, enum_go_name
+from services.controller import _clusterinst
 from services.controller._engine import Txn
 from services.controller._sync import Caches
 from services.controller._tracked import TrackedRuntime
@@ -52,6 +63,7 @@ __all__ = [
     "alert_hub",
     "commit_usage_alerts",
     "put_usage_alerts",
+    "refresh_in_commit",
     "refresh_usage_alerts",
     "usage_warnings",
 ]
@@ -63,6 +75,8 @@ APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
 APP: Final = registry.by_class(app_pb2.App)
 CLOUDLET: Final = registry.by_class(cloudlet_pb2.Cloudlet)
 CLOUDLET_INFO: Final = registry.by_class(cloudlet_pb2.CloudletInfo)
+CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
+PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
 
 ALERT_APPINST_DOWN: Final = "AppInstDown"
 ALERT_CLOUDLET_DOWN: Final = "CloudletDown"
@@ -255,6 +269,24 @@ def commit_usage_alerts(
         region=runtime.config.region,
         controller_id=runtime.tracked.controller_id,
     )
+
+
+def refresh_in_commit(txn: Txn, runtime: TrackedRuntime, refs: refs_pb2.CloudletRefs) -> None:
+    """Inside a removal commit: the cloudlet's usage alerts for what its refs now hold.
+
+    Args:
+        txn: The commit's transaction.
+        runtime: The runtime (caches, region, controller id).
+        refs: The cloudlet's refs as the commit leaves them (the removed instance gone).
+    """
+    cloudlet = txn.get(CLOUDLET, refs.key)
+    if cloudlet is None:
+        return
+    features = txn.get(PLATFORM_FEATURES, cloudlet.platform_type)
+    clusters = [c for c in txn.peek_many(CLUSTER_INST, list(refs.cluster_insts)) if c]
+    vm_apps = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
+    used = _clusterinst.used_resources(clusters, [a.node_resources for a in vm_apps], features)
+    commit_usage_alerts(txn, runtime, cloudlet, txn.get(CLOUDLET_INFO, refs.key), used)
 
 
 async def refresh_usage_alerts(runtime: TrackedRuntime, key: cloudletkey_pb2.CloudletKey) -> None:

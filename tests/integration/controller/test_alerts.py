@@ -322,6 +322,12 @@ async def test_resource_usage_alerts(harness: ControllerHarness, ccrm: InstCcrm)
         "region": "local",
     }
     assert alert.annotations["description"] == usage
+    _, err = await collect(clusters(ctl).DeleteClusterInst(new_cluster(org, cloudlet)))
+    assert err is None, err
+    assert await show(ctl, alertname="CloudletResourceUsage") == []  # cleared by the removal
+    _, err = await collect(clusters(ctl).CreateClusterInst(new_cluster(org, cloudlet)))
+    assert err is None, err
+    assert len(await show(ctl, alertname="CloudletResourceUsage")) == 1
 
     # a READY report re-evaluates: the infra now reports 7 of 8 vCPUs in use
     crm = NotifyClient(
