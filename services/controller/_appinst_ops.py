@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from edgeproto import (
     app_pb2,
@@ -42,7 +42,7 @@ from edge_cloud.errors import (
     ResourceExhausted,
 )
 from edge_cloud.objects import fields, keys, registry
-from services.controller import _alerts, _appinst, _clusterinst, _ids
+from services.controller import _alerts, _app, _appinst, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
 from services.controller._engine import Txn
@@ -64,9 +64,11 @@ from services.controller._inst_common import (
     InstOpsBase,
     NoFit,
     check_cloudlet_ready,
+    cloudlet_res_tags,
     cloudlet_score,
     cloudlet_usable,
     copy_msg,
+    features_of,
     info_wait,
     receive_app_inst_info,
     state_name,
@@ -74,6 +76,7 @@ from services.controller._inst_common import (
     zone_cloudlets,
 )
 from services.controller._progress import OpStream
+from services.controller._sync import Caches
 from services.controller._tracked import (
     TRANSIENT,
     CallContext,
@@ -136,6 +139,60 @@ def _cluster_fit(
             f"not enough resources in cluster {keys.key_string(cluster.key)}, "
             + ", ".join(problems)
         )
+
+
+# The original's updatable AppInst fields (flavor, configs, power state, real cluster name,
+# dedicated IP, cloudlet flavor, IPv6, annotations, Kubernetes and node resources,
+# standalone, namespace, tags); obj_id, zone_key and db_model_id are internal and left out.
+UPDATABLE_APP_INST: Final = (
+    "12", "27", "31", "37", "39", "42", "48", "52", "55", "56", "57", "58", "100"
+)  # fmt: skip
+# flavor, kubernetes_resources, node_resources: an update of these re-resolves and re-fits
+_RESOURCE_PATHS: Final = frozenset({"12", "55", "56"})
+
+
+def _refit_app_inst(
+    txn: Txn,
+    caches: Caches,
+    stored: appinst_pb2.AppInst,
+    merged: appinst_pb2.AppInst,
+    *,
+    flavor_given: bool,
+) -> None:
+    """Resolve an updated AppInst's resources and check they fit its cluster (§3.9, §4.3).
+
+    The resources only reserve room in the cluster (nothing is redeployed for them), so
+    the check is what keeps a cluster from being promised more than it has. A flavor in
+    the request replaces the resources with the flavor's, as on App create.
+
+    Raises:
+        InvalidArgument, NotFound, FailedPrecondition: Resolving failed (flavor missing,
+            being deleted, conflicting resource specs).
+        ResourceExhausted: `not enough resources in cluster <key>, <detail>`.
+    """
+    app = txn.require(APP, stored.app_key)
+    spec = app_pb2.App(key=app.key, deployment=app.deployment)
+    if flavor_given and merged.flavor.name:
+        spec.default_flavor.CopyFrom(merged.flavor)
+    else:
+        if merged.HasField("kubernetes_resources"):
+            spec.kubernetes_resources.CopyFrom(merged.kubernetes_resources)
+        if merged.HasField("node_resources"):
+            spec.node_resources.CopyFrom(merged.node_resources)
+    _app.resolve_resources(spec, _app.TxnReferences(txn, caches))
+    for name in ("kubernetes_resources", "node_resources"):
+        if spec.HasField(name):
+            getattr(merged, name).CopyFrom(getattr(spec, name))
+        else:
+            merged.ClearField(name)
+    cluster = txn.require(CLUSTER_INST, stored.cluster_key)
+    crefs = txn.get(CLUSTER_REFS, cluster.key) or refs_pb2.ClusterRefs(key=cluster.key)
+    others = [
+        o
+        for o in txn.peek_many(APP_INST, list(crefs.apps))
+        if o is not None and o.key != stored.key
+    ]
+    _cluster_fit(merged, cluster, others)
 
 
 def _has_resources(app: app_pb2.App) -> bool:
@@ -551,7 +608,10 @@ class AppInstOps(InstOpsBase):
                         f"No resource information found for Cloudlet {keys.key_string(cl.key)}"
                     )
                 new.node_resources.infra_node_flavor = _clusterinst.select_infra_flavor(
-                    new.node_resources, info.flavors
+                    new.node_resources,
+                    info.flavors,
+                    cloudlet_res_tags(txn, cl),
+                    cloudlet_name=cl.key.name,
                 )
                 new.vm_flavor = new.node_resources.infra_node_flavor
                 clusters = [c for c in txn.get_many(CLUSTER_INST, list(refs.cluster_insts)) if c]
@@ -840,7 +900,12 @@ class AppInstOps(InstOpsBase):
     # -- update / refresh ----------------------------------------------------------------------
 
     async def update(
-        self, request: appinst_pb2.AppInst, sink: Sink, *, force: bool = False
+        self,
+        request: appinst_pb2.AppInst,
+        sink: Sink,
+        *,
+        force: bool = False,
+        internal: bool = False,
     ) -> None:
         """UpdateAppInst: power-state rules; stored field changes, pushed by a refresh.
 
@@ -848,6 +913,8 @@ class AppInstOps(InstOpsBase):
             request: Key, `fields` and new values.
             sink: Progress lines.
             force: Run the worker even when nothing stored changes (forced refresh).
+            internal: The Controller's own update (a refresh setting the revision): the
+                user-facing updatable-field check does not apply.
         """
         rt = self._rt
         cctx = CallContext()
@@ -856,6 +923,8 @@ class AppInstOps(InstOpsBase):
         paths = [p for p in req.fields if p != "16"]
         if not paths:
             raise InvalidArgument("nothing specified to update")
+        if not internal:
+            fields.check_updatable(paths, UPDATABLE_APP_INST, appinst_pb2.AppInst.DESCRIPTOR)
         power = "31" in paths
         if power and len(paths) > 1:
             raise InvalidArgument(
@@ -874,8 +943,15 @@ class AppInstOps(InstOpsBase):
                 raise InvalidArgument("Invalid power state specified")
             if app is None or app.deployment != "vm":
                 raise InvalidArgument("Updating powerstate is only supported for VM deployment")
-        if ("55" in paths or "56" in paths) and app is not None and app.deployment == "vm":
+        res_change = any(p.split(".")[0] in _RESOURCE_PATHS for p in paths)
+        if res_change and app is not None and app.deployment == "vm":
             raise InvalidArgument("cannot modify resources allocated to VM deployments")
+        if "48" in paths and req.enable_ipv6 and app is not None and app.deployment == "vm":
+            cloudlet = rt.caches.get(CLOUDLET, keys.key_string(current.cloudlet_key))
+            if cloudlet is None:
+                raise keys.not_found(current.cloudlet_key)
+            if not features_of(rt.caches, cloudlet.platform_type).supports_ipv6:
+                raise InvalidArgument("cloudlet platform does not support IPv6")
         if "48" in paths and req.enable_ipv6 and current.cluster_key.name:
             cluster = rt.caches.get(CLUSTER_INST, keys.key_string(current.cluster_key))
             if cluster is not None and not cluster.enable_ipv6:
@@ -895,6 +971,8 @@ class AppInstOps(InstOpsBase):
                 return None
             if stored.state not in (TS.READY, TS.UPDATE_ERROR):
                 raise FailedPrecondition("AppInst busy, cannot update")
+            if res_change and merged != stored:
+                _refit_app_inst(txn, rt.caches, stored, merged, flavor_given="12" in paths)
             merged.updated_at.CopyFrom(_ids.now_timestamp())
             merged.state = TS.READY if cctx.ignore_crm else TS.UPDATE_REQUESTED
             txn.put(merged)
@@ -958,7 +1036,7 @@ class AppInstOps(InstOpsBase):
             forced.fields.append("24")
             forced.revision = app.revision if app is not None else inst.revision
             try:
-                await self.update(forced, sink, force=request.force_update)
+                await self.update(forced, sink, force=request.force_update, internal=True)
                 updated += 1
             except EdgeError as err:
                 if not request.update_multiple:

@@ -60,6 +60,7 @@ from services.controller._inst_common import (
     InstOpsBase,
     NoFit,
     check_cloudlet_ready,
+    cloudlet_res_tags,
     cloudlet_score,
     cloudlet_usable,
     copy_msg,
@@ -82,7 +83,65 @@ log = logging.getLogger(__name__)
 
 TS = common_pb2
 
-UPDATABLE_CLUSTER: Final = ("14", "46", "18", "37", "42", "100", "26", "49", "6")
+# §3.8: num_nodes, node_pools, autoscale policy, skip-cleanup flags, enable_ipv6,
+# annotations, disable dynamic placement, managed-cluster id/name, single namespace, tags,
+# crm_override
+UPDATABLE_CLUSTER: Final = (
+    "6", "14", "18", "26", "37", "42", "46", "49", "50", "51", "52", "53", "100"
+)  # fmt: skip
+
+
+def _refit_cluster(
+    txn: Txn, stored: clusterinst_pb2.ClusterInst, merged: clusterinst_pb2.ClusterInst
+) -> None:
+    """Re-resolve and re-fit a kubernetes cluster whose nodes an update changes (§3.8, §4.2).
+
+    Pools whose node resources changed get their infra flavor chosen again (a flavor name
+    the request gives explicitly is kept, and must exist); the cloudlet must then hold what
+    the update adds: only the growth is checked, so shrinking always succeeds.
+
+    Raises:
+        InvalidArgument: A pool without name, nodes or vCPUs, or no infra flavor fits.
+        FailedPrecondition: The cloudlet has no CloudletInfo.
+        ResourceExhausted: The growth does not fit the cloudlet's limits.
+    """
+    _clusterinst.check_pools(merged)
+    merged.num_nodes = sum(p.num_nodes for p in merged.node_pools)
+    cl = txn.require(CLOUDLET, merged.cloudlet_key)
+    pf = txn.get(PLATFORM_FEATURES, cl.platform_type)
+    info = txn.get(CLOUDLET_INFO, cl.key)
+    if info is None:
+        raise FailedPrecondition(
+            f"No resource information found for Cloudlet {keys.key_string(cl.key)}"
+        )
+    tables = cloudlet_res_tags(txn, cl)
+    old_pools = {p.Name: p for p in stored.node_pools}
+    for pool in merged.node_pools:
+        old = old_pools.get(pool.Name)
+        if old is not None and old.node_resources == pool.node_resources:
+            continue
+        nodes = pool.node_resources
+        if old is not None and nodes.infra_node_flavor == old.node_resources.infra_node_flavor:
+            nodes.infra_node_flavor = ""  # chosen for the old size: choose again
+        try:
+            nodes.infra_node_flavor = _clusterinst.select_infra_flavor(
+                nodes, info.flavors, tables, cloudlet_name=cl.key.name
+            )
+        except InvalidArgument as err:
+            raise InvalidArgument(
+                f"failed to select infra flavor for pool {pool.Name}, {err.message}"
+            ) from None
+    if merged.node_pools:
+        merged.node_flavor = merged.node_pools[0].node_resources.infra_node_flavor
+    refs = txn.get(CLOUDLET_REFS, cl.key) or refs_pb2.CloudletRefs(key=cl.key)
+    members = [c for c in txn.peek_many(CLUSTER_INST, list(refs.cluster_insts)) if c is not None]
+    others = [c for c in members if c.key != stored.key] + [stored]
+    vm_apps = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
+    used = _clusterinst.used_resources(others, [a.node_resources for a in vm_apps], pf)
+    growth = _clusterinst.delta_resources(
+        _clusterinst.cluster_resources(merged, pf), _clusterinst.cluster_resources(stored, pf)
+    )
+    _clusterinst.fit_resources(growth, used, _clusterinst.limits(cl, info))
 
 
 class ClusterInstOps(InstOpsBase):
@@ -207,10 +266,11 @@ class ClusterInstOps(InstOpsBase):
                     f"No resource information found for Cloudlet {keys.key_string(cl.key)}"
                 )
             _clusterinst.ip_access_default(new, cl, pf)
+            tables = cloudlet_res_tags(txn, cl)
             for pool in new.node_pools:
                 try:
                     pool.node_resources.infra_node_flavor = _clusterinst.select_infra_flavor(
-                        pool.node_resources, info.flavors
+                        pool.node_resources, info.flavors, tables, cloudlet_name=cl.key.name
                     )
                 except InvalidArgument as err:
                     raise InvalidArgument(
@@ -218,7 +278,7 @@ class ClusterInstOps(InstOpsBase):
                     ) from None
             if new.deployment == "docker":
                 new.node_resources.infra_node_flavor = _clusterinst.select_infra_flavor(
-                    new.node_resources, info.flavors
+                    new.node_resources, info.flavors, tables, cloudlet_name=cl.key.name
                 )
                 new.node_flavor = new.node_resources.infra_node_flavor
             elif new.node_pools:
@@ -240,6 +300,8 @@ class ClusterInstOps(InstOpsBase):
                             disk=_clusterinst.MASTER_DISK,
                         ),
                         info.flavors,
+                        tables,
+                        cloudlet_name=cl.key.name,
                     )
             # resource fit (§4.2): every cluster in the refs regardless of state, VM apps
             # members of the guarded CloudletRefs, unguarded themselves: their resources
@@ -635,6 +697,11 @@ class ClusterInstOps(InstOpsBase):
                     raise InvalidArgument("Cannot update node pools in non-kubernetes cluster")
             elif merged.num_nodes != stored.num_nodes and len(merged.node_pools) == 1:
                 merged.node_pools[0].num_nodes = merged.num_nodes
+            if "37" in paths and req.enable_ipv6:
+                cl = txn.require(CLOUDLET, stored.cloudlet_key)
+                pf = txn.get(PLATFORM_FEATURES, cl.platform_type)
+                if pf is None or not pf.supports_ipv6:
+                    raise InvalidArgument("cloudlet platform does not support IPv6")
             if merged.enable_ipv6 != stored.enable_ipv6 and merged.deployment == "kubernetes":
                 raise InvalidArgument("cannot change IPv6 setting on Kubernetes clusters")
             if merged == stored:
@@ -643,6 +710,10 @@ class ClusterInstOps(InstOpsBase):
                 notes.append(f"previous update failed, [{' '.join(stored.errors)}], trying again")
             elif stored.state != TS.READY:
                 raise FailedPrecondition("ClusterInst busy, cannot update")
+            if merged.deployment == "kubernetes" and (
+                merged.num_nodes != stored.num_nodes or merged.node_pools != stored.node_pools
+            ):
+                _refit_cluster(txn, stored, merged)
             merged.updated_at.CopyFrom(_ids.now_timestamp())
             merged.state = TS.READY if cctx.ignore_crm else TS.UPDATE_REQUESTED
             txn.put(merged)

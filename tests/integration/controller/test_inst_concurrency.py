@@ -171,7 +171,7 @@ async def test_resource_update_rewrites_the_cluster_refs(
 
     update = appinst_pb2.AppInst(key=appinst_pb2.AppInstKey(name="ai000", organization=org))
     update.node_resources.vcpus = 4
-    update.fields.append("56")
+    update.fields.append("56.1")  # vcpus only: a whole "56" would zero the RAM
     _, err = await collect(app_insts(ctl).UpdateAppInst(update, timeout=30))
     assert err is None, err
 
