@@ -18,8 +18,8 @@ from typing import Any, Final
 import yaml
 from edgeproto import app_pb2, appinst_pb2, clusterinst_pb2
 
-from edge_cloud.errors import FailedPrecondition, InvalidArgument
-from edge_cloud.platform import Deployment
+from edge_cloud.errors import InvalidArgument
+from edge_cloud.platform import Deployment, NotSupportedByPlatform
 
 __all__ = [
     "APPINST_NAME_LABEL",
@@ -153,8 +153,9 @@ def check_kubernetes_app(app: app_pb2.App) -> Deployment:
     """The App's deployment, refused unless this in-process deployer can run it.
 
     Raises:
-        FailedPrecondition: A Helm App: installing charts needs the `helm` client and
-            network access to the chart repository, neither of which this deployer has.
+        NotSupportedByPlatform: A Helm App: installing charts needs the `helm` client and
+            network access to the chart repository, neither of which this deployer has; the
+            same class the conformance suite expects for any deployment a platform refuses.
         InvalidArgument: Not a Kubernetes App, or a Kubernetes App without a manifest.
     """
     try:
@@ -163,7 +164,7 @@ def check_kubernetes_app(app: app_pb2.App) -> Deployment:
         raise InvalidArgument(f"unknown deployment type {app.deployment!r}") from None
     if deployment is Deployment.HELM:
         # TODO(#9, helm): install charts once the CCRM has a chart fetcher and renderer.
-        raise FailedPrecondition(
+        raise NotSupportedByPlatform(
             f"App {app.key.name!r} version {app.key.version!r} is a Helm chart "
             f"({app.image_path}): deploying Helm apps needs the helm client and access to the "
             "chart repository, which this platform's in-process Kubernetes deployer does not "

@@ -16,9 +16,9 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from edge_cloud.errors import (
     DeadlineExceeded,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NotSupportedByPlatform,
     PlatformTransientError,
     Unauthenticated,
 )
@@ -348,7 +348,9 @@ def test_helm_and_other_deployments_are_refused_clearly() -> None:
     helm = make_app()
     helm.deployment = "helm"
     helm.image_path = "https://charts.example.com:mychart"
-    with pytest.raises(FailedPrecondition, match="needs the helm client and access to the chart"):
+    with pytest.raises(
+        NotSupportedByPlatform, match="needs the helm client and access to the chart"
+    ):
         check_kubernetes_app(helm)
     with pytest.raises(InvalidArgument, match="docker Apps do not deploy"):
         check_kubernetes_app(make_app(deployment="docker"))
