@@ -150,7 +150,14 @@ _UPGRADE_WAIT: Final = InfoWait(
     transitions=frozenset({CS.CLOUDLET_STATE_UPGRADE}),
     state_name=state_name,
     show="ShowCloudlet",
+    after=CS.CLOUDLET_STATE_UPGRADE,  # READY before the CRM started upgrading is the old one
 )
+# The Cloudlet's state during an on-edge update, as the CloudletInfo state that drove it.
+_UPDATE_PROGRESS: Final[dict[int, int]] = {
+    TS.UPDATING: CS.CLOUDLET_STATE_UPGRADE,
+    TS.READY: CS.CLOUDLET_STATE_READY,
+    TS.UPDATE_ERROR: CS.CLOUDLET_STATE_ERRORS,
+}
 # The error state an interrupted operation leaves behind.
 _FAILED_STATE: Final[dict[int, int]] = {
     TS.CREATE_REQUESTED: TS.CREATE_ERROR,
@@ -1086,15 +1093,21 @@ class CloudletOps(TrackedOps):
             schedule_default_mt_cluster(rt, merged.key)
         if outcome["crm"] and not cctx.ignore_crm:
             if merged.crm_on_edge:
-                info = rt.caches.get(CLOUDLET_INFO, keys.key_string(merged.key))
+                # The CloudletInfo is still READY from before: done is the Cloudlet leaving
+                # UPDATE_REQUESTED, which only the CRM's reports after this commit move.
+                async def refresh() -> tuple[int, list[str]]:
+                    state, errors = await self._stored(CLOUDLET, merged.key)
+                    return _UPDATE_PROGRESS.get(state, CS.CLOUDLET_STATE_UNKNOWN), list(errors)
+
                 await wait_for_info(
                     _UPGRADE_WAIT,
-                    current=CS.CLOUDLET_STATE_UPGRADE if info is None else info.state,
+                    current=CS.CLOUDLET_STATE_UNKNOWN,
                     subscription=stream.subscription,
                     decode=lambda data: codec.decode(CLOUDLET_INFO, data),
                     send=stream.send,
                     success_msg=UPDATED,
                     timeout=timeout,
+                    refresh=refresh,
                 )
                 return
             request = _copy(merged)

@@ -241,6 +241,23 @@ def merge_info(obj: Any, info: Any) -> bool:
 
 
 async def _receive(rt: TrackedRuntime, otype: Any, info: Any) -> None:
+    """Merge a worker's report into etcd, then publish it to the waiting caller.
+
+    In this order, a caller that sees the terminal report (and returns success) can rely
+    on etcd, and this controller's caches, holding the new state already: a Show right
+    after it lists READY, and a delete right after a create is not refused as busy.
+    """
+    if not _changes_nothing(rt, otype, info):
+
+        def fn(txn: Txn) -> None:
+            obj = txn.get(otype, info.key)
+            if obj is None:
+                return
+            if merge_info(obj, info):
+                txn.put(obj)
+
+        await rt.engine.apply(fn, reads=[store_key_of(otype, info.key)], from_caches=True)
+
     published = copy_msg(info)
     published.ClearField("fields")
     if published.state == TS.DELETE_DONE:
@@ -248,18 +265,6 @@ async def _receive(rt: TrackedRuntime, otype: Any, info: Any) -> None:
     await rt.tracked.progress.publish_info(
         stream_key(info.key), codec.encode(published), terminal=info.state in TERMINAL
     )
-
-    if _changes_nothing(rt, otype, info):
-        return
-
-    def fn(txn: Txn) -> None:
-        obj = txn.get(otype, info.key)
-        if obj is None:
-            return
-        if merge_info(obj, info):
-            txn.put(obj)
-
-    await rt.engine.apply(fn, reads=[store_key_of(otype, info.key)], from_caches=True)
 
 
 def _changes_nothing(rt: TrackedRuntime, otype: Any, info: Any) -> bool:
@@ -424,6 +429,7 @@ class InstOpsBase(TrackedOps):
                 send=stream.send,
                 success_msg="",
                 timeout=timeout,
+                refresh=lambda: self._stored(otype, obj.key),
             )
             return
         cloudlet = rt.caches.get(CLOUDLET, keys.key_string(obj.cloudlet_key))

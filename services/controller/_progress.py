@@ -58,6 +58,7 @@ __all__ = [
     "START",
     "OpStream",
     "Progress",
+    "StatusLines",
     "StreamedError",
     "Subscription",
     "compact_text",
@@ -317,6 +318,38 @@ class Subscription:
         self._closed = True
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()
+
+
+# --- status lines of worker reports ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StatusLines:
+    """Which status lines of a worker's successive reports are new, by content.
+
+    Every report carries the whole `status.msgs` list of the current operation. Counting
+    lines (the original's `lastMsgCnt`) loses lines when the worker restarts: its status
+    starts over shorter than before, so its next lines, among them the error that ends the
+    operation, sit below the count and are never forwarded. Comparing content instead: a
+    report whose lines extend the last ones contributes its tail; any other report is a
+    restarted status and all of its lines are new (a repeated report contributes nothing).
+    """
+
+    _last: list[str] = field(default_factory=list)
+
+    def new(self, msgs: Sequence[str]) -> list[str]:
+        """The lines of `msgs` not forwarded yet; remembers `msgs` as the last report's."""
+        current = list(msgs)
+        last = self._last
+        if current[: len(last)] == last:
+            self._last = current
+            return current[len(last) :]
+        if last[: len(current)] == current:
+            # a repeat of the start of the same status (a report replayed after a
+            # reconnect, or a restart that began alike): nothing new, keep the longer one
+            return []
+        self._last = current
+        return current
 
 
 # --- the service ---------------------------------------------------------------------------

@@ -39,11 +39,13 @@ from edge_cloud.errors import (
     Unavailable,
 )
 from edge_cloud.objects import keys, registry
+from edge_cloud.store import Get
 from services.controller._ccrm import CcrmClients
 from services.controller._engine import Txn
 from services.controller._progress import (
     OpStream,
     Progress,
+    StatusLines,
     StreamStart,
     Subscription,
     op_owner,
@@ -62,6 +64,7 @@ __all__ = [
     "InfoWait",
     "Recoverable",
     "Recovery",
+    "Refresh",
     "TrackedOps",
     "TrackedRuntime",
     "TrackedServices",
@@ -261,6 +264,9 @@ class InfoWait:
             with a "still in progress" line (no undo), as in the original.
         state_name: The CamelName of a state, for messages.
         show: The Show RPC to suggest (`ShowCloudlet`).
+        after: A reported target counts only once this state was seen: for waits whose
+            target is also the state before the work (an on-edge cloudlet update waits
+            for READY, and its CloudletInfo is READY until the CRM starts upgrading).
     """
 
     target: int
@@ -268,6 +274,14 @@ class InfoWait:
     transitions: frozenset[int]
     state_name: Callable[[int], str]
     show: str
+    after: int | None = None
+
+
+Refresh = Callable[[], Awaitable[tuple[int, Sequence[str]]]]
+"""Reads the stored state (and errors) from etcd and brings the caches up to that read."""
+
+#: Seconds between reads of the stored state while no report arrives.
+REFRESH_INTERVAL: Final = 1.0
 
 
 def _worker_errors(errors: Sequence[str]) -> EdgeError:
@@ -285,8 +299,16 @@ async def wait_for_info(
     send: Callable[[str], Awaitable[None]],
     success_msg: str,
     timeout: float,  # noqa: ASYNC109 - the Settings timeout of the operation
+    refresh: Refresh | None = None,
 ) -> None:
     """Wait until the worker reports the target state (the original's `WaitFor<Obj>Info`).
+
+    The channel is subscribed after the operation's commit, so a worker can finish before
+    the subscription exists and its reports are gone. With `refresh`, the stored state is
+    read from etcd once subscribed and again whenever the channel is quiet for a second,
+    so such an operation still ends promptly; on success the caches are brought up to the
+    stored state, so a Show right after the call already lists it (reports are merged into
+    etcd before they are published).
 
     Args:
         spec: Target, error and transition states.
@@ -298,6 +320,7 @@ async def wait_for_info(
         send: Progress line sink; new status messages are forwarded.
         success_msg: Sent when the target is reached ("" for none).
         timeout: Seconds before giving up.
+        refresh: Reads the stored state (see `Refresh`); None waits on the channel only.
 
     Raises:
         PlatformPermanentError: The worker reported the error state (its errors).
@@ -311,7 +334,27 @@ async def wait_for_info(
     if subscription is None:
         raise Unavailable("wait for info missing redis message channel")
     state = current
-    sent = 0
+    seen_after = spec.after is None
+    lines = StatusLines()
+
+    async def stored() -> bool:
+        """Read the stored state; True when it is the target (raises on the error)."""
+        nonlocal state, seen_after
+        assert refresh is not None  # noqa: S101 - narrowing for mypy
+        state, errors = await refresh()
+        if state == spec.after:
+            seen_after = True
+        if state == spec.error:
+            raise _worker_errors(list(errors))
+        return state == spec.target
+
+    async def done() -> None:
+        if success_msg:
+            await send(success_msg)
+
+    if refresh is not None and await stored():
+        await done()
+        return
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -326,8 +369,11 @@ async def wait_for_info(
                 f"Timed out; expected state {spec.state_name(spec.target)} but is "
                 f"{spec.state_name(state)}"
             )
-        payload = await subscription.get(min(remaining, 1.0))
+        payload = await subscription.get(min(remaining, REFRESH_INTERVAL))
         if payload is None:
+            if refresh is not None and await stored():
+                await done()
+                return
             continue
         if payload is Subscription.CLOSED:
             await send(
@@ -341,15 +387,16 @@ async def wait_for_info(
             log.warning("ignoring an undecodable report on %s: %s", subscription.channel, err)
             continue
         state = int(info.state)
-        msgs = list(info.status.msgs)
-        for line in msgs[sent:]:
+        for line in lines.new(info.status.msgs):
             await send(line)
-        sent = max(sent, len(msgs))
+        if state == spec.after:
+            seen_after = True
         if state == spec.error:
             raise _worker_errors(list(info.errors))
-        if state == spec.target:
-            if success_msg:
-                await send(success_msg)
+        if state == spec.target and seen_after:
+            if refresh is not None:
+                await refresh()  # the caches catch up with the merged report
+            await done()
             return
 
 
@@ -466,16 +513,30 @@ class TrackedOps:
         self, stream: OpStream, receive: Callable[[Any], Awaitable[None]]
     ) -> Callable[[Any], Awaitable[None]]:
         """An `on_info` for CCRM calls: `receive` each info, forward its new status lines."""
-        sent = [0]
+        lines = StatusLines()
 
         async def on_info(info: Any) -> None:
             await receive(info)
-            msgs = list(info.status.msgs)
-            for line in msgs[sent[0] :]:
+            for line in lines.new(info.status.msgs):
                 await stream.send(line)
-            sent[0] = max(sent[0], len(msgs))
 
         return on_info
+
+    async def _stored(self, otype: Any, key: Message) -> tuple[int, Sequence[str]]:
+        """The object's state and errors as stored in etcd now, with the caches caught up.
+
+        One read at etcd's current revision, then a wait for the caches to reach it: the
+        caller can go on reading the caches and sees at least what etcd held. A missing
+        (or DELETE_DONE) object is NOT_PRESENT, what a waiting delete looks for.
+        """
+        engine = self._rt.engine
+        skey = keys.store_key(otype.name, keys.key_string(key))
+        result = await engine.store.txn([], [Get(skey)])
+        await engine.sync.wait_for_revision(result.revision)
+        obj = self._rt.caches.get(otype, keys.key_string(key))
+        if obj is None or obj.state == TS.DELETE_DONE:
+            return TS.NOT_PRESENT, ()
+        return int(obj.state), list(obj.errors)
 
     async def _set_state(
         self,
