@@ -10,7 +10,9 @@ through `apply_info`:
 2. drive the Cloudlet's state: INIT → CrmInitok, READY → Ready (errors cleared), UPGRADE →
    Updating, ERRORS → UpdateError or CreateError depending on what was requested; copy the
    trust policy state, container version and infra flavors. Reports for a cloudlet being
-   deleted change nothing (the original would move it back to Ready);
+   deleted change nothing (the original would move it back to Ready). A READY report
+   clears the CloudletDown alerts when the cloudlet came back online and re-evaluates the
+   CloudletResourceUsage warnings (`_alerts`);
 3. publish the report, status included, on the cloudlet's Redis channel, where the API call
    waiting for it listens (possibly on another controller); a terminal report also ends the
    info part of the progress stream. (The original publishes before step 2; after it, a
@@ -114,7 +116,7 @@ async def apply_info(
     incoming.ClearField("status")
     incoming.ClearField("fields")
 
-    def merge(txn: Txn) -> cloudlet_pb2.CloudletInfo:
+    def merge(txn: Txn) -> tuple[cloudlet_pb2.CloudletInfo, bool]:
         current = txn.get(CLOUDLET_INFO, report.key)
         stored = current if current is not None else cloudlet_pb2.CloudletInfo(key=report.key)
         stored.ClearField("status")
@@ -123,18 +125,40 @@ async def apply_info(
         if fields.apply_fields(merged, incoming, selected):
             merged.controller = services.controller_id  # whoever wrote it last owns it
             txn.put(merged)
-        return merged
+        online = (
+            STATE in selected
+            and merged.state == CS.CLOUDLET_STATE_READY
+            and (current is None or current.state != CS.CLOUDLET_STATE_READY)
+        )
+        return merged, online
 
-    merged = await runtime.engine.apply(merge)
+    merged, came_online = await runtime.engine.apply(merge)
     try:
         await _drive_cloudlet(runtime, merged, selected)
     except EdgeError as err:
         log.warning("CloudletInfo state transition of %s failed: %s", report.key, err)
+    if merged.state == CS.CLOUDLET_STATE_READY:
+        await _on_ready(runtime, merged.key, came_online=came_online)
     # Published after both commits: whoever waits on it sees the cloudlet's new state.
     await services.progress.publish_info(
         stream_key(report.key), report_payload(report), terminal=merged.state in TERMINAL
     )
     return merged
+
+
+async def _on_ready(
+    runtime: TrackedRuntime, key: cloudletkey_pb2.CloudletKey, *, came_online: bool
+) -> None:
+    """A READY report: clear CloudletDown when it came back, re-evaluate usage warnings."""
+    # imported here: _alerts needs _usage, which needs this module
+    from services.controller._alerts import alert_hub, refresh_usage_alerts
+
+    if came_online:
+        try:
+            await alert_hub(runtime).cloudlet_up(key)
+        except EdgeError as err:
+            log.warning("CloudletDown alerts of %s not cleared: %s", key, err)
+    await refresh_usage_alerts(runtime, key)
 
 
 def report_payload(report: cloudlet_pb2.CloudletInfo) -> bytes:

@@ -82,7 +82,7 @@ from edge_cloud.influx import InfluxV1Writer, Point
 from edge_cloud.notify import Action, EtcdNotifySource, NotifyServer, Peer, type_name
 from edge_cloud.objects import codec, fields, keys, registry
 from edge_cloud.store import Store
-from services.controller._alerts import alert_hub, refresh_usage_alerts
+from services.controller._alerts import alert_hub
 from services.controller._cloudletinfo import ALL_FIELDS, CLOUDLET_INFO, apply_info, mark_offline
 from services.controller._engine import Txn
 from services.controller._inst_ops import receive_app_inst_info, receive_cluster_inst_info
@@ -433,13 +433,7 @@ class ControllerNotify:
 
     async def _cloudlet_info(self, peer: Peer, info: cloudlet_pb2.CloudletInfo) -> None:
         info.notify_id = peer.notify_id
-        was = self._info_state(info.key)
-        merged = await apply_info(self._rt, info, paths=ALL_FIELDS)
-        if merged is None or merged.state != CS.CLOUDLET_STATE_READY:
-            return
-        if was != CS.CLOUDLET_STATE_READY:
-            await self.alerts.cloudlet_up(merged.key)  # the CRM is back: clear CloudletDown
-        await refresh_usage_alerts(self._rt, merged.key)
+        await apply_info(self._rt, info, paths=ALL_FIELDS)  # READY: alerts follow (§5.2)
 
     async def _cloudlet_info_delete(self, peer: Peer, info: cloudlet_pb2.CloudletInfo) -> None:
         await self._offline(peer, [info.key])
