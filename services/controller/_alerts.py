@@ -209,6 +209,8 @@ def put_usage_alerts(
 
     Runs inside the caller's transaction, so the alerts change with the usage that caused
     them. Stale alerts are found in the cache (as the original's `handleResourceUsageAlerts`).
+    A warning already alerted is left as it is (the original rewrites it with a new
+    `active_at` on every READY report, a revision per report for nothing).
     """
     fresh: set[str] = set()
     for warning in warnings:
@@ -222,8 +224,10 @@ def put_usage_alerts(
         }
         alert = _firing(labels, ALERT_CLOUDLET_RESOURCE_USAGE, warning)
         alert.controller = controller_id
-        fresh.add(keys.key_string(alert))
-        txn.put(alert)
+        key_string = keys.key_string(alert)
+        fresh.add(key_string)
+        if txn.get(ALERT, key_string) is None:  # a standing one keeps its active_at
+            txn.put(alert)
     for key_string, alert in caches.items(ALERT):
         if key_string in fresh:
             continue
@@ -387,9 +391,17 @@ class Alerts:
         stored.CopyFrom(alert)
         self._source[keys.key_string(stored)] = stored
         self.start()
-        await self._store_update(stored, self.lease_id())
+        try:
+            await self._store_update(stored, self.lease_id())
+        except EdgeError as err:  # e.g. the lease just expired: the replay writes it
+            log.warning("alert %s kept for the next lease: %s", stored.labels, err)
 
     async def _store_update(self, alert: alert_pb2.Alert, lease: int | None) -> None:
+        if lease is None:
+            # between a lost lease and its replacement: written by the replay, not unleased
+            log.debug("alert %s waits for the controller lease", alert.labels)
+            return
+
         def put(txn: Txn) -> None:
             txn.put(alert, lease=lease)
 

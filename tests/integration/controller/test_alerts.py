@@ -191,6 +191,15 @@ async def test_alerts_come_back_after_a_lost_lease(harness: ControllerHarness) -
             assert await show(ctl) == []
 
         await eventually(gone)
+        ctl.lease.lease_id = None  # what the keeper does when it finds the lease gone
+        later = alert_pb2.Alert(labels={"alertname": "AppInstDown", "appinstorg": org})
+        shepherd.send(later)  # arrives with no lease: kept, not written unleased
+
+        async def kept() -> None:
+            assert len(ctl.notify.alerts) == 2
+
+        await eventually(kept)
+        assert await show(ctl) == []
         await ctl.lease.register()  # the keeper's re-grant
         new_lease = ctl.lease.lease_id
         assert new_lease is not None
@@ -198,9 +207,10 @@ async def test_alerts_come_back_after_a_lost_lease(harness: ControllerHarness) -
 
         async def replayed() -> None:
             back = await show(ctl)
-            assert [a.value for a in back] == [3.0]
+            assert names(back) == ["AppInstDown", "AutoProvUndeploy"]
+            assert [a.value for a in back if a.labels["alertname"] == "AutoProvUndeploy"] == [3.0]
             items, _ = await ctl.store.range("1/Alert/")
-            assert [i.lease for i in items] == [new_lease]
+            assert [i.lease for i in items] == [new_lease, new_lease]
 
         await eventually(replayed)
     await ctl.notify.close()
