@@ -2,10 +2,11 @@
 processes, the plugin in both daemons talking to moto (AWS in server mode).
 
 awsec2 requires a CRM on the edge site, so the Controller forces `crm_on_edge`: the CCRM
-onboards (network and platform VM) and the CRM in the platform VM does the rest. Onboarding
-through the CCRM registers the platform VM as a CloudletNode, which no access API here can
-do yet (the Controller has no CloudletNode store): the first test pins that down as a clear
-FAILED_PRECONDITION that leaves nothing in AWS. The second test onboards with
+onboards (network and platform VM) and the CRM in the platform VM does the rest. The first
+test onboards through the CCRM: it registers the platform VM as a CloudletNode at the
+Controller (`--controller-addr`), builds the network and the VMs in moto, and the CRM the
+platform VM would run (started here by hand once the CCRM is done) takes the cloudlet to
+READY; the delete removes the node and everything in AWS. The second test onboards with
 `crm_override=IGNORE_CRM` and starts the CRM itself, as the platform VM would: the CRM
 builds the network and shared root LB (as the original's CRM start-up does), then the
 ClusterInst and the VM AppInst go Controller → notify → CRM → EC2, and DeleteCloudlet
@@ -33,6 +34,8 @@ from edgeproto import (
     cloudlet_pb2,
     cloudlet_pb2_grpc,
     cloudletkey_pb2,
+    cloudletnode_pb2,
+    cloudletnode_pb2_grpc,
     clusterinst_pb2,
     clusterinst_pb2_grpc,
     common_pb2,
@@ -105,7 +108,7 @@ def world(
     ensure_image(client, APP_IMAGE)
     workdir = tmp_path_factory.mktemp("awsec2")
     platform = Platform(etcd_server.client_url, redis_server.client_url, workdir, ccrm_env=CREDS)
-    platform.ccrm.args += ["--platforms", "awsec2"]
+    platform.ccrm.args += ["--platforms", "awsec2", "--controller-addr", platform.api_addr]
     platform.start()
     try:
         with grpc.insecure_channel(platform.api_addr) as channel:
@@ -206,26 +209,38 @@ def cloudlet_info(world: World, key: cloudletkey_pb2.CloudletKey) -> cloudlet_pb
     return info
 
 
-def test_onboarding_through_the_ccrm_stops_cleanly_at_node_registration(world: World) -> None:
+def test_onboarding_through_the_ccrm_registers_the_platform_vm(world: World) -> None:
     cloudlet = ec2_cloudlet(world)
+    nodes = cloudletnode_pb2_grpc.CloudletNodeApiStub(world.channel)
+    by_cloudlet = cloudletnode_pb2.CloudletNode()
+    by_cloudlet.key.cloudlet_key.CopyFrom(cloudlet.key)
     call = world.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT)
     messages: list[str] = []
-    # The Controller streams the failure, undoes the create, then waits (up to 300 s) for a
-    # CRM that never came to take the CloudletInfo OFFLINE before it ends the call; the
-    # messages up to the undo are what this test is about, so it stops reading there.
-    for result in call:
-        messages.append(result.message)
-        if result.message == "Deleting Cloudlet due to failures":
-            break
-    call.cancel()
-    controller = world.platform.controller.process
-    assert controller is not None
-    assert controller.poll() is None, f"the Controller exited with {controller.returncode}"
-    assert "Creating Cloudlet" in messages
-    [failure] = [m for m in messages if "CloudletNode" in m]
-    assert "the access API refused" in failure
-    assert "Cloudlet onboarding failed" in failure
-    assert tagged(world, cloudlet) == {}  # the refusal came before anything was made in AWS
+    crm: Daemon | None = None
+    try:
+        for result in call:
+            messages.append(result.message)
+            last_step = any("Creating Shared RootLB" in m for m in messages)
+            if crm is None and last_step and "Waiting for VMs to run" in result.message:
+                # the CCRM's last step: the platform VM would now boot its CRM
+                crm = start_crm(world, cloudlet)
+        assert crm is not None, messages
+        assert messages[-1] == "Created Cloudlet successfully", messages
+        assert "Creating Platform VM" in messages
+        [node] = nodes.ShowCloudletNode(by_cloudlet, timeout=5)
+        assert node.key.name.endswith("-pf")
+        assert not node.password_hash  # never shown
+        assert cloudlet_info(world, cloudlet.key).state == CS.CLOUDLET_STATE_READY
+
+        ok(world.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
+        assert list(nodes.ShowCloudletNode(by_cloudlet, timeout=5)) == []
+        assert tagged(world, cloudlet) == {}
+        process = crm.process
+        assert process is not None
+        assert wait_for(process.poll, 20, "the CRM to exit") == 0
+    finally:
+        if crm is not None:
+            crm.stop(grace=5)
 
 
 def start_crm(world: World, cloudlet: cloudlet_pb2.Cloudlet) -> Daemon:
