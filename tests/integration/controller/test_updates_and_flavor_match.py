@@ -392,3 +392,67 @@ async def test_placement_counts_vm_app_insts(harness: ControllerHarness, ccrm: I
     _, err = await collect(clusters(ctl).CreateClusterInst(request))
     assert err is None, err
     assert stored_cluster(ctl, request).cloudlet_key.name == "c1"
+
+
+def test_vm_spec_rules_without_servers() -> None:
+    """The matcher's pure rules (§8.3) that the gRPC tests above do not reach."""
+    from services.controller import _clusterinst as ci
+
+    table = restagtable_pb2.ResTagTable(tags={"vgpu": "nvidia-63"})
+    info = cloudlet_pb2.CloudletInfo(
+        flavors=[
+            cloudlet_pb2.FlavorInfo(name="nodisk", vcpus=2, ram=2048, disk=0),
+            cloudlet_pb2.FlavorInfo(
+                name="vgpu", vcpus=4, ram=4096, disk=40, prop_map={"resources": "'nvidia-63:1'"}
+            ),
+            cloudlet_pb2.FlavorInfo(
+                name="vio", vcpus=4, ram=8192, disk=40, prop_map={"vmware:vgpu": "nvidia-63=2"}
+            ),
+        ],
+        availability_zones=[{"name": "nova"}, {"name": "gpu-az"}],
+        os_images=[{"name": "ubuntu"}, {"name": "ubuntu-gpu"}],
+    )
+    tables = {"gpu": table}
+
+    def message(nodes: resources_pb2.NodeResources, tbl: Any = tables) -> str:
+        with pytest.raises(InvalidArgument) as caught:
+            ci.vm_spec(nodes, info, tbl, cloudlet_name="c9")
+        return caught.value.message
+
+    # a disk-less flavor takes any disk as an external volume
+    spec = ci.vm_spec(resources_pb2.NodeResources(vcpus=1, ram=1024, disk=50), info, tables)
+    assert (spec.flavor_name, spec.external_volume_size, spec.availability_zone) == (
+        "nodisk",
+        50,
+        "",
+    )
+    # "=" counts (VIO) match a qualified request; the legacy GPU zone and image come along
+    spec = ci.vm_spec(
+        resources_pb2.NodeResources(vcpus=1, ram=1024, opt_res_map={"gpu": "vgpu:nvidia-63:2"}),
+        info,
+        tables,
+    )
+    assert (spec.flavor_name, spec.availability_zone, spec.image_name) == (
+        "vio",
+        "gpu-az",
+        "ubuntu-gpu",
+    )
+    # a quoted count is read as a number; the smaller flavor with one vGPU wins
+    one = resources_pb2.NodeResources(vcpus=1, ram=1024, opt_res_map={"gpu": "vgpu:1"})
+    assert ci.vm_spec(one, info, tables).flavor_name == "vgpu"
+    # a CPU request bigger than the plain flavor finds only GPU flavors: refused
+    assert message(resources_pb2.NodeResources(vcpus=4, ram=1024)) == (
+        "no suitable infra flavor found for requested node resources, 1 with not enough vCPUs, "
+        "2 with optional resources not requested"
+    )
+    assert message(resources_pb2.NodeResources(vcpus=1, opt_res_map={"gpu": "vgpu"})) == (
+        "Invalid optresmap 'vgpu' in node resources"
+    )
+    assert message(resources_pb2.NodeResources(vcpus=1, opt_res_map={"nic": "sriov:1"}), None) == (
+        "Optional resource requested, cloudlet c9 supports none"
+    )
+    assert message(resources_pb2.NodeResources(vcpus=1, infra_node_flavor="gone")) == (
+        "Cloudlet flavor gone not found on cloudlet"
+    )
+    assert ci.select_infra_flavor(resources_pb2.NodeResources(vcpus=99), []) == "noderesources"
+    assert ci.delta_resources({"vCPUs": 4, "RAM": 512}, {"vCPUs": 2, "RAM": 1024}) == {"vCPUs": 2}
