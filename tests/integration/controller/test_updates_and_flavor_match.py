@@ -403,7 +403,11 @@ def test_vm_spec_rules_without_servers() -> None:
         flavors=[
             cloudlet_pb2.FlavorInfo(name="nodisk", vcpus=2, ram=2048, disk=0),
             cloudlet_pb2.FlavorInfo(
-                name="vgpu", vcpus=4, ram=4096, disk=40, prop_map={"resources": "'nvidia-63:1'"}
+                name="vgpu",
+                vcpus=4,
+                ram=4096,
+                disk=40,
+                prop_map={"resources:vgpu": "'nvidia-63:1'"},
             ),
             cloudlet_pb2.FlavorInfo(
                 name="vio", vcpus=4, ram=8192, disk=40, prop_map={"vmware:vgpu": "nvidia-63=2"}
