@@ -61,6 +61,8 @@ __all__ = [
     "CLOUDLET_DOWN_DESCRIPTION",
     "Alerts",
     "alert_hub",
+    "appinst_tags",
+    "cluster_tags",
     "commit_usage_alerts",
     "put_usage_alerts",
     "refresh_in_commit",
@@ -117,6 +119,16 @@ def cloudlet_down_labels(key: cloudletkey_pb2.CloudletKey) -> dict[str, str]:
 def appinst_tags(inst: appinst_pb2.AppInst) -> dict[str, str]:
     """The original's `AppInstKey.GetTags()`: the instance's name and organization."""
     return {"appinst": inst.key.name, "appinstorg": inst.key.organization}
+
+
+def cluster_tags(cluster: clusterinst_pb2.ClusterInst) -> dict[str, str]:
+    """The labels that tie an alert to one ClusterInst (cluster and cloudlet keys)."""
+    return {
+        "cluster": cluster.key.name,
+        "clusterorg": cluster.key.organization,
+        "cloudlet": cluster.cloudlet_key.name,
+        "cloudletorg": cluster.cloudlet_key.organization,
+    }
 
 
 def appinst_down_labels(inst: appinst_pb2.AppInst) -> dict[str, str]:
@@ -275,14 +287,31 @@ def commit_usage_alerts(
     )
 
 
-def refresh_in_commit(txn: Txn, runtime: TrackedRuntime, refs: refs_pb2.CloudletRefs) -> None:
-    """Inside a removal commit: the cloudlet's usage alerts for what its refs now hold.
+def refresh_in_commit(
+    txn: Txn,
+    runtime: TrackedRuntime,
+    refs: refs_pb2.CloudletRefs,
+    gone: Mapping[str, str],
+) -> None:
+    """Inside a removal commit: the removed instance's alerts go, usage alerts follow.
+
+    As the original's `CleanupAppInstAlerts` / `CleanupClusterInstAlerts`, every alert
+    carrying all of the instance's labels is deleted (from etcd in this transaction, and
+    from the source cache so no replay brings it back); then the cloudlet's
+    CloudletResourceUsage alerts are re-evaluated for what its refs now hold.
 
     Args:
         txn: The commit's transaction.
         runtime: The runtime (caches, region, controller id).
         refs: The cloudlet's refs as the commit leaves them (the removed instance gone).
+        gone: The removed instance's labels (`appinst`, `appinstorg`; or `cluster`,
+            `clusterorg`, `cloudlet`, `cloudletorg`).
     """
+    hub = alert_hub(runtime)
+    for key_string, alert in runtime.caches.items(ALERT):
+        if all(alert.labels.get(k) == v for k, v in gone.items()):
+            txn.delete(ALERT, key_string)
+            hub.forget(key_string)
     cloudlet = txn.get(CLOUDLET, refs.key)
     if cloudlet is None:
         return
@@ -335,6 +364,10 @@ class Alerts:
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def forget(self, key_string: str) -> None:
+        """Drop an alert from the source cache (its object is being deleted)."""
+        self._source.pop(key_string, None)
 
     def source(self) -> list[alert_pb2.Alert]:
         """Copies of what the source cache holds."""

@@ -758,7 +758,7 @@ class AppInstOps(InstOpsBase):
                 del refs.vm_app_insts[:]
                 refs.vm_app_insts.extend(kept)
                 txn.put(refs)
-                _alerts.refresh_in_commit(txn, self._rt, refs)
+                _alerts.refresh_in_commit(txn, self._rt, refs, _alerts.appinst_tags(current))
             if current.cluster_key.name:
                 crefs = txn.get(CLUSTER_REFS, current.cluster_key)
                 remaining: list[appinst_pb2.AppInstKey] = []

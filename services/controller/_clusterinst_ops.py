@@ -541,7 +541,7 @@ class ClusterInstOps(InstOpsBase):
                 if current.auto and current.reservable:
                     _clusterinst.release_auto_cluster_id(current.key.name, refs)
                 txn.put(refs)
-                _alerts.refresh_in_commit(txn, self._rt, refs)
+                _alerts.refresh_in_commit(txn, self._rt, refs, _alerts.cluster_tags(current))
             if current.dns_label:
                 txn.delete_key(
                     _clusterinst.cloudlet_object_label_key(

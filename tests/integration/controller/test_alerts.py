@@ -37,8 +37,12 @@ from tests.integration.controller.cloudlet_harness import (
 )
 from tests.integration.controller.clusterinst_harness import (
     InstCcrm,
+    app_insts,
+    cluster_key,
     clusters,
+    create_app,
     inst_ccrm_server,
+    new_app_inst,
     new_cluster,
     put_flavor,
     ready_cloudlet,
@@ -332,8 +336,33 @@ async def test_resource_usage_alerts(harness: ControllerHarness, ccrm: InstCcrm)
         "region": "local",
     }
     assert alert.annotations["description"] == usage
-    _, err = await collect(clusters(ctl).DeleteClusterInst(new_cluster(org, cloudlet)))
+
+    # an instance's own alerts go with it
+    app = await create_app(ctl, org)
+    inst = new_app_inst(org, app, cluster=cluster_key(org))
+    _, err = await collect(app_insts(ctl).CreateAppInst(inst))
     assert err is None, err
+    shepherd = client(ctl, "shepherd")
+    async with shepherd:
+        scale = {"alertname": "ClusterAutoScale", "cluster": "cl1", "clusterorg": org}
+        scale.update(cloudlet="c1", cloudletorg=org)
+        shepherd.send(alert_pb2.Alert(labels=scale, state="firing"))
+        app_down = {"alertname": "AppInstDown", "appinst": "ai1", "appinstorg": org}
+        shepherd.send(alert_pb2.Alert(labels={**app_down, "status": "HealthCheckServerFail"}))
+
+        async def both_stored() -> None:
+            assert names(await show(ctl, clusterorg=org)) == ["ClusterAutoScale"]
+            assert names(await show(ctl, appinstorg=org)) == ["AppInstDown"]
+
+        await eventually(both_stored)
+        _, err = await collect(app_insts(ctl).DeleteAppInst(appinst_pb2.AppInst(key=inst.key)))
+        assert err is None, err
+        assert await show(ctl, appinstorg=org) == []
+        assert names(await show(ctl, clusterorg=org)) == ["ClusterAutoScale"]
+        _, err = await collect(clusters(ctl).DeleteClusterInst(new_cluster(org, cloudlet)))
+        assert err is None, err
+        assert await show(ctl, clusterorg=org) == []
+        assert len(ctl.notify.alerts) == 0  # no replay brings them back
     assert await show(ctl, alertname="CloudletResourceUsage") == []  # cleared by the removal
     _, err = await collect(clusters(ctl).CreateClusterInst(new_cluster(org, cloudlet)))
     assert err is None, err
