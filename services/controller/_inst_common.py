@@ -478,6 +478,19 @@ FAILED_STATE: Final[dict[int, int]] = {
     TS.DELETING: TS.DELETE_ERROR,
 }
 
+#: What the stored encoding of an object in a transient state holds: the state by name (as
+#: the codec writes enums) or, written by another encoder, by number. Lets the start-up
+#: recovery pass skip the stored bytes of READY objects without decoding them.
+_STATE_TOKENS: Final[tuple[bytes, ...]] = tuple(
+    token
+    for state in FAILED_STATE
+    for token in (
+        f'"{state_name(state)}"'.encode(),
+        f'"state":{state}'.encode(),
+        f'"state": {state}'.encode(),
+    )
+)
+
 
 class InstRecovery:
     """Recovery (§5.8) of ClusterInst or AppInst operations whose controller is gone.
@@ -501,7 +514,7 @@ class InstRecovery:
         """Objects in transient states, with their stream names."""
         return [
             (stream_key(obj.key), obj)
-            for _, obj in caches.items(self._otype)
+            for _, obj in caches.items_containing(self._otype, _STATE_TOKENS)
             if obj.state in FAILED_STATE
         ]
 

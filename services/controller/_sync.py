@@ -180,6 +180,40 @@ class Caches:
                 continue
             yield key, entry.obj  # type: ignore[misc]  # stored by type, so an M
 
+    def items_containing(
+        self, otype: ObjectType[M], tokens: Iterable[bytes]
+    ) -> Iterator[tuple[str, M]]:
+        """Like `items`, but skips still-encoded objects whose bytes hold none of `tokens`.
+
+        Why: a scan for a rare condition (a transient state, after a restart) would otherwise
+        decode every object of the type at once, which on a large database is seconds of
+        start-up during which nothing else runs. The stored bytes of an object that cannot
+        match hold none of the tokens, so it is never decoded; objects already decoded, and
+        encoded ones holding a token, are yielded for the caller's exact check.
+
+        Args:
+            otype: The type to scan.
+            tokens: Byte strings of which a matching object's encoding holds at least one
+                (for example an enum value's quoted name); a false positive only costs a
+                decode.
+        """
+        wanted = tuple(tokens)
+        objs = self._objs.get(otype.name)
+        if not objs:
+            return
+        for key in sorted(objs):
+            entry = objs.get(key)
+            if entry is None:
+                continue
+            raw = entry._raw
+            if raw is not None and not any(token in raw for token in wanted):
+                continue
+            if not entry.is_decoded and not _decodes(otype, key, entry):
+                if objs.get(key) is entry:
+                    del objs[key]
+                continue
+            yield key, entry.obj  # type: ignore[misc]  # stored by type, so an M
+
     def values(self, otype: ObjectType[M]) -> list[M]:
         """Copies of every object of one type, in key order."""
         return [_copy(otype, obj) for _, obj in self.items(otype)]
