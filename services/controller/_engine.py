@@ -495,7 +495,11 @@ class Engine:
                 check(txn, new)
             txn.put(new)
 
-        await self.apply(fn, reads=[keys.store_key(otype.name, key)])
+        # From the caches: a new key is guessed absent as the caches say, and the commit's
+        # compare (create revision 0) verifies it, so a create is one etcd round trip instead
+        # of a read and a transaction. A refusal on a stale guess (the key cached but gone
+        # since) is re-taken on a real read by the store's update.
+        await self.apply(fn, reads=[keys.store_key(otype.name, key)], from_caches=True)
 
     async def update(
         self,
