@@ -14,8 +14,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from edgeproto import cloudlet_pb2
@@ -26,7 +26,7 @@ from edge_cloud.platform import (
     PlatformTransientError,
     Progress,
 )
-from platforms.awsec2._client import AwsApi, translate
+from platforms.awsec2._client import AwsApi, InstanceSize
 
 __all__ = [
     "ALIVE_STATES",
@@ -34,7 +34,6 @@ __all__ = [
     "TAG_CLOUDLET",
     "TAG_OWNER",
     "TAG_ROLE",
-    "Catalogue",
     "Ec2Infra",
     "Network",
     "VmSpec",
@@ -49,10 +48,9 @@ OWNER_CLOUDLET: Final = "cloudlet"
 ALIVE_STATES: Final = ("pending", "running", "shutting-down", "stopping", "stopped")
 EXTERNAL_OCTET: Final = 255
 """The external subnet is the VPC's last /24, as in the original."""
-CATALOGUE_TTL: Final = 3600.0
-"""Seconds an instance-type catalogue is reused (`MEX_PLATFORM_STATS_MAX_CACHE_TIME`)."""
 WAIT_DELAY: Final = 5.0
 """Seconds between state polls; a waiter's first poll is immediate."""
+_WITH_STORAGE: Final = ({"Name": "instance-storage-supported", "Values": ["true"]},)
 _ANYWHERE: Final = ({"CidrIp": "0.0.0.0/0"},)
 _ANYWHERE6: Final = ({"CidrIpv6": "::/0"},)
 
@@ -99,20 +97,6 @@ class VmSpec:
     public: bool = False
     disk_gb: int = 0
     user_data: str = ""
-
-
-@dataclass
-class Catalogue:
-    """Instance types of a region: name → (vCPUs, RAM MB, instance storage GB)."""
-
-    fetched: float
-    types: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-
-
-# Instance-type catalogues by (endpoint, region): a read-only AWS fact that costs seconds to
-# list, shared by every cloudlet of the process; never durable state of a platform object.
-_catalogues: dict[tuple[str, str], Catalogue] = {}
-_catalogue_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
 
 def tags_of(item: dict[str, Any]) -> dict[str, str]:
@@ -205,29 +189,10 @@ class Ec2Infra:
 
     # -- flavors and images --------------------------------------------------------------------
 
-    async def catalogue(self) -> dict[str, tuple[int, int, int]]:
+    async def catalogue(self) -> Mapping[str, InstanceSize]:
         """Instance types with instance storage (the original's filter), cached an hour."""
-        key = (self.api.settings.endpoint_url, self.api.region)
-        lock = _catalogue_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            cached = _catalogues.get(key)
-            if cached is not None and time.monotonic() - cached.fetched < CATALOGUE_TTL:
-                return cached.types
-            items = await self.api.pages(
-                "describe_instance_types",
-                "InstanceTypes",
-                Filters=[{"Name": "instance-storage-supported", "Values": ["true"]}],
-            )
-            types = {
-                i["InstanceType"]: (
-                    int(i.get("VCpuInfo", {}).get("DefaultVCpus", 0)),
-                    int(i.get("MemoryInfo", {}).get("SizeInMiB", 0)),
-                    int(i.get("InstanceStorageInfo", {}).get("TotalSizeInGB", 0)),
-                )
-                for i in items
-            }
-            _catalogues[key] = Catalogue(time.monotonic(), types)
-            return types
+        session = await self.api.session()
+        return await session.instance_types(_WITH_STORAGE)
 
     async def flavors(self) -> list[cloudlet_pb2.FlavorInfo]:
         """Flavors: instance types matching `FLAVOR_MATCH_PATTERN` (or the Outpost's list)."""
@@ -252,26 +217,16 @@ class Ec2Infra:
         known.update(await self.catalogue())
         missing = sorted({n for n in names if n and n not in known})
         if missing:
-            for item in await self.api.pages(
-                "describe_instance_types", "InstanceTypes", InstanceTypes=missing
-            ):
-                known[item["InstanceType"]] = (
-                    int(item.get("VCpuInfo", {}).get("DefaultVCpus", 0)),
-                    int(item.get("MemoryInfo", {}).get("SizeInMiB", 0)),
-                    0,
-                )
+            session = await self.api.session()
+            for name, (vcpus, ram, _) in (await session.sizes_of(missing)).items():
+                known[name] = (vcpus, ram, 0)  # EBS-only: the root disk is sized separately
         return known
 
     async def account_owner(self) -> str:
         """The account that owns images: `AWS_AMI_IAM_OWNER`, else our own (STS)."""
         if self.api.settings.ami_owner:
             return self.api.settings.ami_owner
-        sts = await self.api.sts()
-        try:
-            identity = await asyncio.to_thread(sts.get_caller_identity)
-        except Exception as err:
-            raise translate(err, f"sts get_caller_identity in {self.api.region}") from err
-        return str(identity["Account"])
+        return await self.api.caller_account()
 
     async def image(self, name_or_id: str, what: str) -> dict[str, Any]:
         """An available AMI by id (`ami-...`) or by name and owner.

@@ -234,7 +234,9 @@ class AwsEc2Platform(Platform):
             config.resolve_properties(self.features.properties), config.cloudlet_vm_image_path
         )
         access_vars = await access.get_cloudlet_access_vars()
-        api = await AwsApi.connect(settings, access_vars, config.process_env, access)
+        api = await AwsApi.connect(
+            settings, access_vars, config.process_env, access, config.cloudlet_key_string
+        )
         key = config.cloudlet_key
         vpc_name = settings.outpost_vpc or _sanitize(config.physical_name or key.name)
         self._config, self._settings, self._access = config, settings, access

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from edge_cloud.platform import PlatformPermanentError, Progress
-from platforms.awseks._aws import AwsSession, error_code
+from platforms.awseks._aws import EksSession, error_code
 
 __all__ = [
     "MANAGED_BY",
@@ -137,7 +137,7 @@ class EksClusters:
         cloudlet_tag: Value of the `edgecloud:cloudlet` tag (`<org>/<physical name>`).
     """
 
-    def __init__(self, aws: AwsSession, cloudlet_tag: str) -> None:
+    def __init__(self, aws: EksSession, cloudlet_tag: str) -> None:
         self.aws = aws
         self.cloudlet_tag = cloudlet_tag
 
@@ -315,9 +315,8 @@ class EksClusters:
             )
         )["Vpc"]["VpcId"]
         for attribute in ("EnableDnsSupport", "EnableDnsHostnames"):
-            await self.aws.call(
-                ec2, "modify_vpc_attribute", VpcId=vpc, **{attribute: {"Value": True}}
-            )
+            switch: dict[str, Any] = {attribute: {"Value": True}}
+            await self.aws.call(ec2, "modify_vpc_attribute", VpcId=vpc, **switch)
         gateway = (
             await self.aws.call(
                 ec2,

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from platforms.awseks._aws import AwsSession
+from platforms.awseks._aws import EksSession
 
 __all__ = [
     "TOKEN_HEADER",
@@ -39,7 +39,7 @@ _PRESIGN_EXPIRES: Final = 60
 _SIGNING: Final = threading.Lock()  # the header hook is per client, and clients are shared
 
 
-def make_token(session: AwsSession, cluster_name: str) -> str:
+def make_token(session: EksSession, cluster_name: str) -> str:
     """Sign a bearer token for one cluster (blocking: call it in a thread).
 
     Args:

@@ -53,10 +53,11 @@ from platforms.awseks._aws import (
     QUOTA_NETWORK_LBS,
     QUOTA_NODES_PER_NODEGROUP,
     AwsCredentials,
-    AwsSession,
+    EksSession,
 )
 from platforms.awseks._cluster import TAG_CLUSTER, ClusterPlan, EksClusters
 from platforms.awseks._kubeconfig import ClusterAccess, build_kubeconfig, make_token
+from platforms.common.aws import credentials_from
 from platforms.k8s import (
     KubeClient,
     app_inst_manifest,
@@ -91,7 +92,7 @@ class AwsEksPlatform(Platform):
 
     def __init__(self) -> None:
         self._config: PlatformConfig | None = None
-        self._aws: AwsSession | None = None
+        self._aws: EksSession | None = None
         self._props: dict[str, str] = {}
         self._flavors: list[cloudlet_pb2.FlavorInfo] | None = None
         self._access: dict[str, ClusterAccess] = {}
@@ -111,7 +112,7 @@ class AwsEksPlatform(Platform):
         return self._config
 
     @property
-    def aws(self) -> AwsSession:
+    def aws(self) -> EksSession:
         """The account's session (after `init`)."""
         if self._aws is None:
             raise FailedPrecondition("awseks platform used before init")
@@ -166,7 +167,7 @@ class AwsEksPlatform(Platform):
             )
         credentials = await self._credentials(config, access)
         self._config, self._props, self._dns = config, props, access
-        self._aws = AwsSession(
+        self._aws = EksSession(
             credentials,
             region,
             endpoint_url=props[P.AWS_ENDPOINT_URL],
@@ -179,17 +180,7 @@ class AwsEksPlatform(Platform):
     @staticmethod
     async def _credentials(config: PlatformConfig, access: AccessApi) -> AwsCredentials:
         vars_ = await access.get_cloudlet_access_vars()
-        source = "access vars"
-        if not vars_.get(P.ACCESS_KEY_ID):
-            vars_, source = dict(config.process_env), "environment"
-        key_id, secret = vars_.get(P.ACCESS_KEY_ID, ""), vars_.get(P.SECRET_ACCESS_KEY, "")
-        if not key_id or not secret:
-            raise InvalidArgument(
-                f"cloudlet {config.cloudlet_key_string} has no AWS credentials: give it the "
-                f"access vars {P.ACCESS_KEY_ID} and {P.SECRET_ACCESS_KEY} (or, without Vault, "
-                "set them in the CCRM's environment)"
-            )
-        return AwsCredentials(key_id, secret, vars_.get(P.SESSION_TOKEN, ""), source)
+        return credentials_from(vars_, config.process_env, config.cloudlet_key_string)
 
     @override
     def compatibility_version(self) -> str:
@@ -252,7 +243,7 @@ class AwsEksPlatform(Platform):
     @override
     async def get_flavors(self) -> list[cloudlet_pb2.FlavorInfo]:
         if self._flavors is None:
-            self._flavors = await self.aws.instance_types(self._props[P.FLAVOR_MATCH_PATTERN])
+            self._flavors = await self.aws.flavors(self._props[P.FLAVOR_MATCH_PATTERN])
         return list(self._flavors)
 
     @override

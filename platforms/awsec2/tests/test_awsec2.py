@@ -498,12 +498,11 @@ async def test_mfa_trades_the_account_keys_for_session_credentials(
         assert sts[0][1] == "AKIAACCOUNTKEY"
         # past half their life, the session credentials are renewed with a fresh code
         api = emu.platform.infra.api
-        session = api._session
-        assert session is not None
-        assert session.expires is not None
-        api._session = dataclasses.replace(
-            session, expires=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-        )
+        current = api._current
+        assert current is not None
+        assert current.credentials.expires is not None
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        api._current = api._session_for(dataclasses.replace(current.credentials, expires=soon))
         await emu.platform.get_cloudlet_infra_resources()
         assert len([s for s in proxy.seen if s[0] == "GetSessionToken"]) == 2
         assert len(emu.access.totp_requests) == 2

@@ -11,7 +11,7 @@ from edge_cloud.platform import (
     PlatformResourceExhausted,
     PlatformTransientError,
 )
-from platforms.awseks._aws import AwsCredentials, AwsSession
+from platforms.awseks._aws import AwsCredentials, EksSession
 from platforms.awseks.tests.proxy import aws_front
 from platforms.awseks.tests.support import (
     CREDS,
@@ -72,7 +72,7 @@ async def test_a_failed_create_removes_what_it_made(eks_moto: ServerProcess) -> 
 
 
 def test_refusals_are_sorted_into_transient_exhausted_and_permanent() -> None:
-    aws = AwsSession(AwsCredentials("AKIAX", "secret"), "ap-southeast-2")
+    aws = EksSession(AwsCredentials("AKIAX", "secret"), "ap-southeast-2")
 
     def refusal(code: str) -> Exception:
         return aws.translate("ec2 delete_vpc", ClientError({"Error": {"Code": code}}, "DeleteVpc"))
