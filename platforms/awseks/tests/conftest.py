@@ -1,11 +1,10 @@
-"""Fixtures of the awseks tests: the real-server plugin, and a moto with AWS's IAM policies."""
+"""Fixtures of the awseks tests: the real-server plugin, whose moto has AWS's IAM policies."""
 
 from __future__ import annotations
 
 import pytest
 
 from edge_cloud.localservers import ServerProcess
-from platforms.awseks.tests.support import shared_iam_moto
 from tests.support import servers
 
 
@@ -16,6 +15,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def eks_moto(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    """moto in server mode with AWS's managed IAM policies, for the whole run."""
-    return shared_iam_moto(tmp_path_factory.mktemp("eks_moto"))
+def eks_moto(moto_server: ServerProcess) -> ServerProcess:
+    """The session's moto (`start_moto` loads AWS's managed IAM policies the EKS roles attach).
+
+    One moto for both AWS plugins, the conformance suite and the e2e tests: moto's first
+    EC2 call in a region loads its instance-type catalogue for seconds, paid once.
+    """
+    return moto_server

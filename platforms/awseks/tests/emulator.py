@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import pytest
 from edgeproto import (
     app_pb2,
     appinst_pb2,
@@ -28,6 +27,7 @@ from edgeproto import (
     resources_pb2,
 )
 
+from edge_cloud.localservers import ServerProcess
 from edge_cloud.platform import LocalAccessApi, PlatformCaches, PlatformConfig, RecordedProgress
 from platforms.awseks import AwsEksPlatform
 from platforms.awseks.tests.support import (
@@ -36,13 +36,12 @@ from platforms.awseks.tests.support import (
     TEST_FLAVORS,
     api_token_checker,
     moto_url,
-    shared_iam_moto,
 )
 from tests.support.k8sapi import KubeApiServer
 
 __all__ = ["FIXTURES", "NODE_FLAVOR", "EksEmulator", "emulate"]
 
-FIXTURES: Final = ("tmp_path_factory",)
+FIXTURES: Final = ("moto_server",)
 NODE_FLAVOR: Final = "t3.medium"
 MANIFEST: Final = """\
 apiVersion: v1
@@ -163,15 +162,14 @@ async def emulate(
 
     Args:
         platform_type: `awseks`.
-        servers: The `FIXTURES` by name (`tmp_path_factory`).
+        servers: The `FIXTURES` by name (the session's `moto_server`).
         env: More cloudlet env vars.
 
     Yields:
         The emulator, its platform initialised.
     """
     assert platform_type == "awseks"
-    factory: pytest.TempPathFactory = servers["tmp_path_factory"]
-    moto = shared_iam_moto(factory.getbasetemp() / "eks_moto")
+    moto: ServerProcess = servers["moto_server"]
     clusters: set[str] = set()
     secrets = {CREDS["AWS_ACCESS_KEY_ID"]: CREDS["AWS_SECRET_ACCESS_KEY"]}
     kube = KubeApiServer(token_checker=api_token_checker(moto_url(moto), clusters, secrets))

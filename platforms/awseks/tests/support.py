@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import atexit
 import datetime
-import hashlib
-import hmac
 import itertools
-import os
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import boto3
 from edgeproto import cloudlet_pb2, cloudletkey_pb2, clusterinst_pb2, flavor_pb2
 
-from edge_cloud.localservers import ServerProcess, ServerStartError, find_binary, free_port
+from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys
 from edge_cloud.platform import LocalAccessApi, PlatformCaches, PlatformConfig, RecordedProgress
 from platforms.awseks import AwsEksPlatform
 from platforms.awseks._cluster import ROLE_PATH, TAG_CLOUDLET
-from platforms.awseks._kubeconfig import TOKEN_HEADER, decode_token
+from platforms.awseks._kubeconfig import decode_token
 
 REGION = "ap-southeast-2"  # no other test uses it: the EC2 plugin's tests share this moto
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIAEKSTEST000000001", "AWS_SECRET_ACCESS_KEY": "eks-secret"}
@@ -39,20 +32,21 @@ def check_token(
     cluster: str,
     secrets: Mapping[str, str],
     *,
+    sts_host: str,
     now: datetime.datetime | None = None,
 ) -> str:
-    """Validate an EKS bearer token the way STS does for the API server's authenticator.
+    """Validate an EKS bearer token as STS does for the API server's authenticator.
 
-    moto's server cannot route a presigned GET to STS (it infers the service from the
-    Authorization header or the host, and a presigned URL has neither), so the check is
-    done here: the URL must be a SigV4-presigned `GetCallerIdentity` that signs the
-    `x-k8s-aws-id` header with this cluster's name, be at most 15 minutes old, and carry a
-    signature that the account's secret key reproduces.
+    The check is the Kubernetes API test server's (`eks_token_problem` with the accounts'
+    secrets): a SigV4-presigned `GetCallerIdentity` on the STS emulator that signs the
+    `x-k8s-aws-id` header with this cluster's name, at most 15 minutes old, with a signature
+    the account's secret key reproduces.
 
     Args:
         token: The bearer token.
         cluster: The cluster name the API server expects in `x-k8s-aws-id`.
         secrets: Secret key by access key id (the accounts STS knows).
+        sts_host: The STS emulator's `host:port` (moto on loopback).
         now: The time to check against (default: now).
 
     Returns:
@@ -61,102 +55,16 @@ def check_token(
     Raises:
         ValueError: What is wrong with the token.
     """
-    parts = urllib.parse.urlsplit(decode_token(token))
-    params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    if params.get("Action") != "GetCallerIdentity":
-        raise ValueError(f"token is for {params.get('Action')!r}, not GetCallerIdentity")
-    if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
-        raise ValueError("token is not SigV4-signed")
-    signed = params.get("X-Amz-SignedHeaders", "").split(";")
-    if TOKEN_HEADER not in signed:
-        raise ValueError(f"token does not sign the {TOKEN_HEADER} header")
-    key_id, day, region, service, _ = params["X-Amz-Credential"].split("/")
-    if service != "sts":
-        raise ValueError(f"token is signed for {service}, not sts")
-    signed_at = datetime.datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
-        tzinfo=datetime.UTC
-    )
-    age = ((now or datetime.datetime.now(datetime.UTC)) - signed_at).total_seconds()
-    if not -300 <= age <= 900:
-        raise ValueError(f"token was signed {age:.0f}s ago; it is valid for 15 minutes")
-    if key_id not in secrets:
-        raise ValueError(f"unknown access key id {key_id}")
-    values = {"host": parts.netloc, TOKEN_HEADER: cluster}
-    canonical_query = "&".join(
-        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
-        for k, v in sorted(params.items())
-        if k != "X-Amz-Signature"
-    )
-    canonical = "\n".join(
-        [
-            "GET",
-            parts.path or "/",
-            canonical_query,
-            "".join(f"{h}:{values[h]}\n" for h in signed),
-            ";".join(signed),
-            hashlib.sha256(b"").hexdigest(),  # a GET has an empty body, and SigV4 signs it
-        ]
-    )
-    scope = f"{day}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(
-        [
-            "AWS4-HMAC-SHA256",
-            params["X-Amz-Date"],
-            scope,
-            hashlib.sha256(canonical.encode()).hexdigest(),
-        ]
-    )
-    key = ("AWS4" + secrets[key_id]).encode()
-    for part in (day, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, params.get("X-Amz-Signature", "")):
-        raise ValueError("token signature does not match (wrong secret, cluster or host)")
-    return key_id
+    # imported here: conftest imports this module before pytest may load the k8sapi plugin
+    from tests.support.k8sapi import eks_token_problem
 
-
-def start_iam_moto(root: Path) -> ServerProcess:
-    """A moto server that knows AWS's managed IAM policies (the EKS roles attach them).
-
-    `localservers.start_moto` strips `MOTO_*` variables from moto's environment, and moto
-    loads the managed policies only with `MOTO_IAM_LOAD_MANAGED_POLICIES=true`, so the EKS
-    tests start their own moto the same way with that one variable set.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
-    env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
-    log_path = root / "moto.log"
-    with log_path.open("ab") as log_file:
-        popen = subprocess.Popen(
-            [str(find_binary("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            env=env,
-            start_new_session=True,
-        )
-    server = ServerProcess(
-        name="moto",
-        pid=popen.pid,
-        popen=popen,
-        endpoints={"client": f"http://127.0.0.1:{port}"},
-        data_dir=root,
-        log_path=log_path,
-        ports={"client": port},
+    problem = eks_token_problem(
+        token, extra_hosts=[sts_host], now=now, accounts=secrets, clusters=cluster
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/data.json", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    server.stop()
-    raise ServerStartError(f"moto did not answer on port {port}: {server.log_tail()}")
+    if problem is not None:
+        raise ValueError(problem)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(decode_token(token)).query)
+    return query["X-Amz-Credential"][0].split("/")[0]
 
 
 def api_token_checker(
@@ -164,46 +72,15 @@ def api_token_checker(
 ) -> Callable[[str], bool]:
     """The test Kubernetes API server's authenticator for EKS clusters.
 
-    The token must be well formed for the API server (`eks_token_problem`, with the STS
-    emulator's address allowed) and carry a valid signature for the cluster (or one of the
-    clusters, a collection the caller may keep adding to) that this server stands for
-    (`check_token`), as STS would confirm.
+    The token must be one STS would accept (`eks_token_checker`, with the STS emulator's
+    address allowed and the accounts' secrets to verify the signature) for the cluster, or
+    one of the clusters (a collection the caller may keep adding to), this server stands for.
     """
     # imported here: conftest imports this module before pytest may load the k8sapi plugin
-    from tests.support.k8sapi import eks_token_problem
+    from tests.support.k8sapi import eks_token_checker
 
     host = urllib.parse.urlsplit(sts_endpoint).netloc
-    names = [cluster] if isinstance(cluster, str) else cluster
-
-    def check(token: str) -> bool:
-        if eks_token_problem(token, extra_hosts=[host]) is not None:
-            return False
-        for name in list(names):
-            try:
-                check_token(token, name, secrets)
-            except ValueError:
-                continue
-            return True
-        return False
-
-    return check
-
-
-_shared: list[ServerProcess] = []
-
-
-def shared_iam_moto(root: Path) -> ServerProcess:
-    """One `start_iam_moto` server per test process, stopped (by its PID) at exit.
-
-    The awseks tests and the conformance suite's awseks emulator share it: moto's first EC2
-    call in a region loads its catalogue for seconds, which one server pays once.
-    """
-    if _shared and _shared[0].alive():
-        return _shared[0]
-    server = start_iam_moto(root)
-    _shared[:] = [server]
-    atexit.register(server.stop, 1.0)  # moto ignores SIGTERM; it holds nothing to save
-    return server
+    return eks_token_checker([host], accounts=secrets, clusters=cluster)
 
 
 def moto_url(server: ServerProcess) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import re
+import urllib.parse
 
 import pytest
 from edgeproto import cloudlet_pb2, refs_pb2
@@ -200,12 +201,17 @@ async def test_kubeconfig_carries_a_signed_sts_token(eks_moto: ServerProcess) ->
         assert "X-Amz-Signature=" in url
         assert TOKEN_HEADER in url.split("X-Amz-SignedHeaders=")[1].split("&")[0]
         # what STS checks for the API server: signature, header, age
-        assert check_token(token, "kc-devorg", SECRETS) == CREDS["AWS_ACCESS_KEY_ID"]
+        sts = urllib.parse.urlsplit(moto_url(eks_moto)).netloc
+        assert check_token(token, "kc-devorg", SECRETS, sts_host=sts) == CREDS["AWS_ACCESS_KEY_ID"]
         with pytest.raises(ValueError, match="signature does not match"):
-            check_token(token, "other-cluster", SECRETS)
+            check_token(token, "other-cluster", SECRETS, sts_host=sts)
+        with pytest.raises(ValueError, match="unknown access key id"):
+            check_token(token, "kc-devorg", {"AKIAOTHER": "x"}, sts_host=sts)
+        with pytest.raises(ValueError, match=r"presigned URL .* is not"):
+            check_token(token, "kc-devorg", SECRETS, sts_host="127.0.0.1:1")
         later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=16)
-        with pytest.raises(ValueError, match="valid for 15 minutes"):
-            check_token(token, "kc-devorg", SECRETS, now=later)
+        with pytest.raises(ValueError, match="expired"):
+            check_token(token, "kc-devorg", SECRETS, sts_host=sts, now=later)
         # a kept token is reused while fresh, and re-signed a minute before it expires
         assert json.loads(await site.platform.get_cluster_credentials(cluster)) == config
         kept = site.platform._access["kc-devorg"]
@@ -214,7 +220,7 @@ async def test_kubeconfig_carries_a_signed_sts_token(eks_moto: ServerProcess) ->
         )
         renewed = json.loads(await site.platform.get_cluster_credentials(cluster))
         assert site.platform._access["kc-devorg"].signed_at >= kept.signed_at
-        assert check_token(renewed["users"][0]["user"]["token"], "kc-devorg", SECRETS)
+        assert check_token(renewed["users"][0]["user"]["token"], "kc-devorg", SECRETS, sts_host=sts)
         # an override endpoint (operator proxy) replaces EKS's and drops its CA
         proxied = await make_site(
             moto_url(eks_moto),

@@ -47,7 +47,6 @@ from platforms.awseks.tests.support import (
     client,
     leftovers,
     nothing,
-    start_iam_moto,
 )
 from tests.e2e.support import Platform, wait_for
 from tests.support.k8sapi import KubeApiServer
@@ -112,9 +111,12 @@ class World:
 def world(
     etcd_server: ServerProcess,
     redis_server: ServerProcess,
+    moto_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
-    moto = start_iam_moto(tmp_path_factory.mktemp("moto"))
+    # the session's moto (shared with the plugin and conformance tests, same region, so its
+    # EC2 catalogue is loaded once); the cloudlet's tag keeps what this module makes apart
+    moto = moto_server
     # moto loads its EC2 catalogue for a region on the first call (seconds, a minute on a
     # busy machine); pay that here rather than inside the CreateCloudlet deadline
     client(moto, "ec2").describe_instance_type_offerings(LocationType="region")
@@ -164,7 +166,6 @@ def world(
             platform.stop()
         if kube is not None:
             kube.stop()
-        moto.stop()
 
 
 def ok(call: Iterator[Any]) -> list[str]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
 
-from tests.support.k8sapi._auth import eks_token_checker
+from tests.support.k8sapi._auth import TokenChecker, eks_token_checker
 from tests.support.k8sapi._cluster import ClusterBehaviour, NodeSpec
 from tests.support.k8sapi.server import KubeApiServer
 
@@ -25,7 +26,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--token", default="test-token", help="the static bearer token")
     parser.add_argument("--plain-http", action="store_true", help="serve HTTP instead of HTTPS")
-    parser.add_argument("--eks-tokens", action="store_true", help="also accept EKS-shaped tokens")
+    parser.add_argument("--eks-tokens", action="store_true", help="also accept EKS tokens")
+    parser.add_argument(
+        "--sts-host",
+        action="append",
+        default=[],
+        help="host:port of an STS emulator EKS tokens may be presigned for (repeatable)",
+    )
+    parser.add_argument(
+        "--eks-cluster",
+        action="append",
+        default=[],
+        help="cluster name EKS tokens must sign (repeatable; with K8SAPI_EKS_ACCOUNTS)",
+    )
     parser.add_argument("--nodes", type=int, default=2, help="number of fake nodes")
     parser.add_argument("--lb-pool", default="203.0.113.10,203.0.113.11,203.0.113.12,203.0.113.13")
     parser.add_argument("--ready-delay", type=float, default=0.0)
@@ -33,10 +46,23 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _eks_checker(args: argparse.Namespace) -> TokenChecker:
+    """EKS token checks; signatures verified when `K8SAPI_EKS_ACCOUNTS` names the accounts.
+
+    The accounts (`KEYID=SECRET,...`) come from the environment, not the command line, so
+    secrets do not show in process listings.
+    """
+    raw = os.environ.get("K8SAPI_EKS_ACCOUNTS", "")
+    accounts = dict(item.split("=", 1) for item in raw.split(",") if "=" in item) or None
+    if accounts is not None and not args.eks_cluster:
+        raise SystemExit("K8SAPI_EKS_ACCOUNTS set: name the cluster(s) with --eks-cluster")
+    return eks_token_checker(args.sts_host, accounts=accounts, clusters=args.eks_cluster)
+
+
 async def _main(args: argparse.Namespace) -> None:
     server = KubeApiServer(
         token=args.token,
-        token_checker=eks_token_checker() if args.eks_tokens else None,
+        token_checker=_eks_checker(args) if args.eks_tokens else None,
         tls=not args.plain_http,
         host=args.host,
         port=args.port,

@@ -1,26 +1,37 @@
-"""Bearer-token checks: a static token, and the shape of EKS's STS-presigned tokens.
+"""Bearer-token checks: a static token, and EKS's STS-presigned tokens.
 
 EKS authenticates `k8s-aws-v1.<base64url(presigned GetCallerIdentity URL)>` by calling STS
-with that URL. Offline, the checker verifies everything that can be verified without AWS:
-the prefix, the encoding, the STS endpoint, the SigV4 query parameters, the signed
-`x-k8s-aws-id` header and the expiry — so a malformed token from the EKS plugin fails here
-as it would against a real cluster.
+with that URL. Offline, the checker verifies what STS would: the prefix, the encoding, the
+STS endpoint (AWS's, or allowed emulator hosts such as moto on loopback), the SigV4 query
+parameters, the signed `x-k8s-aws-id` header, the expiry and — given the accounts' secret
+keys — the SigV4 signature itself, recomputed for the cluster the server stands for. moto
+cannot answer a presigned GET itself (it infers the service from the Authorization header or
+the host, and a presigned URL has neither), so the signature is checked here, and a token
+from the EKS plugin that AWS would refuse is refused here too.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 EKS_TOKEN_PREFIX = "k8s-aws-v1."
 _STS_HOST = re.compile(r"^sts(\.[a-z0-9-]+)?\.amazonaws\.com(\.cn)?$")
 _CREDENTIAL = re.compile(r"^[A-Z0-9]{16,128}/\d{8}/[a-z0-9-]+/sts/aws4_request$")
 
+TOKEN_HEADER = "x-k8s-aws-id"
+"""The header EKS tokens sign with the cluster's name."""
+
 TokenChecker = Callable[[str], bool]
+Clusters = str | Collection[str] | Callable[[], Collection[str]]
+"""The cluster name(s) a server stands for: one, a collection the caller may keep adding
+to, or a function asked at each check."""
 
 
 def eks_token_problem(
@@ -28,14 +39,22 @@ def eks_token_problem(
     *,
     extra_hosts: Sequence[str] = (),
     now: datetime | None = None,
+    accounts: Mapping[str, str] | None = None,
+    clusters: Clusters = (),
 ) -> str | None:
-    """Why `token` is not a well-formed, unexpired EKS token, or None when it is.
+    """Why STS would refuse `token`, or None when it would accept it.
+
+    Without `accounts` only the shape is checked (a token signed by nobody in particular
+    passes); with them the signature must be one the key id's secret reproduces for one of
+    `clusters`, as STS and the EKS authenticator check it.
 
     Args:
         token: The bearer token.
-        extra_hosts: `host[:port]` endpoints accepted besides `sts[.region].amazonaws.com`
-            (an STS emulator on loopback).
+        extra_hosts: Allowed STS hosts (`host[:port]`) besides `sts[.region].amazonaws.com`:
+            an STS emulator on loopback, which may be plain http.
         now: The current time, for tests of expiry.
+        accounts: Secret access key by access key id (the accounts STS knows).
+        clusters: The cluster name(s) the token must be for (with `accounts`).
     """
     if not token.startswith(EKS_TOKEN_PREFIX):
         return f"token does not start with {EKS_TOKEN_PREFIX!r}"
@@ -84,13 +103,81 @@ def eks_token_problem(
     # EKS accepts tokens for 15 minutes after signing whatever X-Amz-Expires says.
     if current > signed_at + timedelta(minutes=15) or signed_at > current + timedelta(minutes=5):
         return "token expired or signed in the future"
-    return None
+    if accounts is None:
+        return None
+    return _signature_problem(parts.netloc, query, accounts, clusters)
 
 
-def eks_token_checker(extra_hosts: Sequence[str] = ()) -> TokenChecker:
-    """A checker accepting well-formed, unexpired EKS tokens (see `eks_token_problem`)."""
+def _cluster_names(clusters: Clusters) -> list[str]:
+    if isinstance(clusters, str):
+        return [clusters]
+    if callable(clusters):
+        return list(clusters())
+    return list(clusters)
+
+
+def _signature_problem(
+    host: str, query: Mapping[str, str], accounts: Mapping[str, str], clusters: Clusters
+) -> str | None:
+    """Why the SigV4 signature of a presigned GetCallerIdentity is not valid, or None."""
+    key_id, day, region, service, _ = query["X-Amz-Credential"].split("/")
+    secret = accounts.get(key_id)
+    if secret is None:
+        return f"unknown access key id {key_id}"
+    signed = query["X-Amz-SignedHeaders"].split(";")
+    canonical_query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+        for k, v in sorted(query.items())
+        if k != "X-Amz-Signature"
+    )
+    scope = f"{day}/{region}/{service}/aws4_request"
+    key = ("AWS4" + secret).encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    names = _cluster_names(clusters)
+    for cluster in names:
+        values = {"host": host, TOKEN_HEADER: cluster}
+        if any(h not in values for h in signed):
+            return f"X-Amz-SignedHeaders {signed} signs headers an EKS token does not carry"
+        canonical = "\n".join(
+            [
+                "GET",
+                "/",
+                canonical_query,
+                "".join(f"{h}:{values[h]}\n" for h in signed),
+                ";".join(signed),
+                hashlib.sha256(b"").hexdigest(),  # a GET has an empty body, and SigV4 signs it
+            ]
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", query["X-Amz-Date"], scope, digest])
+        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if hmac.compare_digest(expected, query["X-Amz-Signature"]):
+            return None
+    return (
+        f"token signature does not match (wrong secret, cluster or host): not signed by "
+        f"{key_id} for any of the clusters {names}"
+    )
+
+
+def eks_token_checker(
+    extra_hosts: Sequence[str] = (),
+    *,
+    accounts: Mapping[str, str] | None = None,
+    clusters: Clusters = (),
+) -> TokenChecker:
+    """A checker accepting the EKS tokens STS would (see `eks_token_problem`).
+
+    Args:
+        extra_hosts: Allowed STS hosts besides AWS's (an emulator on loopback).
+        accounts: Secret key by access key id; without them only the shape is checked.
+        clusters: The cluster name(s) this server stands for (checked with `accounts`).
+    """
 
     def check(token: str) -> bool:
-        return eks_token_problem(token, extra_hosts=extra_hosts) is None
+        problem = eks_token_problem(
+            token, extra_hosts=extra_hosts, accounts=accounts, clusters=clusters
+        )
+        return problem is None
 
     return check
