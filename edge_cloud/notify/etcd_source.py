@@ -1,11 +1,11 @@
 """`EtcdNotifySource`: a notify server fed straight from the Controller's etcd keys.
 
 Objects live at `1/<Type>/<key-string>` with the JSON written by `edge_cloud.objects.codec`
-(controller.md §2.2). The snapshot is one range over `1/` (one revision for every type, so
-the server's state is consistent; when that is too large for one etcd response, one paged
-read per type at one revision, `edge_cloud.listing`); changes are one watch on `1/` from the
-revision after it, which the store keeps alive across etcd restarts and turns into a fresh
-listing after a compaction. Keys of other types (versions, DNS labels, ids) are skipped.
+(controller.md §2.2). The snapshot is one (paged, `edge_cloud.listing`) read per type
+prefix, all at one revision, so the server's state is consistent; changes are one watch
+on `1/` from the revision after it, which the store keeps alive across etcd restarts and
+turns into a fresh listing after a compaction. Keys of other types (versions, DNS labels,
+ids) are skipped.
 
 Loading is cheap: a snapshot's objects keep their key string from the etcd key and their value
 undecoded (`Encoded`), so a server is ready once etcd has answered and decodes them afterwards
@@ -28,7 +28,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
-from edge_cloud.errors import ResourceExhausted
 from edge_cloud.listing import current_revision, list_prefix
 from edge_cloud.notify._wire import Action, Message, type_name
 from edge_cloud.notify.source import Change, Encoded, Snapshot
@@ -42,6 +41,8 @@ log = logging.getLogger(__name__)
 PREFIX: Final = f"{keys.REGION}/"
 #: Keys handled between two yields to the event loop while a snapshot is built.
 YIELD_EVERY: Final = 1000
+#: Type prefixes read at once while a snapshot is listed.
+LIST_IN_FLIGHT: Final = 4
 
 
 class _Type:
@@ -81,19 +82,21 @@ class EtcdNotifySource:
     async def snapshot(self) -> Snapshot:
         """Every object of the registered types, read at one revision.
 
-        One range over `1/`; when etcd's answer is too large for one response (as with
-        100,000 AppInsts), one read per type prefix at one revision, each paged as needed,
-        so keys of other types are not transferred either.
+        One read per type prefix, all at one revision (a few at a time), each paged as
+        needed. Why not one range over `1/`: on a large database (100,000 objects, ~75 MB)
+        etcd builds and sends the whole answer only for the client to refuse it as too
+        large, and keys of other types (reservations, versions) would be transferred too.
         """
-        try:
-            items, revision = await self._store.range(PREFIX)
-        except ResourceExhausted as err:
-            log.info("notify snapshot too large for one read (%s); reading it by type", err)
-            revision = await current_revision(self._store)
-            items = []
-            for name in self._types:
+        revision = await current_revision(self._store)
+        gate = asyncio.Semaphore(LIST_IN_FLIGHT)
+
+        async def one(name: str) -> list[KeyValue]:
+            async with gate:
                 part, _ = await list_prefix(self._store, f"{PREFIX}{name}/", revision=revision)
-                items.extend(part)
+                return part
+
+        parts = await asyncio.gather(*(one(name) for name in self._types))
+        items = [kv for part in parts for kv in part]
         return await self._snapshot(items, revision)
 
     async def changes(self, after: int) -> AsyncIterator[Change | Snapshot]:

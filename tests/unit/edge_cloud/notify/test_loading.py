@@ -240,8 +240,8 @@ class FakeStore:
         self, prefix: str, *, revision: int | None = None, keys_only: bool = False
     ) -> tuple[list[KeyValue], int]:
         self.asked.append(revision)
-        if revision is None:
-            return self.items, self.revision
+        if revision is None or (revision == self.revision and revision not in self.history):
+            return [kv for kv in self.items if kv.key.startswith(prefix)], self.revision
         return self.history[revision], self.revision
 
 
