@@ -176,6 +176,16 @@ def resource_limits(
     return out
 
 
+def saturate(value: int) -> int:
+    """`value` capped at the uint64 maximum, for the proto fields that report usage.
+
+    Python sums never overflow, but uint64 fields refuse bigger values: a few ClusterInsts
+    of a flavor near the limit (valid one by one) would otherwise make the report fail with
+    INTERNAL. The original's uint64 arithmetic wraps; a capped value is at least readable.
+    """
+    return min(value, MAX_SCORE)
+
+
 def resource_score(
     cloudlet: cloudlet_pb2.Cloudlet, info: cloudlet_pb2.CloudletInfo, used: dict[str, int]
 ) -> int:
@@ -225,7 +235,7 @@ def cloudlet_resource_usage(
             row = rows.setdefault(
                 name, infraresources_pb2.InfraResource(name=res.name, type=res.type)
             )
-            row.value += res.value
+            row.value = saturate(row.value + res.value)
             row.units = res.units or row.units
             row.description = res.description or row.description
         used = {name: row.value for name, row in rows.items()}
@@ -233,25 +243,25 @@ def cloudlet_resource_usage(
         used = controller_used(caches, cloudlet)
         for name, value in used.items():
             rows[name] = infraresources_pb2.InfraResource(
-                name=name, value=value, units=_clusterinst.UNITS.get(name, "")
+                name=name, value=saturate(value), units=_clusterinst.UNITS.get(name, "")
             )
         # the total `GPUs` above, and per model as the original reports them
         for model, count in _gpus_used(caches, cloudlet).items():
             rows[res_key(RES_TYPE_GPU, model)] = infraresources_pb2.InfraResource(
-                name=model, type=RES_TYPE_GPU, value=count
+                name=model, type=RES_TYPE_GPU, value=saturate(count)
             )
     for name, lim in resource_limits(cloudlet, info).items():
         row = rows.setdefault(
             name, infraresources_pb2.InfraResource(name=lim.name, type=lim.res_type)
         )
         row.units = row.units or lim.units
-        row.infra_max_value = lim.infra_max
-        row.quota_max_value = lim.quota_max
+        row.infra_max_value = saturate(lim.infra_max)
+        row.quota_max_value = saturate(lim.quota_max)
         row.alert_threshold = lim.alert_threshold
     usage = cloudlet_pb2.CloudletResourceUsage(
         key=cloudlet.key,
         infra_usage=infra_usage,
-        resource_score=resource_score(cloudlet, info, used),
+        resource_score=saturate(resource_score(cloudlet, info, used)),
     )
     usage.info.extend(rows[name] for name in sorted(rows))
     return usage
@@ -306,11 +316,11 @@ def cloudlet_gpu_usage(
         entry.gpu.count = 0  # the model, not a count: the count is in `usage`
         entry.usage.name = model
         entry.usage.type = RES_TYPE_GPU
-        entry.usage.value = used.get(model, 0)
+        entry.usage.value = saturate(used.get(model, 0))
         lim = limits.get(res_key(RES_TYPE_GPU, model))
         if lim is not None:
-            entry.usage.infra_max_value = lim.infra_max
-            entry.usage.quota_max_value = lim.quota_max
+            entry.usage.infra_max_value = saturate(lim.infra_max)
+            entry.usage.quota_max_value = saturate(lim.quota_max)
             entry.usage.alert_threshold = lim.alert_threshold
     return out
 
@@ -534,8 +544,8 @@ def _cluster_rows(
             infraresources_pb2.InfraResource(
                 name=res_name,
                 type=res_type,
-                value=used.get(name, 0) // scale,
-                infra_max_value=total.get(name, 0) // scale,
+                value=saturate(used.get(name, 0) // scale),
+                infra_max_value=saturate(total.get(name, 0) // scale),
                 units=_clusterinst.UNITS.get(name, ""),
             )
         )
@@ -552,7 +562,7 @@ def _free_score(used: Mapping[str, int], total: Mapping[str, int]) -> int:
         free = max(total[name] - used.get(name, 0), 0) * weight
         score += free // _NANOS if name == _clusterinst.RES_VCPUS else free
         scored += 1
-    return score // scored if scored else 0
+    return saturate(score // scored) if scored else 0
 
 
 def _merged(*maps: Mapping[str, int]) -> dict[str, int]:

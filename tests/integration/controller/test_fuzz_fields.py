@@ -38,6 +38,7 @@ from edgeproto import (
     autoprovpolicy_pb2,
     autoscalepolicy_pb2,
     cloudlet_pb2,
+    cloudlet_pb2_grpc,
     cloudletkey_pb2,
     cluster_pb2,
     clusterinst_pb2,
@@ -55,7 +56,7 @@ from edgeproto import (
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_cloud.localservers import ServerProcess
@@ -115,6 +116,11 @@ SECOND = 1_000_000_000
 CLOUDLET_KEY = cloudletkey_pb2.CloudletKey(organization="oper", name="x1")
 APP_KEY = app_pb2.AppKey(organization="dev", name="x1", version="1.0")
 POLICY_KEY = {"organization": "dev", "name": "x1"}
+
+# A flavor at the uint64 limits, referable by the random keys: sums of resources must not overflow.
+HUGE_FLAVOR = flavor_pb2.Flavor(
+    key=flavor_pb2.FlavorKey(name="m1.small"), ram=2**64 - 1, vcpus=2**64 - 1, disk=2**64 - 1
+)
 
 # Valid objects that random values are laid over, so that checks past the first one run.
 TEMPLATES: dict[str, Message] = {
@@ -248,6 +254,7 @@ def served(etcd_server: ServerProcess, redis_server: ServerProcess) -> Iterator[
             (flavors.methods_by_name["CreateFlavor"], TEMPLATES["Flavor"]),
             (cloudlets.methods_by_name["CreateCloudlet"], TEMPLATES["Cloudlet"]),
             (infos.methods_by_name["InjectCloudletInfo"], info),
+            (flavors.methods_by_name["CreateFlavor"], HUGE_FLAVOR),
             (apps.methods_by_name["CreateApp"], TEMPLATES["App"]),
         ]:
             assert result.call(method, obj) == grpc.StatusCode.OK, method.name
@@ -319,10 +326,13 @@ def requests(draw: st.DrawFn, cls: type[ObjectMessage]) -> ObjectMessage:
     if template is not None and draw(st.booleans()):
         msg = _overlay(draw, template, msg)
     dyn: Any = msg  # fields by name, whatever the class
-    key = desc.fields_by_name.get("key")
-    if key is not None and key.message_type is not None and draw(st.booleans()):
-        dyn.key.Clear()
-        draw(_plausible(dyn.key))
+    for ref in desc.fields:  # the key and every reference to another object's key
+        kind = ref.message_type
+        if kind is None or ref.is_repeated or not kind.name.endswith("Key"):
+            continue
+        if draw(st.booleans()):
+            getattr(msg, ref.name).Clear()
+            draw(_plausible(getattr(msg, ref.name)))
     if "fields" in desc.fields_by_name and draw(st.booleans()):
         paths = list(all_field_paths(desc))
         mask = draw(st.lists(st.sampled_from(paths) | st.text(max_size=4), max_size=4))
@@ -396,5 +406,52 @@ def test_random_settings_get_clean_codes(served: Served, method: MethodDescripto
     assert seen, "no call was made"
 
 
-# Regression examples for crashes the fuzzing found (each fixed at its cause).
-_ = example
+def _rpc(service: str, method: str) -> MethodDescriptor:
+    for svc in [*SERVICES, settings_pb2.DESCRIPTOR.services_by_name["SettingsApi"]]:
+        if svc.name == service:
+            found: MethodDescriptor = svc.methods_by_name[method]
+            return found
+    raise KeyError(service)
+
+
+def test_usage_of_clusters_beyond_uint64_is_capped(served: Served) -> None:
+    """Found by hunting: two clusters of a uint64-limit flavor made the usage reports INTERNAL.
+
+    Each cluster is valid on its own (the cloudlet reports no maxima), but their sum does not
+    fit the reports' uint64 fields; the reports now cap at the maximum instead of failing.
+    """
+    key = cloudletkey_pb2.CloudletKey(organization="oper", name="big")
+    cloudlet = cloudlet_pb2.Cloudlet()
+    cloudlet.CopyFrom(TEMPLATES["Cloudlet"])
+    cloudlet.key.CopyFrom(key)
+    assert served.call(_rpc("CloudletApi", "CreateCloudlet"), cloudlet) == grpc.StatusCode.OK
+    info = cloudlet_pb2.CloudletInfo(
+        key=key,
+        state=appcommon_pb2.CLOUDLET_STATE_READY,
+        flavors=[
+            cloudlet_pb2.FlavorInfo(name="huge", vcpus=2**64 - 1, ram=2**64 - 1, disk=2**64 - 1)
+        ],
+    )
+    assert served.call(_rpc("CloudletInfoApi", "InjectCloudletInfo"), info) == grpc.StatusCode.OK
+    for name in ("big1", "big2"):
+        cluster = clusterinst_pb2.ClusterInst()
+        cluster.CopyFrom(TEMPLATES["ClusterInst"])
+        cluster.key.name = name
+        cluster.cloudlet_key.CopyFrom(key)
+        cluster.flavor.name = HUGE_FLAVOR.key.name
+        cluster.num_nodes = 2
+        create = _rpc("ClusterInstApi", "CreateClusterInst")
+        assert served.call(create, cluster) == grpc.StatusCode.OK
+
+    shown = cloudlet_pb2_grpc.CloudletApiStub(served.channel).ShowCloudletResourceUsage(
+        cloudlet_pb2.Cloudlet(key=key), timeout=CALL_TIMEOUT
+    )
+    [usage] = list(shown)
+    ram = {row.name: row.value for row in usage.info}["RAM"]
+    assert ram == 2**64 - 1
+    for infra in (False, True):
+        request = cloudlet_pb2.CloudletResourceUsage(key=key, infra_usage=infra)
+        got = served.call(_rpc("CloudletApi", "GetCloudletResourceUsage"), request)
+        assert got == grpc.StatusCode.OK
+    shown_clusters = _rpc("ClusterInstApi", "ShowClusterResourceUsage")
+    assert served.call(shown_clusters, clusterinst_pb2.ClusterInst()) == grpc.StatusCode.OK
