@@ -420,6 +420,11 @@ def test_usage_of_clusters_beyond_uint64_is_capped(served: Served) -> None:
     Each cluster is valid on its own (the cloudlet reports no maxima), but their sum does not
     fit the reports' uint64 fields; the reports now cap at the maximum instead of failing.
     """
+    # Names the random keys never use, so the fuzzing before cannot have deleted them.
+    flavor = flavor_pb2.Flavor()
+    flavor.CopyFrom(HUGE_FLAVOR)
+    flavor.key.name = "huge.u64"
+    assert served.call(_rpc("FlavorApi", "CreateFlavor"), flavor) == grpc.StatusCode.OK
     key = cloudletkey_pb2.CloudletKey(organization="oper", name="big")
     cloudlet = cloudlet_pb2.Cloudlet()
     cloudlet.CopyFrom(TEMPLATES["Cloudlet"])
@@ -438,7 +443,7 @@ def test_usage_of_clusters_beyond_uint64_is_capped(served: Served) -> None:
         cluster.CopyFrom(TEMPLATES["ClusterInst"])
         cluster.key.name = name
         cluster.cloudlet_key.CopyFrom(key)
-        cluster.flavor.name = HUGE_FLAVOR.key.name
+        cluster.flavor.CopyFrom(flavor.key)
         cluster.num_nodes = 2
         create = _rpc("ClusterInstApi", "CreateClusterInst")
         assert served.call(create, cluster) == grpc.StatusCode.OK
