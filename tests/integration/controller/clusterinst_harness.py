@@ -8,12 +8,13 @@ the target state (Ready / NotPresent), or fails with a gRPC error when told to.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
+import pytest
 from edgeproto import (
     app_pb2,
     app_pb2_grpc,
@@ -36,6 +37,7 @@ from edge_cloud.objects import keys, registry
 from services.controller._engine import Txn
 from tests.integration.controller.cloudlet_harness import (
     Controller,
+    ControllerHarness,
     FakeCcrm,
     collect,
     features,
@@ -145,6 +147,27 @@ async def inst_ccrm_server(ccrm: InstCcrm) -> AsyncIterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+@pytest.fixture
+async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
+    """An `InstCcrm` served on loopback, wired in as the CCRM (import it with `harness`)."""
+    fake = InstCcrm()
+    async with inst_ccrm_server(fake) as addr:
+        harness.ccrm_addr = addr
+        yield fake
+
+
+async def edit(ctl: Controller, otype: Any, key: Any, change: Callable[[Any], None]) -> None:
+    """Change a stored object in one transaction (as a CRM report or operator edit would)."""
+
+    def fn(txn: Txn) -> None:
+        found = txn.get(otype, key)
+        assert found is not None
+        change(found)
+        txn.put(found)
+
+    await ctl.engine.apply(fn)
 
 
 # --- stubs and objects ---------------------------------------------------------------------

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from distributed_match_engine import appcommon_pb2
 from edgeproto import (
     app_pb2,
@@ -41,10 +39,10 @@ from tests.integration.controller.clusterinst_harness import (
     CLUSTER_INST,
     InstCcrm,
     app_insts,
+    ccrm,
     cluster_key,
     clusters,
     create_app,
-    inst_ccrm_server,
     new_app_inst,
     new_cluster,
     put_flavor,
@@ -53,18 +51,10 @@ from tests.integration.controller.clusterinst_harness import (
 )
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 CLUSTER_REFS = registry.by_class(refs_pb2.ClusterRefs)
 APP_INST_REFS = registry.by_class(refs_pb2.AppInstRefs)
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
-    fake = InstCcrm()
-    async with inst_ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def label_keys(harness: ControllerHarness) -> list[str]:

@@ -6,11 +6,9 @@ resources snapshot) and quotas are then set the way a CRM report or an operator 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-import pytest
 from edgeproto import (
     app_pb2,
     app_pb2_grpc,
@@ -28,7 +26,6 @@ from edgeproto import (
 
 from edge_cloud.errors import InvalidArgument, NotFound, from_rpc_error
 from edge_cloud.objects import keys, registry
-from services.controller._engine import Txn
 from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
@@ -39,41 +36,22 @@ from tests.integration.controller.cloudlet_harness import (
 from tests.integration.controller.clusterinst_harness import (
     InstCcrm,
     app_insts,
+    ccrm,
     cluster_key,
     clusters,
     create_app,
-    inst_ccrm_server,
+    edit,
     new_app_inst,
     new_cluster,
     put_flavor,
     ready_cloudlet,
 )
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 CLOUDLET = registry.by_class(cloudlet_pb2.Cloudlet)
 CLOUDLET_INFO = registry.by_class(cloudlet_pb2.CloudletInfo)
 T4 = "nvidia-t4"
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
-    fake = InstCcrm()
-    async with inst_ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
-
-
-async def edit(ctl: Controller, otype: Any, key: Any, change: Callable[[Any], None]) -> None:
-    """Change a stored object in one transaction (as a CRM report or operator edit would)."""
-
-    def fn(txn: Txn) -> None:
-        found = txn.get(otype, key)
-        assert found is not None
-        change(found)
-        txn.put(found)
-
-    await ctl.engine.apply(fn)
 
 
 async def rpc_error(call: Any) -> Exception:
