@@ -397,6 +397,38 @@ def _wrap(
     return handler
 
 
+class _Outcome:
+    """Record how a handler ended, around its body; the handler's exception passes on.
+
+    A class rather than a generator-based context manager: it runs on every call.
+    """
+
+    __slots__ = ("_context", "_rpc", "_start")
+
+    def __init__(self, rpc: _Rpc, context: _Ctx, start: float) -> None:
+        self._rpc = rpc
+        self._context = context
+        self._start = start
+
+    async def __aenter__(self) -> None:
+        """Nothing to set up: the wrapper took the start time."""
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        """Record the outcome; an exception other than an abort becomes the call's status."""
+        rpc, context, start = self._rpc, self._context, self._start
+        if exc is None:
+            rpc.finished(context, start)
+        elif isinstance(exc, grpc.aio.AbortError):
+            rpc.aborted(context, start)
+        elif isinstance(exc, Exception):
+            await rpc.failed(exc, context, start)  # aborts: raises AbortError
+        else:
+            # cancelled by the client or the server's shutdown: pass it on untouched
+            rpc.record(_CANCELLED, "", context, start)
+
+
 def _wrap_coroutine(
     behavior: Callable[[Any, _Ctx], Awaitable[Any]], rpc: _Rpc
 ) -> Callable[[Any, _Ctx], Awaitable[Any]]:
@@ -405,19 +437,8 @@ def _wrap_coroutine(
     async def handle(request: Any, context: _Ctx) -> Any:
         start = time.perf_counter()
         with rpc.context(context):
-            try:
+            async with _Outcome(rpc, context, start):
                 response = await behavior(request, context)
-            except grpc.aio.AbortError:
-                rpc.aborted(context, start)
-                raise
-            except Exception as error:
-                await rpc.failed(error, context, start)
-                raise  # not reached: `failed` aborts
-            except BaseException:
-                # cancelled by the client or the server's shutdown: pass it on untouched
-                rpc.record(_CANCELLED, "", context, start)
-                raise
-            rpc.finished(context, start)
             return response
 
     return handle
@@ -431,19 +452,11 @@ def _wrap_generator(
     async def handle(request: Any, context: _Ctx) -> AsyncGenerator[Any, None]:
         start = time.perf_counter()
         with rpc.context(context):
-            try:
-                async with contextlib.aclosing(behavior(request, context)) as stream:
-                    async for response in stream:
-                        yield response
-            except grpc.aio.AbortError:
-                rpc.aborted(context, start)
-                raise
-            except Exception as error:
-                await rpc.failed(error, context, start)
-                raise  # not reached: `failed` aborts
-            except BaseException:
-                rpc.record(_CANCELLED, "", context, start)
-                raise
-            rpc.finished(context, start)
+            async with (
+                _Outcome(rpc, context, start),
+                contextlib.aclosing(behavior(request, context)) as stream,
+            ):
+                async for response in stream:
+                    yield response
 
     return handle
