@@ -16,8 +16,8 @@ fail each other's commits; another Controller's are caught by the compares and r
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -45,6 +45,7 @@ from edge_cloud.objects import fields, keys, registry
 from services.controller import _alerts, _app, _appinst, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
+from services.controller._create_undo import gone_check, mark_cancelled, record_and_remove
 from services.controller._engine import Txn
 from services.controller._inst_common import (
     APP,
@@ -477,32 +478,26 @@ class AppInstOps(InstOpsBase):
             await stream.send(APP_INST_CREATED)
 
         async def on_error(err: BaseException) -> None:
-            if isinstance(err, asyncio.CancelledError):
-                await self._set_state(
-                    APP_INST,
-                    stored.key,
-                    TS.CREATE_ERROR,
-                    errors=["operation cancelled"],
-                    only_from=TRANSIENT,
-                )
+            if await mark_cancelled(self._set_state, APP_INST, stored.key, err):
                 return
-            message = err.message if isinstance(err, EdgeError) else str(err)
-            await self._set_state(APP_INST, stored.key, TS.CREATE_ERROR, errors=[message])
-            await stream.send("Deleting AppInst due to failure")
-            try:
-                await self._remove(stored.key)
-            except EdgeError as undo_err:
-                log.warning("undo of AppInst create %s failed: %s", stored.key, undo_err)
-
-        async def gone() -> bool:
-            return rt.caches.get(APP_INST, keys.key_string(stored.key)) is None
+            await record_and_remove(
+                self._set_state,
+                APP_INST,
+                stored.key,
+                err,
+                stream,
+                "Deleting AppInst due to failure",
+                functools.partial(self._remove, stored.key),
+                log,
+                "AppInst",
+            )
 
         await self._run(
             stream,
             revision,
             work,
             on_error=on_error,
-            cleanup_on_error=gone,
+            cleanup_on_error=gone_check(rt, APP_INST, stored.key),
             subscribe=on_edge and not cctx.ignore_crm,
         )
 

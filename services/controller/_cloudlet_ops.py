@@ -79,6 +79,7 @@ from services.controller._cloudletinfo import (
     state_name,
 )
 from services.controller._cloudletnode import cleanup_nodes
+from services.controller._create_undo import gone_check, mark_cancelled
 from services.controller._engine import DELETE_PREPARE, Txn
 from services.controller._followons import (
     check_cloudlet_app_insts_trust,
@@ -90,7 +91,6 @@ from services.controller._progress import ERROR, OpStream, StreamStart, compact_
 from services.controller._runtime import Runtime
 from services.controller._sync import Caches
 from services.controller._tracked import (
-    TRANSIENT,
     CallContext,
     InfoWait,
     Sink,
@@ -571,14 +571,7 @@ class CloudletOps(TrackedOps):
             await self._after_create(cctx, stored, features, stream, state)
 
         async def on_error(err: BaseException) -> None:
-            if isinstance(err, asyncio.CancelledError):
-                await self._set_state(
-                    CLOUDLET,
-                    stored.key,
-                    TS.CREATE_ERROR,
-                    errors=["operation cancelled"],
-                    only_from=TRANSIENT,
-                )
+            if await mark_cancelled(self._set_state, CLOUDLET, stored.key, err):
                 return
             await stream.send(err.message if isinstance(err, EdgeError) else str(err))
             await stream.send("Deleting Cloudlet due to failures")
@@ -592,15 +585,12 @@ class CloudletOps(TrackedOps):
             except EdgeError as undo_err:
                 log.warning("undo of cloudlet create %s failed: %s", stored.key, undo_err)
 
-        async def gone() -> bool:
-            return rt.caches.get(CLOUDLET, keys.key_string(stored.key)) is None
-
         await self._run(
             stream,
             revision,
             work,
             on_error=on_error,
-            cleanup_on_error=gone,
+            cleanup_on_error=gone_check(rt, CLOUDLET, stored.key),
             subscribe=stored.crm_on_edge and not cctx.ignore_crm,
         )
 

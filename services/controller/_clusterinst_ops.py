@@ -10,6 +10,7 @@ with its refs in one transaction. See `_inst_common` for what both instance type
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from edge_cloud.objects import fields, keys, registry
 from services.controller import _alerts, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
+from services.controller._create_undo import gone_check, mark_cancelled, record_and_remove
 from services.controller._engine import Txn
 from services.controller._inst_common import (
     APP,
@@ -464,32 +466,26 @@ class ClusterInstOps(InstOpsBase):
             await stream.send(CLUSTER_CREATED)
 
         async def on_error(err: BaseException) -> None:
-            if isinstance(err, asyncio.CancelledError):
-                await self._set_state(
-                    CLUSTER_INST,
-                    stored.key,
-                    TS.CREATE_ERROR,
-                    errors=["operation cancelled"],
-                    only_from=TRANSIENT,
-                )
+            if await mark_cancelled(self._set_state, CLUSTER_INST, stored.key, err):
                 return
-            message = err.message if isinstance(err, EdgeError) else str(err)
-            await self._set_state(CLUSTER_INST, stored.key, TS.CREATE_ERROR, errors=[message])
-            await stream.send("DELETING ClusterInst due to failures")
-            try:
-                await self._remove(stored.key)
-            except EdgeError as undo_err:
-                log.warning("undo of cluster create %s failed: %s", stored.key, undo_err)
-
-        async def gone() -> bool:
-            return rt.caches.get(CLUSTER_INST, keys.key_string(stored.key)) is None
+            await record_and_remove(
+                self._set_state,
+                CLUSTER_INST,
+                stored.key,
+                err,
+                stream,
+                "DELETING ClusterInst due to failures",
+                functools.partial(self._remove, stored.key),
+                log,
+                "cluster",
+            )
 
         await self._run(
             stream,
             revision,
             work,
             on_error=on_error,
-            cleanup_on_error=gone,
+            cleanup_on_error=gone_check(rt, CLUSTER_INST, stored.key),
             subscribe=on_edge and not cctx.ignore_crm,
         )
         return stored
