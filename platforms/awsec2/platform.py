@@ -65,6 +65,7 @@ from edge_cloud.platform import (
 from platforms.awsec2._client import AwsApi
 from platforms.awsec2._infra import TAG_ROLE, Ec2Infra, Network, VmSpec, tags_of
 from platforms.awsec2._props import FEATURES, Settings, parse_settings
+from platforms.common.state import after_init
 
 __all__ = ["AwsEc2Platform"]
 
@@ -158,30 +159,22 @@ class AwsEc2Platform(Platform):
         Raises:
             FailedPrecondition: `init` has not run.
         """
-        if self._config is None:
-            raise FailedPrecondition("awsec2 platform used before init")
-        return self._config
+        return after_init(self._config, "awsec2")
 
     @property
     def infra(self) -> Ec2Infra:
         """The cloudlet's EC2 resources (after `init`)."""
-        if self._infra is None:
-            raise FailedPrecondition("awsec2 platform used before init")
-        return self._infra
+        return after_init(self._infra, "awsec2")
 
     @property
     def settings(self) -> Settings:
         """The cloudlet's parsed properties (after `init`)."""
-        if self._settings is None:
-            raise FailedPrecondition("awsec2 platform used before init")
-        return self._settings
+        return after_init(self._settings, "awsec2")
 
     @property
     def access(self) -> AccessApi:
         """The cloudlet's access API (after `init`)."""
-        if self._access is None:
-            raise FailedPrecondition("awsec2 platform used before init")
-        return self._access
+        return after_init(self._access, "awsec2")
 
     def _cloudlet_prefix(self) -> str:
         key = self.config.cloudlet_key

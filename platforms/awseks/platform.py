@@ -32,7 +32,7 @@ from edgeproto import (
 )
 from typing_extensions import override
 
-from edge_cloud.errors import FailedPrecondition, InvalidArgument, NotFound
+from edge_cloud.errors import InvalidArgument, NotFound
 from edge_cloud.objects import keys
 from edge_cloud.platform import (
     DEFAULT_NODE_POOL,
@@ -58,6 +58,7 @@ from platforms.awseks._aws import (
 from platforms.awseks._cluster import TAG_CLUSTER, ClusterPlan, EksClusters
 from platforms.awseks._kubeconfig import ClusterAccess, build_kubeconfig, make_token
 from platforms.common.aws import credentials_from
+from platforms.common.state import after_init
 from platforms.k8s import (
     KubeClient,
     app_inst_manifest,
@@ -107,16 +108,12 @@ class AwsEksPlatform(Platform):
         Raises:
             FailedPrecondition: `init` has not run.
         """
-        if self._config is None:
-            raise FailedPrecondition("awseks platform used before init")
-        return self._config
+        return after_init(self._config, "awseks")
 
     @property
     def aws(self) -> EksSession:
         """The account's session (after `init`)."""
-        if self._aws is None:
-            raise FailedPrecondition("awseks platform used before init")
-        return self._aws
+        return after_init(self._aws, "awseks")
 
     @property
     def clusters(self) -> EksClusters:
