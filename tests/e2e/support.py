@@ -15,9 +15,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import grpc
+from edgeproto import (
+    app_pb2_grpc,
+    appinst_pb2_grpc,
+    cloudlet_pb2,
+    cloudlet_pb2_grpc,
+    cloudletkey_pb2,
+    clusterinst_pb2_grpc,
+    flavor_pb2,
+    flavor_pb2_grpc,
+)
 
 from edge_cloud import localservers
 
@@ -184,3 +197,66 @@ class Platform:
     def stop(self) -> None:
         self.ccrm.stop()
         self.controller.stop()
+
+
+@dataclass
+class ControllerApi:
+    """Generated stubs on one channel to the Controller, plus the processes behind it.
+
+    Each platform's end-to-end module extends it with what its cloud needs (moto, a Kubernetes
+    API), so the stubs and the start-up steps every module takes are written once.
+    """
+
+    platform: Platform
+    channel: grpc.Channel
+
+    def __post_init__(self) -> None:
+        self.flavors = flavor_pb2_grpc.FlavorApiStub(self.channel)
+        self.cloudlets = cloudlet_pb2_grpc.CloudletApiStub(self.channel)
+        self.infos = cloudlet_pb2_grpc.CloudletInfoApiStub(self.channel)
+        self.features = cloudlet_pb2_grpc.PlatformFeaturesApiStub(self.channel)
+        self.clusters = clusterinst_pb2_grpc.ClusterInstApiStub(self.channel)
+        self.apps = app_pb2_grpc.AppApiStub(self.channel)
+        self.app_insts = appinst_pb2_grpc.AppInstApiStub(self.channel)
+
+    def registered(self, platform_type: str, timeout: float) -> list[cloudlet_pb2.PlatformFeatures]:
+        """Wait until the CCRM has registered `platform_type`; returns its features."""
+
+        def found() -> list[cloudlet_pb2.PlatformFeatures] | None:
+            shown = self.features.ShowPlatformFeatures(cloudlet_pb2.PlatformFeatures(), timeout=5)
+            return [f for f in shown if f.platform_type == platform_type] or None
+
+        return wait_for(found, timeout, f"the CCRM to register the {platform_type} platform")
+
+    def create_flavor(self, name: str, disk: int) -> None:
+        """Create the flavor the module's clusters and VMs use (4 GiB RAM, 2 vCPUs)."""
+        self.flavors.CreateFlavor(
+            flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name=name), ram=4096, vcpus=2, disk=disk),
+            timeout=10,
+        )
+
+
+def run(call: Iterator[Any]) -> tuple[list[str], grpc.RpcError | None]:
+    """Every streamed progress message of a call, and the error it ended with (or None)."""
+    messages: list[str] = []
+    try:
+        for result in call:
+            messages.append(result.message)
+    except grpc.RpcError as err:
+        return messages, err
+    return messages, None
+
+
+def ok(call: Iterator[Any]) -> list[str]:
+    """The progress messages of a call that must succeed; fails the test with its error."""
+    messages, err = run(call)
+    assert err is None, f"{err.code()}: {err.details()} after {messages}"
+    return messages
+
+
+def cloudlet_info(
+    api: ControllerApi, key: cloudletkey_pb2.CloudletKey
+) -> cloudlet_pb2.CloudletInfo:
+    """The one CloudletInfo of a cloudlet."""
+    [info] = api.infos.ShowCloudletInfo(cloudlet_pb2.CloudletInfo(key=key), timeout=5)
+    return info

@@ -28,24 +28,27 @@ import pytest
 from distributed_match_engine import appcommon_pb2, loc_pb2
 from edgeproto import (
     app_pb2,
-    app_pb2_grpc,
     appinst_pb2,
-    appinst_pb2_grpc,
     cloudlet_pb2,
-    cloudlet_pb2_grpc,
     cloudletkey_pb2,
     cloudletnode_pb2,
     cloudletnode_pb2_grpc,
     clusterinst_pb2,
-    clusterinst_pb2_grpc,
     common_pb2,
     flavor_pb2,
-    flavor_pb2_grpc,
 )
 
 from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys
-from tests.e2e.support import Daemon, Platform, clean_env, wait_for
+from tests.e2e.support import (
+    ControllerApi,
+    Daemon,
+    Platform,
+    clean_env,
+    cloudlet_info,
+    ok,
+    wait_for,
+)
 
 TS = common_pb2
 CS = appcommon_pb2
@@ -80,20 +83,9 @@ def ensure_image(client: Any, name: str) -> None:
 
 
 @dataclass
-class World:
-    platform: Platform
-    channel: grpc.Channel
+class World(ControllerApi):
     moto: ServerProcess
     workdir: Path
-
-    def __post_init__(self) -> None:
-        self.flavors = flavor_pb2_grpc.FlavorApiStub(self.channel)
-        self.cloudlets = cloudlet_pb2_grpc.CloudletApiStub(self.channel)
-        self.infos = cloudlet_pb2_grpc.CloudletInfoApiStub(self.channel)
-        self.features = cloudlet_pb2_grpc.PlatformFeaturesApiStub(self.channel)
-        self.clusters = clusterinst_pb2_grpc.ClusterInstApiStub(self.channel)
-        self.apps = app_pb2_grpc.AppApiStub(self.channel)
-        self.app_insts = appinst_pb2_grpc.AppInstApiStub(self.channel)
 
 
 @pytest.fixture(scope="module")
@@ -113,43 +105,14 @@ def world(
     try:
         with grpc.insecure_channel(platform.api_addr) as channel:
             world = World(platform, channel, moto_server, workdir)
-
-            def registered() -> list[cloudlet_pb2.PlatformFeatures] | None:
-                shown = world.features.ShowPlatformFeatures(
-                    cloudlet_pb2.PlatformFeatures(), timeout=5
-                )
-                found = [f for f in shown if f.platform_type == "awsec2"]
-                return found or None
-
-            [features] = wait_for(registered, 30, "the CCRM to register the awsec2 platform")
+            [features] = world.registered("awsec2", 30)
             assert features.requires_crm_on_edge
             assert features.node_type == "ccrm"
             assert "AWS_ACCESS_KEY_ID" in features.access_vars
-            world.flavors.CreateFlavor(
-                flavor_pb2.Flavor(
-                    key=flavor_pb2.FlavorKey(name=FLAVOR), ram=4096, vcpus=2, disk=40
-                ),
-                timeout=10,
-            )
+            world.create_flavor(FLAVOR, disk=40)
             yield world
     finally:
         platform.stop()
-
-
-def run(call: Iterator[Any]) -> tuple[list[str], grpc.RpcError | None]:
-    messages: list[str] = []
-    try:
-        for result in call:
-            messages.append(result.message)
-    except grpc.RpcError as err:
-        return messages, err
-    return messages, None
-
-
-def ok(call: Iterator[Any]) -> list[str]:
-    messages, err = run(call)
-    assert err is None, f"{err.code()}: {err.details()} after {messages}"
-    return messages
 
 
 def ec2_cloudlet(world: World) -> cloudlet_pb2.Cloudlet:
@@ -202,11 +165,6 @@ def tagged(world: World, cloudlet: cloudlet_pb2.Cloudlet) -> dict[str, list[str]
         ],
     }
     return {kind: ids for kind, ids in found.items() if ids}
-
-
-def cloudlet_info(world: World, key: cloudletkey_pb2.CloudletKey) -> cloudlet_pb2.CloudletInfo:
-    [info] = world.infos.ShowCloudletInfo(cloudlet_pb2.CloudletInfo(key=key), timeout=5)
-    return info
 
 
 def test_onboarding_through_the_ccrm_registers_the_platform_vm(world: World) -> None:

@@ -24,17 +24,12 @@ import pytest
 from distributed_match_engine import appcommon_pb2, loc_pb2
 from edgeproto import (
     app_pb2,
-    app_pb2_grpc,
     appinst_pb2,
-    appinst_pb2_grpc,
     cloudlet_pb2,
-    cloudlet_pb2_grpc,
     cloudletkey_pb2,
     clusterinst_pb2,
-    clusterinst_pb2_grpc,
     common_pb2,
     flavor_pb2,
-    flavor_pb2_grpc,
 )
 
 from edge_cloud.localservers import ServerProcess
@@ -48,7 +43,7 @@ from platforms.awseks.tests.support import (
     leftovers,
     nothing,
 )
-from tests.e2e.support import Platform, wait_for
+from tests.e2e.support import ControllerApi, Platform, ok
 from tests.support.k8sapi import KubeApiServer
 
 TS = common_pb2
@@ -91,20 +86,9 @@ class ThreadedKubeApi:
 
 
 @dataclass
-class World:
-    platform: Platform
-    channel: grpc.Channel
+class World(ControllerApi):
     moto: ServerProcess
     kube: ThreadedKubeApi
-
-    def __post_init__(self) -> None:
-        self.flavors = flavor_pb2_grpc.FlavorApiStub(self.channel)
-        self.cloudlets = cloudlet_pb2_grpc.CloudletApiStub(self.channel)
-        self.infos = cloudlet_pb2_grpc.CloudletInfoApiStub(self.channel)
-        self.features = cloudlet_pb2_grpc.PlatformFeaturesApiStub(self.channel)
-        self.clusters = clusterinst_pb2_grpc.ClusterInstApiStub(self.channel)
-        self.apps = app_pb2_grpc.AppApiStub(self.channel)
-        self.app_insts = appinst_pb2_grpc.AppInstApiStub(self.channel)
 
 
 @pytest.fixture(scope="module")
@@ -146,36 +130,14 @@ def world(
         platform.start()
         with grpc.insecure_channel(platform.api_addr) as channel:
             stubs = World(platform, channel, moto, kube)
-
-            def registered() -> bool | None:
-                shown = stubs.features.ShowPlatformFeatures(
-                    cloudlet_pb2.PlatformFeatures(), timeout=5
-                )
-                return True if "awseks" in {f.platform_type for f in shown} else None
-
-            wait_for(registered, 30, "the CCRM to register the awseks platform")
-            stubs.flavors.CreateFlavor(
-                flavor_pb2.Flavor(
-                    key=flavor_pb2.FlavorKey(name=FLAVOR), ram=4096, vcpus=2, disk=20
-                ),
-                timeout=10,
-            )
+            stubs.registered("awseks", 30)
+            stubs.create_flavor(FLAVOR, disk=20)
             yield stubs
     finally:
         if platform is not None:
             platform.stop()
         if kube is not None:
             kube.stop()
-
-
-def ok(call: Iterator[Any]) -> list[str]:
-    messages: list[str] = []
-    try:
-        for result in call:
-            messages.append(result.message)
-    except grpc.RpcError as err:
-        raise AssertionError(f"{err.code()}: {err.details()} after {messages}") from None
-    return messages
 
 
 def eks_cloudlet(world: World) -> cloudlet_pb2.Cloudlet:

@@ -18,23 +18,18 @@ import pytest
 from distributed_match_engine import appcommon_pb2, loc_pb2
 from edgeproto import (
     app_pb2,
-    app_pb2_grpc,
     appinst_pb2,
-    appinst_pb2_grpc,
     cloudlet_pb2,
-    cloudlet_pb2_grpc,
     cloudletkey_pb2,
     clusterinst_pb2,
-    clusterinst_pb2_grpc,
     common_pb2,
     flavor_pb2,
-    flavor_pb2_grpc,
     refs_pb2,
     refs_pb2_grpc,
 )
 
 from edge_cloud.localservers import ServerProcess
-from tests.e2e.support import Platform, wait_for
+from tests.e2e.support import ControllerApi, Platform, cloudlet_info, ok, run, wait_for
 
 TS = common_pb2
 CS = appcommon_pb2
@@ -46,20 +41,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @dataclass
-class Api:
-    """Generated stubs on one channel to the Controller, plus the processes behind it."""
-
-    platform: Platform
-    channel: grpc.Channel
+class Api(ControllerApi):
+    """The Controller's stubs, plus CloudletRefs."""
 
     def __post_init__(self) -> None:
-        self.flavors = flavor_pb2_grpc.FlavorApiStub(self.channel)
-        self.cloudlets = cloudlet_pb2_grpc.CloudletApiStub(self.channel)
-        self.infos = cloudlet_pb2_grpc.CloudletInfoApiStub(self.channel)
-        self.features = cloudlet_pb2_grpc.PlatformFeaturesApiStub(self.channel)
-        self.clusters = clusterinst_pb2_grpc.ClusterInstApiStub(self.channel)
-        self.apps = app_pb2_grpc.AppApiStub(self.channel)
-        self.app_insts = appinst_pb2_grpc.AppInstApiStub(self.channel)
+        super().__post_init__()
         self.refs = refs_pb2_grpc.CloudletRefsApiStub(self.channel)
 
 
@@ -76,20 +62,8 @@ def api(
     try:
         with grpc.insecure_channel(platform.api_addr) as channel:
             stubs = Api(platform, channel)
-
-            def registered() -> bool | None:
-                shown = stubs.features.ShowPlatformFeatures(
-                    cloudlet_pb2.PlatformFeatures(), timeout=5
-                )
-                return True if "fake" in {f.platform_type for f in shown} else None
-
-            wait_for(registered, 20, "the CCRM to register the fake platform")
-            stubs.flavors.CreateFlavor(
-                flavor_pb2.Flavor(
-                    key=flavor_pb2.FlavorKey(name=FLAVOR), ram=4096, vcpus=2, disk=40
-                ),
-                timeout=10,
-            )
+            stubs.registered("fake", 20)
+            stubs.create_flavor(FLAVOR, disk=40)
             yield stubs
     finally:
         platform.stop()
@@ -105,23 +79,6 @@ def ccrm_running(api: Api) -> Iterator[None]:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def run(call: Iterator[Any]) -> tuple[list[str], grpc.RpcError | None]:
-    """Every streamed progress message of a call, and the error it ended with (or None)."""
-    messages: list[str] = []
-    try:
-        for result in call:
-            messages.append(result.message)
-    except grpc.RpcError as err:
-        return messages, err
-    return messages, None
-
-
-def ok(call: Iterator[Any]) -> list[str]:
-    messages, err = run(call)
-    assert err is None, f"{err.code()}: {err.details()} after {messages}"
-    return messages
 
 
 def fake_cloudlet(**env: str) -> cloudlet_pb2.Cloudlet:
@@ -149,11 +106,6 @@ def create_cloudlet(api: Api, **env: str) -> cloudlet_pb2.Cloudlet:
     cloudlet = fake_cloudlet(**env)
     assert ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT)) == CLOUDLET_CREATED
     return cloudlet
-
-
-def cloudlet_info(api: Api, key: cloudletkey_pb2.CloudletKey) -> cloudlet_pb2.CloudletInfo:
-    [info] = api.infos.ShowCloudletInfo(cloudlet_pb2.CloudletInfo(key=key), timeout=5)
-    return info
 
 
 def usage(api: Api, cloudlet: cloudlet_pb2.Cloudlet) -> dict[str, int]:
