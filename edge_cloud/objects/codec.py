@@ -263,6 +263,14 @@ def _check(desc: Descriptor) -> _Check:
     return check
 
 
+def _present(data: dict[str, Any], name: str) -> Any:
+    """The field's value, None if it is absent; an explicit null is for json_format to judge."""
+    value = data.get(name)
+    if value is None and name in data:
+        raise _Unsupported
+    return value
+
+
 def _refuse_all(data: dict[str, Any]) -> None:
     raise _Unsupported
 
@@ -278,10 +286,8 @@ def _field_step(field: FieldDescriptor) -> _Check | None:
             inner = _message_step(field)
 
             def messages(data: dict[str, Any]) -> None:
-                value = data.get(name)
+                value = _present(data, name)
                 if value is None:
-                    if name in data:
-                        raise _Unsupported
                     return
                 if type(value) is not list:
                     raise _Unsupported
@@ -294,10 +300,8 @@ def _field_step(field: FieldDescriptor) -> _Check | None:
         convert = _scalar_fix(field)
 
         def scalars(data: dict[str, Any]) -> None:
-            value = data.get(name)
+            value = _present(data, name)
             if value is None:
-                if name in data:
-                    raise _Unsupported
                 return
             if type(value) is not list:
                 raise _Unsupported  # a string would be split into characters
@@ -311,10 +315,8 @@ def _field_step(field: FieldDescriptor) -> _Check | None:
         inner = _message_step(field)
 
         def message(data: dict[str, Any]) -> None:
-            value = data.get(name)
+            value = _present(data, name)
             if value is None:
-                if name in data:
-                    raise _Unsupported
                 return
             if type(value) is not dict:
                 raise _Unsupported
@@ -326,10 +328,8 @@ def _field_step(field: FieldDescriptor) -> _Check | None:
         return None
 
     def scalar(data: dict[str, Any]) -> None:
-        value = data.get(name)
+        value = _present(data, name)
         if value is None:
-            if name in data:
-                raise _Unsupported
             return
         data[name] = fix(value)
 
@@ -340,10 +340,8 @@ def _timestamp_step(name: str) -> _Check:
     """RFC 3339 text → a Timestamp, as json_format reads it (DMEs' device times)."""
 
     def timestamp(data: dict[str, Any]) -> None:
-        value = data.get(name)
+        value = _present(data, name)
         if value is None:
-            if name in data:
-                raise _Unsupported
             return
         if type(value) is not str:
             raise _Unsupported
@@ -377,10 +375,8 @@ def _map_step(field: FieldDescriptor) -> _Check:
     fix_value = None if vt is not None else _scalar_fix(value_field)
 
     def map_value(data: dict[str, Any]) -> None:
-        value = data.get(name)
+        value = _present(data, name)
         if value is None:
-            if name in data:
-                raise _Unsupported
             return
         if type(value) is not dict:
             raise _Unsupported
