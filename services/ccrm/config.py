@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_cloud.config import CommonConfig, host_port, option
-from edge_cloud.secrets import SecretsSettings
+from edge_cloud.config import host_port, option
+from edge_cloud.secrets.options import SecretsConfig
 
 __all__ = ["CcrmConfig"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CcrmConfig(CommonConfig):
+class CcrmConfig(SecretsConfig):
     """CCRM settings; defaults are the `make run` topology on loopback."""
 
     api_addr: str = option(
@@ -60,18 +60,6 @@ class CcrmConfig(CommonConfig):
     commercial_certs: bool = option(False, "publicly trusted certificates", go="commercialCerts")
     cache_dir: Path | None = option(None, "directory for per-cloudlet platform files")
     platform_init_timeout: float = option(60.0, "seconds a platform's init may take")
-    vault_addr: str = option(
-        "", "Vault address; set: secrets live in Vault", go="vaultAddr", env="VAULT_ADDR"
-    )
-    vault_token: str = option("", "Vault token", env="VAULT_TOKEN", secret=True)
-    vault_role_id: str = option("", "Vault AppRole role id", env="VAULT_ROLE_ID")
-    vault_secret_id: str = option("", "Vault AppRole secret id", env="VAULT_SECRET_ID", secret=True)
-    vault_mount: str = option("secret", "mount point of Vault's KV v2 engine")
-    vault_path_prefix: str = option("", "prefix of every secret path inside the Vault mount")
-    vault_ca_file: str = option("", "CA bundle for Vault's certificate", env="VAULT_CACERT")
-    secrets_key: str = option(
-        "", "key of the local secrets backend (base64, 32 bytes)", secret=True
-    )
     secrets_key_file: Path | None = option(
         None, "key file of the local secrets backend (the Controller's); none: no secrets"
     )
@@ -79,17 +67,3 @@ class CcrmConfig(CommonConfig):
         ("http://127.0.0.1:2379",), "etcd of the local secrets backend (the Controller's)"
     )
     etcd_namespace: str = option("", "the Controller's etcd key prefix (local secrets)")
-
-    def secrets_settings(self) -> SecretsSettings:
-        """The secrets backend this configuration selects (the Controller's)."""
-        return SecretsSettings(
-            vault_addr=self.vault_addr,
-            vault_token=self.vault_token,
-            vault_role_id=self.vault_role_id,
-            vault_secret_id=self.vault_secret_id,
-            vault_mount=self.vault_mount,
-            vault_path_prefix=self.vault_path_prefix,
-            vault_ca_file=self.vault_ca_file,
-            key=self.secrets_key,
-            key_file=self.secrets_key_file,
-        )

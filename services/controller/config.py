@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
-from edge_cloud.config import CommonConfig, ConfigError, host_port, option
-from edge_cloud.secrets import SecretsSettings
+from edge_cloud.config import ConfigError, host_port, option
+from edge_cloud.secrets.options import SecretsConfig
 from services.controller._ccrm import parse_platform_service_addrs
 
 __all__ = ["ControllerConfig", "platform_service_addr", "region_name"]
@@ -70,7 +69,7 @@ def app_dns_root(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ControllerConfig(CommonConfig):
+class ControllerConfig(SecretsConfig):
     """Controller settings; defaults are the `make run` topology on loopback."""
 
     api_addr: str = option(
@@ -115,35 +114,6 @@ class ControllerConfig(CommonConfig):
     etcd_namespace: str = option(
         "", "prefix added to every etcd key (isolates tests sharing one etcd)"
     )
-    vault_addr: str = option(
-        "", "Vault address; set: secrets live in Vault", go="vaultAddr", env="VAULT_ADDR"
-    )
-    vault_token: str = option("", "Vault token", env="VAULT_TOKEN", secret=True)
-    vault_role_id: str = option("", "Vault AppRole role id", env="VAULT_ROLE_ID")
-    vault_secret_id: str = option("", "Vault AppRole secret id", env="VAULT_SECRET_ID", secret=True)
-    vault_mount: str = option("secret", "mount point of Vault's KV v2 engine")
-    vault_path_prefix: str = option("", "prefix of every secret path inside the Vault mount")
-    vault_ca_file: str = option("", "CA bundle for Vault's certificate", env="VAULT_CACERT")
-    secrets_key: str = option(
-        "", "key of the local secrets backend (base64, 32 bytes)", secret=True
-    )
-    secrets_key_file: Path | None = option(
-        None, "key file of the local secrets backend (no Vault); no key: secrets are refused"
-    )
-
-    def secrets_settings(self) -> SecretsSettings:
-        """The secrets backend this configuration selects."""
-        return SecretsSettings(
-            vault_addr=self.vault_addr,
-            vault_token=self.vault_token,
-            vault_role_id=self.vault_role_id,
-            vault_secret_id=self.vault_secret_id,
-            vault_mount=self.vault_mount,
-            vault_path_prefix=self.vault_path_prefix,
-            vault_ca_file=self.vault_ca_file,
-            key=self.secrets_key,
-            key_file=self.secrets_key_file,
-        )
 
     def __post_init__(self) -> None:
         # Defaults bypass `parse`, and tests may build the class directly.
