@@ -216,13 +216,7 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(handler, _Rpc(self._service, method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return _wrap_once(self._wrapped, self._service, handler_call_details.method, handler)
 
 
 def standard_interceptors(service: str) -> list[grpc.aio.ServerInterceptor]:
@@ -269,13 +263,26 @@ class StandardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(handler, _Rpc(self.service, method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return _wrap_once(self._wrapped, self.service, handler_call_details.method, handler)
+
+
+def _wrap_once(
+    cache: dict[str, tuple[_AnyHandler, _AnyHandler]],
+    service: str,
+    method: str,
+    handler: grpc.RpcMethodHandler[_Req, _Resp],
+) -> grpc.RpcMethodHandler[_Req, _Resp]:
+    """The handler wrapped, reusing the wrapper made for the same handler of the method.
+
+    grpc looks the handler up on every call; wrapping it anew each time would rebuild the
+    `_Rpc` (metric children, labels) per call.
+    """
+    cached = cache.get(method)
+    if cached is not None and cached[0] is handler:
+        return cached[1]
+    wrapped = _wrap(handler, _Rpc(service, method))
+    cache[method] = (handler, wrapped)
+    return wrapped
 
 
 class _Rpc:
