@@ -285,6 +285,13 @@ class CcrmClients:
         self._channels[node_type] = ch
         return ch
 
+    async def _unary(self, node_type: str, call: Any, doing: str) -> Any:
+        """Await a unary CCRM call; a failure becomes our error, naming `doing` if unreachable."""
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            raise _error(err, lost=self._lost(node_type, doing)(False)) from err
+
     def _lost(self, node_type: str, doing: str) -> Callable[[bool], str]:
         """Words for a CCRM that went away during `doing`, or could not be reached for it."""
         addr = self._addrs.get(node_type, "?")
@@ -344,13 +351,9 @@ class CcrmClients:
             EdgeError: The CCRM's error, unwrapped.
         """
         call: Any = self.cloudlet_api(node_type).GetCloudletManifest(key, timeout=timeout)
-        try:
-            manifest: cloudlet_pb2.CloudletManifest = await call
-        except grpc.aio.AioRpcError as err:
-            lost = self._lost(
-                node_type, f"getting the manifest of cloudlet {keys.key_string(key)}"
-            )(False)
-            raise _error(err, lost=lost) from err
+        manifest: cloudlet_pb2.CloudletManifest = await self._unary(
+            node_type, call, f"getting the manifest of cloudlet {keys.key_string(key)}"
+        )
         return manifest
 
     async def get_cloudlet_resources(
@@ -366,13 +369,9 @@ class CcrmClients:
             EdgeError: The CCRM's error, unwrapped.
         """
         call: Any = self.cloudlet_api(node_type).GetCloudletResources(cloudlet, timeout=timeout)
-        try:
-            info: cloudlet_pb2.CloudletInfo = await call
-        except grpc.aio.AioRpcError as err:
-            lost = self._lost(
-                node_type, f"getting the resources of cloudlet {keys.key_string(cloudlet.key)}"
-            )(False)
-            raise _error(err, lost=lost) from err
+        info: cloudlet_pb2.CloudletInfo = await self._unary(
+            node_type, call, f"getting the resources of cloudlet {keys.key_string(cloudlet.key)}"
+        )
         return info
 
     async def refresh_certs(
@@ -388,14 +387,11 @@ class CcrmClients:
             EdgeError: The CCRM's error, unwrapped.
         """
         call: Any = self.cloudlet_api(node_type).RefreshCerts(cloudlet, timeout=timeout)
-        try:
-            await call
-        except grpc.aio.AioRpcError as err:
-            lost = self._lost(
-                node_type,
-                f"refreshing the certificates of cloudlet {keys.key_string(cloudlet.key)}",
-            )(False)
-            raise _error(err, lost=lost) from err
+        await self._unary(
+            node_type,
+            call,
+            f"refreshing the certificates of cloudlet {keys.key_string(cloudlet.key)}",
+        )
 
     async def restricted_cloudlet_status(
         self,
