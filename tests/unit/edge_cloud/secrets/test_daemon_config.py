@@ -39,7 +39,8 @@ def test_the_local_key_file_comes_from_a_flag_or_edge_variable(tmp_path: Path) -
     assert by_env.secrets_settings().configured
     assert not load(ControllerConfig, [], {}).secrets_settings().configured
     key = generate_key()
-    described = describe(load(ControllerConfig, ["--secrets-key", key], {}))
+    # `=` form: a base64url key may start with "-", which argparse would take for a flag.
+    described = describe(load(ControllerConfig, [f"--secrets-key={key}"], {}))
     assert key not in str(described)
 
 
