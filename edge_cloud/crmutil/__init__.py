@@ -24,7 +24,7 @@ from edge_cloud.crmutil._cluster import ClusterWork, seconds
 from edge_cloud.crmutil._fields import field_number, info_fields
 from edge_cloud.crmutil._infocache import InfoCache
 from edge_cloud.crmutil._local import LocalCrms, LocalCrmSettings
-from edge_cloud.crmutil._source import PlatformSource
+from edge_cloud.crmutil._source import PlatformSource, platform_fingerprint
 
 __all__ = [
     "ALL_FIELDS",
@@ -39,5 +39,6 @@ __all__ = [
     "copy_resources",
     "field_number",
     "info_fields",
+    "platform_fingerprint",
     "seconds",
 ]

@@ -8,13 +8,14 @@ and the CRM's single-cloudlet host both satisfy.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from edgeproto import cloudlet_pb2, cloudletkey_pb2, settings_pb2
 
 from edge_cloud.platform import Platform, PlatformCaches
 
-__all__ = ["PlatformSource"]
+__all__ = ["PlatformSource", "platform_fingerprint"]
 
 
 class PlatformSource(Protocol):
@@ -45,3 +46,19 @@ class PlatformSource(Protocol):
             EdgeError: Unknown platform, or what its `init` raised.
         """
         ...
+
+
+def platform_fingerprint(cloudlet: cloudlet_pb2.Cloudlet, fields: Iterable[str]) -> bytes:
+    """The cloudlet's `fields` (proto names) serialised deterministically.
+
+    A platform object is built from a few cloudlet fields; when their fingerprint changes the
+    daemon rebuilds the object, so an update of, say, env vars takes effect without a restart.
+    """
+    wanted = frozenset(fields)
+    subset: Any = cloudlet_pb2.Cloudlet()
+    subset.CopyFrom(cloudlet)
+    for field in cloudlet_pb2.Cloudlet.DESCRIPTOR.fields:
+        if field.name not in wanted:
+            subset.ClearField(field.name)
+    data: bytes = subset.SerializeToString(deterministic=True)
+    return data

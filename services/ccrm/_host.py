@@ -12,11 +12,12 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from edgeproto import cloudlet_pb2, cloudletkey_pb2, flavor_pb2, settings_pb2
 
 from edge_cloud import secrets
+from edge_cloud.crmutil import platform_fingerprint
 from edge_cloud.errors import ConfigError, DeadlineExceeded, EdgeError, NotFound
 from edge_cloud.objects import keys
 from edge_cloud.platform import (
@@ -70,16 +71,6 @@ def load_platforms(names: tuple[str, ...]) -> dict[str, type[Platform]]:
         except EdgeError as err:
             raise ConfigError(f"--platforms: {err}") from err
     return classes
-
-
-def _fingerprint(cloudlet: cloudlet_pb2.Cloudlet) -> bytes:
-    subset: Any = cloudlet_pb2.Cloudlet()
-    subset.CopyFrom(cloudlet)
-    for field in cloudlet_pb2.Cloudlet.DESCRIPTOR.fields:
-        if field.name not in _PLATFORM_FIELDS:
-            subset.ClearField(field.name)
-    data: bytes = subset.SerializeToString(deterministic=True)
-    return data
 
 
 class PlatformHost:
@@ -268,7 +259,7 @@ class PlatformHost:
             DeadlineExceeded: `init` took longer than `--platform-init-timeout`.
         """
         key = keys.key_string(cloudlet.key)
-        fingerprint = _fingerprint(cloudlet)
+        fingerprint = platform_fingerprint(cloudlet, _PLATFORM_FIELDS)
         kept = self._platforms.get(key)
         if kept is not None and not fresh and kept[0] == fingerprint:
             return kept[1]

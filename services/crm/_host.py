@@ -6,10 +6,10 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from edgeproto import cloudlet_pb2, cloudletkey_pb2, settings_pb2
 
+from edge_cloud.crmutil import platform_fingerprint
 from edge_cloud.errors import DeadlineExceeded, FailedPrecondition, NotFound
 from edge_cloud.objects import keys
 from edge_cloud.platform import (
@@ -30,18 +30,6 @@ log = logging.getLogger(__name__)
 # Cloudlet fields the platform object depends on: a change re-initialises it (an update
 # that changed env vars takes effect, as the CCRM does for its cloudlets).
 _PLATFORM_FIELDS = ("platform_type", "physical_name", "env_var", "root_lb_fqdn", "trust_policy")
-
-
-def _fingerprint(cloudlet: cloudlet_pb2.Cloudlet) -> bytes:
-    subset: Any = cloudlet_pb2.Cloudlet()
-    for name in _PLATFORM_FIELDS:
-        value = getattr(cloudlet, name)
-        if name == "env_var":
-            subset.env_var.update(value)
-        else:
-            setattr(subset, name, value)
-    data: bytes = subset.SerializeToString(deterministic=True)
-    return data
 
 
 class CrmHost:
@@ -120,7 +108,7 @@ class CrmHost:
         """
         if cloudlet.key != self.key:
             self.cloudlet(cloudlet.key)  # raises NotFound with the reason
-        fingerprint = _fingerprint(cloudlet)
+        fingerprint = platform_fingerprint(cloudlet, _PLATFORM_FIELDS)
         async with self._lock:
             kept = self._platform
             if kept is not None and kept[0] == fingerprint:
