@@ -10,6 +10,12 @@ Raw baseline: aetcd's own Txn stub from this process, one transaction per "creat
 what the smallest create must: compare the new key's mod revision with 0 and put the value.
 It is the ceiling any create built on etcd transactions can reach from Python here.
 
+gRPC no-op ceiling: a process pinned like the Controller (its CPU, the same event loop and
+`edge_cloud.server.new_server` wrapping: error mapping, access log at INFO as JSON into a
+file, metrics) serving `CreateFlavor` with a handler that only returns. It is called exactly
+as the Controller is, so "no-op/raw" is the upper bound any gRPC create can reach here, and
+`1 / no-op rate` is the server CPU that gRPC and Python cost per call before any work.
+
 Setup: a throwaway etcd and Redis, a Controller process (`python -m services.controller`),
 no CCRM. The platform features are written into etcd before the Controller starts; the
 cloudlets (IGNORE_CRM) and their clusters (IGNORE_CRM) are created through the API, and a
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import sys
@@ -51,9 +58,12 @@ from edgeproto import (
     common_pb2,
     flavor_pb2,
     flavor_pb2_grpc,
+    result_pb2,
 )
 
+from edge_cloud import logs
 from edge_cloud.objects import codec, keys
+from edge_cloud.server import bind, new_server
 from edge_cloud.store import EtcdStore
 
 CALL_TIMEOUT = 60.0
@@ -77,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile the Controller during each phase with py-spy (raw stacks into DIR)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument("--serve-noop", metavar="LOG", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -158,6 +169,70 @@ async def raw_etcd(url: str, prefix: str, args: argparse.Namespace) -> float:
     finally:
         await client.close()
     return rate_line("raw aetcd txn (compare+put)", done, wall, errors)
+
+
+class NoopFlavors(flavor_pb2_grpc.FlavorApiServicer):
+    """CreateFlavor that does nothing: what gRPC and the server wrapping alone cost."""
+
+    async def CreateFlavor(
+        self,
+        request: flavor_pb2.Flavor,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> result_pb2.Result:
+        return result_pb2.Result()
+
+
+async def serve_noop(log_file: Path) -> None:
+    """The no-op server (child side): print its port, serve until the parent closes stdin."""
+    server = new_server("noop")
+    flavor_pb2_grpc.add_FlavorApiServicer_to_server(NoopFlavors(), server)
+    port = bind(server, "127.0.0.1:0")
+    await server.start()
+    try:
+        common.reply("port", port)
+        async for _ in common.stdin_lines():
+            pass
+    finally:
+        await server.stop(1)
+        logging.getLogger().handlers[0].flush()
+
+
+def run_noop_server(log_file: Path) -> int:
+    """Logging and event loop as `run_daemon` sets them up for a daemon, then `serve_noop`."""
+    import uvloop
+
+    with log_file.open("a") as out:
+        logs.setup("noop", "info", "json", stream=out)
+        uvloop.run(serve_noop(log_file))
+    return 0
+
+
+async def noop_ceiling(
+    srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Namespace
+) -> float:
+    """CreateFlavor against the no-op server, called the same way as the Controller's."""
+    cpus = None if plan is None else plan.server
+    log_file = srv.tmp / "noop.log"
+    async with common.children() as spawned:
+        child = await common.Child.spawn(
+            "noop", Path(__file__), ["--serve-noop", str(log_file)], cpus
+        )
+        spawned.append(child)
+        (port,) = await child.expect("port", within=60)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            flavors = flavor_pb2_grpc.FlavorApiStub(channel)
+
+            async def one(i: int) -> None:
+                await flavors.CreateFlavor(
+                    flavor_pb2.Flavor(
+                        key=flavor_pb2.FlavorKey(name=f"noop{i:07d}"), ram=1024, vcpus=1, disk=10
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+
+            await timed_all(min(args.count, 200), args.concurrency, args.max_seconds, one)  # warm
+            measured = await timed_all(args.count, args.concurrency, args.max_seconds, one)
+    return rate_line("gRPC no-op CreateFlavor (same server wrapping, pinned)", *measured)
 
 
 @contextlib.asynccontextmanager
@@ -248,11 +323,12 @@ async def setup_world(
     return made, list(app_keys)
 
 
-async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
+async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Namespace) -> None:
     async with await EtcdStore.connect(srv.etcd.client_url) as store:
         features = cloudlet_pb2.PlatformFeatures(platform_type=ctl.PLATFORM_TYPE, node_type="ccrm")
         await store.put(keys.object_store_key(features), codec.encode(features))
     raw_before = await raw_etcd(srv.etcd.client_url, "bench/raw-a/", args)
+    noop = await noop_ceiling(srv, plan, args)
     ctl.warm_bytecode(srv)
     daemon, addr = ctl.controller(srv)
     daemon.start(timeout=60)
@@ -301,15 +377,22 @@ async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
     raw_after = await raw_etcd(srv.etcd.client_url, "bench/raw-b/", args)
     raw = (raw_before + raw_after) / 2
     print(f"raw baseline (mean of before and after): {raw:.0f}/s")
+    print(
+        f"ratio gRPC no-op ceiling/raw: {common.ratio(noop, raw)}"
+        f" ({1e6 / noop:.0f} us of server CPU per call before any work)"
+    )
     for name, rate in (("CreateFlavor", flavor), ("CreateAppInst", inst)):
         if not rate:
             continue
+        print(f"ratio {name}/no-op: {common.ratio(rate, noop)} ({1e6 / rate:.0f} us per create)")
         verdict = "meets" if rate >= 0.5 * raw else "misses"
         print(f"ratio {name}/raw: {common.ratio(rate, raw)} ({verdict} the goal of 0.50x)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve_noop is not None:
+        return run_noop_server(args.serve_noop)
     plan = common.plan_cpus(not args.no_pin)
     print(common.environment_line(plan, count=args.count, concurrency=args.concurrency))
     ctl.pin_self(plan)
@@ -317,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="edge-bench-ctlcreate-") as tmp,
         ctl.servers(Path(tmp), plan) as srv,
     ):
-        return common.run(bench(srv, args))
+        return common.run(bench(srv, plan, args))
 
 
 if __name__ == "__main__":
