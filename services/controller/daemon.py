@@ -35,6 +35,7 @@ from services.controller._startup import (
 )
 from services.controller._sync import Sync
 from services.controller._tracked import Recovery, TrackedRuntime, TrackedServices
+from services.controller.api.ratelimit import ensure_defaults as ensure_rate_limit_defaults
 from services.controller.config import ControllerConfig
 
 __all__ = ["ControllerDaemon"]
@@ -101,6 +102,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         # Before the listing, so the caches start with the settings (no watch runs yet to
         # wait for).
         await ensure_settings(engine, wait=False)
+        await ensure_rate_limit_defaults(engine, wait=False)  # §1.2 step 14
         await sync.start()
         self._redis = await redis.connect(cfg.redis_standalone_addr)
         addr = external_addr(cfg.external_api_addr, cfg.api_addr, self.ports["api"])

@@ -26,7 +26,9 @@ from services.controller.api import (
     gpudriver,
     network,
     operatorcode,
+    organization,
     platformfeatures,
+    ratelimit,
     refs,
     restagtable,
     settings,
@@ -67,6 +69,8 @@ _MODULES = (
     streamobj,
     appinstclient,
     device,
+    organization,
+    ratelimit,
 )
 
 

@@ -23,7 +23,6 @@ __all__ = ["LATER", "add"]
 
 LATER: Final[dict[str, tuple[str, str]]] = {
     # service: (proto module, slice of the Controller issue that brings it)
-    "OrganizationApi": ("org_pb2", "App/ClusterInst"),
     "CloudletManagedClusterApi": ("cloudlet_pb2", "Cloudlet"),
     "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "TrustPolicyExceptionApi": ("trustpolicyexception_pb2", "App"),
@@ -31,7 +30,6 @@ LATER: Final[dict[str, tuple[str, str]]] = {
     "SvcNodeApi": ("svcnode_pb2", "notify"),
     "DebugApi": ("debug_pb2", "notify"),
     "ExecApi": ("exec_pb2", "Cloudlet"),
-    "RateLimitSettingsApi": ("ratelimit_pb2", "rate limits"),
 }
 
 
