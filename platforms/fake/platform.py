@@ -22,6 +22,7 @@ from typing import ClassVar, Final
 from edgeproto import (
     app_pb2,
     appinst_pb2,
+    baremetalhost_pb2,
     cloudlet_pb2,
     cluster_pb2,
     clusterinst_pb2,
@@ -902,6 +903,43 @@ class FakeBareMetalPlatform(FakePlatform):
         uses_ingress=True,
         supports_bare_metal=True,
     )
+
+    #: Hosts the fake site keeps free beside those its cluster nodes run on.
+    SPARE_HOSTS: ClassVar[int] = 2
+
+    @override
+    async def get_bare_metal_hosts(self) -> list[baremetalhost_pb2.BareMetalHost]:
+        """The site's inventory: one host per cluster node (provisioned), plus spares.
+
+        What a metal3 inventory shows, from the in-memory site: a host runs one cluster
+        node and carries its cluster as a label, so a cluster create or delete shows up.
+        """
+        site = self._require_site()
+        nodes = sorted(
+            (vm for vm in site.vms.values() if vm.type is NodeType.K8S_CLUSTER_NODE),
+            key=lambda vm: vm.name,
+        )
+        largest = max(site.flavors.values(), key=lambda f: (f.vcpus, f.ram, f.disk), default=None)
+        hosts: list[baremetalhost_pb2.BareMetalHost] = []
+        for i in range(len(nodes) + self.SPARE_HOSTS):
+            host = baremetalhost_pb2.BareMetalHost(
+                key=baremetalhost_pb2.BareMetalHostKey(name=f"fake-bmh-{i + 1}"),
+                status="available",
+                boot_mac_address=f"52:54:00:00:00:{i + 1:02x}",
+                boot_mode="UEFI",
+                bmc_address=f"redfish://10.0.0.{i + 1}/redfish/v1/Systems/1",
+                hardware_profile="fake-baremetal",
+            )
+            host.nics.add(name="eth0", mac_address=host.boot_mac_address, model="virtio")
+            if largest is not None:
+                host.resources.CopyFrom(largest)
+            if i < len(nodes):
+                host.status = "provisioned"
+                host.labels["node"] = nodes[i].name
+                host.labels["owner"] = nodes[i].owner
+                host.nics[0].ip = nodes[i].internal_ip
+            hosts.append(host)
+        return hosts
 
 
 class FakeVMPoolPlatform(FakePlatform):

@@ -237,6 +237,10 @@ def merge_info(obj: Any, info: Any) -> bool:
             obj.resources.CopyFrom(info.resources)
         for k, v in info.infra_annotations.items():
             obj.infra_annotations[k] = v
+        if info.HasField("cloudlet_managed_cluster_info"):  # a registered pre-existing cluster
+            obj.kubernetes_version = info.cloudlet_managed_cluster_info.kubernetes_version
+            del obj.node_pools[:]
+            obj.node_pools.extend(info.cloudlet_managed_cluster_info.node_pools)
     return bool(obj != before)
 
 

@@ -16,8 +16,10 @@ from services.controller.api import (
     appinstclient,
     autoprovpolicy,
     autoscalepolicy,
+    baremetalhost,
     cloudlet,
     cloudletinfo,
+    cloudletmanagedcluster,
     cloudletnode,
     clusterinst,
     controller,
@@ -71,6 +73,8 @@ _MODULES = (
     device,
     organization,
     ratelimit,
+    cloudletmanagedcluster,
+    baremetalhost,
 )
 
 
