@@ -1,8 +1,9 @@
 """Start-up steps on etcd: the data-model version, Settings defaults, the leased registration.
 
-- Version (controller.md §2.8): `1/VersionV2` holds `{"Hash":"…","ID":62}` (Go field names);
-  an empty database gets the compiled version, a matching one is left alone, anything else
-  refuses to start (upgrades are a later slice, as is `-autoUpgrade`).
+- Version (controller.md §2.8): `1/VersionV2` holds `{"Hash":"…","ID":62}` (Go field names),
+  else the legacy `1/Version` holds a bare hash (id 0); an empty database gets the compiled
+  version, a matching one is left alone, an older one is upgraded with `--auto-upgrade`
+  (`_upgrade`), and without it the start is refused with the original's message.
 - Settings (§3.3): the whole default object when absent, else zero fields filled.
 - Registration (§2.6): `1/Controller/{"addr":…}` under a 5 s lease kept alive; when the lease
   is lost the record is written again under a new one.
@@ -14,7 +15,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from edgeproto import controller_pb2, settings_pb2
@@ -25,6 +26,7 @@ from edge_cloud.objects.registry import SETTINGS_KEY
 from edge_cloud.store import KeyValue, Op, Put, Store
 from services.controller import _settings
 from services.controller._engine import Engine, Txn
+from services.controller._upgrade import UPGRADES, Upgrade, Version, run_upgrades, upgrade_lock
 
 __all__ = [
     "LEASE_TTL",
@@ -50,45 +52,90 @@ SETTINGS: Final = registry.by_class(settings_pb2.Settings)
 
 def version_value(hash_: str = VERSION_HASH, id_: int = VERSION_ID) -> bytes:
     """The Go JSON of the original's version struct (no JSON tags: Go field names)."""
-    return json.dumps({"Hash": hash_, "ID": id_}, separators=(",", ":")).encode()
+    return Version(hash_, id_).encode()
 
 
-def _stored_version(values: Mapping[str, KeyValue | None]) -> tuple[str, int] | None:
+def _stored_version(values: Mapping[str, KeyValue | None]) -> tuple[Version, int] | None:
+    """The stored version and the mod revision of `1/VersionV2` (0: only the legacy key)."""
     current = values.get(VERSION_KEY)
     if current is not None:
-        data = json.loads(current.value)
-        return str(data.get("Hash", "")), int(data.get("ID", 0))
+        try:
+            data = json.loads(current.value)
+            return Version(str(data.get("Hash", "")), int(data.get("ID", 0))), current.mod_revision
+        except (ValueError, TypeError, AttributeError) as err:
+            raise FailedPrecondition(
+                f"failed to unmarshal data model version string {current.value!r}, {err}"
+            ) from None
     legacy = values.get(LEGACY_VERSION_KEY)
     if legacy is not None:
-        return legacy.value.decode(), 0
+        return Version(legacy.value.decode(errors="replace"), 0), 0
     return None
 
 
-async def check_version(store: Store) -> None:
-    """Write the data-model version on an empty database, refuse a different one.
-
-    Raises:
-        FailedPrecondition: The database holds another version (upgrades come later).
-    """
-    found: list[tuple[str, int] | None] = []
+async def _read_version(store: Store, target: Version) -> tuple[Version, int] | None:
+    """Read the version; on an empty database write `target` and return None."""
+    found: list[tuple[Version, int] | None] = []
 
     def fn(values: Mapping[str, KeyValue | None]) -> list[Op]:
         found.clear()
         found.append(_stored_version(values))
         if found[0] is None:
-            return [Put(VERSION_KEY, version_value())]
+            return [Put(VERSION_KEY, target.encode())]
         return []
 
     await store.update([VERSION_KEY, LEGACY_VERSION_KEY], fn)
-    stored = found[0]
-    if stored is None:
-        log.info("empty database: wrote data model version %s (%d)", VERSION_HASH, VERSION_ID)
+    return found[0]
+
+
+async def check_version(
+    store: Store,
+    *,
+    auto_upgrade: bool = False,
+    upgrades: Sequence[Upgrade] = UPGRADES,
+    holder: str = "",
+) -> None:
+    """Write the data-model version on an empty database, upgrade or refuse an older one.
+
+    Args:
+        store: The store.
+        auto_upgrade: Run the upgrades (`-autoUpgrade`) instead of refusing a mismatch.
+        upgrades: The upgrade list, ascending by id; its last entry is the target version.
+        holder: Who upgrades, shown to controllers waiting for the upgrade lock.
+
+    Raises:
+        FailedPrecondition: The database holds another version and auto-upgrade is off, or
+            a newer one, or an upgrade failed (the message names it).
+        Aborted: Another controller changed the version while this one upgraded.
+    """
+    target = Version(upgrades[-1].hash, upgrades[-1].id)
+    read = await _read_version(store, target)
+    if read is None:
+        log.info("empty database: wrote data model version %s (%d)", target.hash, target.id)
         return
-    if stored[0] != VERSION_HASH:
+    stored = read[0]
+    if stored.hash == target.hash:
+        return
+    if not auto_upgrade:
         raise FailedPrecondition(
-            f"Running version {VERSION_HASH} doesn't match the etcd database version "
-            f"{stored[0]}, and autoUpgrade is not enabled"
+            f"Running version {target.hash} doesn't match the etcd database version "
+            f"{stored.hash}, and autoUpgrade is not enabled"
         )
+    if stored.id >= target.id:
+        raise FailedPrecondition(
+            f"the etcd database holds data model version {stored.hash} ({stored.id}), not "
+            f"older than this controller's {target.hash} ({target.id}); run a controller "
+            "built for that version"
+        )
+    async with upgrade_lock(store, holder or socket.gethostname()):
+        # whoever held the lock before may have upgraded already
+        read = await _read_version(store, target)
+        if read is None or read[0].hash == target.hash:
+            log.info("data model already upgraded to %d by another controller", target.id)
+            return
+        stored, revision = read
+        log.info("upgrading the data model from version %d to %d", stored.id, target.id)
+        done = await run_upgrades(store, stored, revision, upgrades, version_key=VERSION_KEY)
+        log.info("data model upgraded to version %s (%d)", done.hash, done.id)
 
 
 async def ensure_settings(engine: Engine, *, wait: bool = True) -> None:

@@ -110,6 +110,14 @@ class ControllerConfig(SecretsConfig):
     )
     version_tag: str = option("", "default container version of new cloudlets", go="versionTag")
     test_mode: bool = option(False, "test mode: show fake platforms", go="testMode")
+    auto_upgrade: bool = option(
+        False,
+        "upgrade an older etcd data model at start instead of refusing to start",
+        go="autoUpgrade",
+    )
+    skip_version_check: bool = option(
+        False, "start without checking the etcd data-model version", go="skipVersionCheck"
+    )
     etcd_timeout: float = option(5.0, "seconds an etcd call may take before it fails")
     etcd_namespace: str = option(
         "", "prefix added to every etcd key (isolates tests sharing one etcd)"

@@ -91,7 +91,14 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._store = store = await EtcdStore.connect(
             cfg.etcd_urls, timeout=cfg.etcd_timeout, namespace=cfg.etcd_namespace
         )
-        await check_version(store)
+        if cfg.skip_version_check:
+            log.warning("skipping the data-model version check (--skip-version-check)")
+        else:
+            await check_version(
+                store,
+                auto_upgrade=cfg.auto_upgrade,
+                holder=controller_id(cfg.external_api_addr or cfg.api_addr),
+            )
         secrets = cfg.secrets_settings()
         if secrets.configured:
             self._secrets = open_backend(secrets, store)
