@@ -194,14 +194,30 @@ class _Nbi:
         return {zone_key_tuple(z.key): z.obj_id for z in zones}
 
     async def instance_infos(self, insts: list[appinst_pb2.AppInst]) -> list[dict[str, Any]]:
-        """`AppInstanceInfo`s of instances, their App, Zone and cluster ids looked up once."""
+        """`AppInstanceInfo`s of instances, their App, Zone and cluster ids looked up once.
+
+        For a single instance (create, get by id) only its own App, Zone and cluster are
+        read, not every one of the region.
+        """
         if not insts:
             return []
-        apps = await _collect(self.apps.ShowApp(app_pb2.App(), timeout=SHOW_TIMEOUT))
+        one = insts[0] if len(insts) == 1 else None
+        app_flt = app_pb2.App(key=one.app_key) if one else app_pb2.App()
+        apps = await _collect(self.apps.ShowApp(app_flt, timeout=SHOW_TIMEOUT))
         app_ids = {(a.key.organization, a.key.name, a.key.version): a.obj_id for a in apps}
-        zone_ids = await self.zone_ids()
-        call = self.clusters.ShowClusterInst(clusterinst_pb2.ClusterInst(), timeout=SHOW_TIMEOUT)
-        cluster_ids = {(c.key.organization, c.key.name): c.obj_id for c in await _collect(call)}
+        zone_ids: dict[tuple[str, str, str], str] = {}
+        if one is None or one.zone_key.name:
+            zone_flt = zone_pb2.Zone(key=one.zone_key) if one else zone_pb2.Zone()
+            zones = await _collect(self.zones.ShowZone(zone_flt, timeout=SHOW_TIMEOUT))
+            zone_ids = {zone_key_tuple(z.key): z.obj_id for z in zones}
+        cluster_ids: dict[tuple[str, str], str] = {}
+        if one is None or one.cluster_key.name:
+            cluster_flt = clusterinst_pb2.ClusterInst()
+            if one:
+                cluster_flt.key.CopyFrom(one.cluster_key)
+            call = self.clusters.ShowClusterInst(cluster_flt, timeout=SHOW_TIMEOUT)
+            found = await _collect(call)
+            cluster_ids = {(c.key.organization, c.key.name): c.obj_id for c in found}
         out = []
         for inst in insts:
             app_key = (inst.app_key.organization, inst.app_key.name, inst.app_key.version)

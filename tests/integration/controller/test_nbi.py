@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -460,3 +463,34 @@ async def test_error_paths(world: World) -> None:
     status, reply, _ = await call(world, "PUT", "/apps")
     assert status == 405
     assert reply["code"] == "Method Not Allowed"
+
+
+async def test_helm_manifest_reads_back(world: World) -> None:
+    body = manifest(world.org, name="chart_app", packageType="HELM")
+    del body["operatingSystem"]
+    body["appRepo"] = {
+        "type": "PRIVATEREPO",
+        "imagePath": "https://helm.github.io/examples:examples/hello-world",
+    }
+    status, reply, _ = await call(world, "POST", "/apps", body)
+    assert status == 201, reply
+    status, got, _ = await call(world, "GET", f"/apps/{reply['appId']}")
+    assert (status, got) == (200, {"appManifest": {**body, "appId": reply["appId"]}})
+
+
+async def test_unreachable_controller_is_503() -> None:
+    # a port that was free a moment ago: nothing answers there
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    app = make_nbi_app(channel, region="local", app_dns_root="nbi.net")
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/apps", timeout=TIMEOUT)
+        assert resp.status == 503
+        reply = await resp.json()
+    await channel.close()
+    assert reply["status"] == 503
+    assert reply["code"] == "Service Unavailable"
+    assert reply["message"]
