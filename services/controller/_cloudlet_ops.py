@@ -83,6 +83,7 @@ from services.controller._create_undo import gone_check, mark_cancelled
 from services.controller._engine import DELETE_PREPARE, Txn
 from services.controller._followons import (
     check_cloudlet_app_insts_trust,
+    default_mt_cluster_key,
     propagate_cloudlet_location,
     schedule_default_mt_cluster,
 )
@@ -802,15 +803,21 @@ class CloudletOps(TrackedOps):
     async def _delete_idle_auto_clusters(
         self, key: cloudletkey_pb2.CloudletKey, sink: Sink
     ) -> None:
-        """Cascade: the cloudlet's reservable autoclusters without AppInsts go first.
+        """Cascade: system-made clusters without AppInsts go first.
+
+        Those are the cloudlet's reservable autoclusters and its default multi-tenant
+        cluster (the original's deleteCloudletOk).
 
         Worker errors are ignored (the cloudlet is going away); clusters still in use stay
         and make the cloudlet's in-use check refuse the delete.
         """
         caches = self._rt.caches
         ops = ClusterInstOps(self._rt)
+        default_mt = keys.key_string(default_mt_cluster_key(key))  # the system made it too
         for ckey, cluster in list(caches.items(CLUSTER_INST)):
-            if cluster.cloudlet_key != key or not (cluster.auto and cluster.reservable):
+            if cluster.cloudlet_key != key:
+                continue
+            if not (cluster.auto and cluster.reservable) and ckey != default_mt:
                 continue
             crefs = caches.get(CLUSTER_REFS, ckey)
             if crefs is not None and crefs.apps:

@@ -149,7 +149,11 @@ async def apply_info(
 async def _on_ready(
     runtime: TrackedRuntime, key: cloudletkey_pb2.CloudletKey, *, came_online: bool
 ) -> None:
-    """A READY report: clear CloudletDown when it came back, re-evaluate usage warnings."""
+    """A READY report: clear CloudletDown when it came back, re-evaluate usage warnings.
+
+    A cloudlet that came online also gets its default multi-tenant cluster if it asks for
+    one (in the background; `_followons`).
+    """
     # imported here: _alerts needs _usage, which needs this module
     from services.controller._alerts import alert_hub, refresh_usage_alerts
 
@@ -158,6 +162,10 @@ async def _on_ready(
             await alert_hub(runtime).cloudlet_up(key)
         except EdgeError as err:
             log.warning("CloudletDown alerts of %s not cleared: %s", key, err)
+        # imported here: _followons needs the ClusterInst operations, which need this module
+        from services.controller._followons import default_mt_cluster_on_ready
+
+        default_mt_cluster_on_ready(runtime, key)
     await refresh_usage_alerts(runtime, key)
 
 

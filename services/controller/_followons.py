@@ -38,6 +38,7 @@ __all__ = [
     "check_cloudlets_using_trust_policy",
     "cloudlets_using_trust_policy",
     "default_mt_cluster_key",
+    "default_mt_cluster_on_ready",
     "largest_cpu_flavor",
     "propagate_cloudlet_location",
     "schedule_default_mt_cluster",
@@ -192,6 +193,10 @@ PLATFORM_FEATURES: Final = registry.by_class(cloudlet_pb2.PlatformFeatures)
 _pending: dict[tuple[int, str], bool] = {}
 _tasks: set[asyncio.Task[None]] = set()
 
+#: Seconds before each retry of a failed default-cluster run; then it waits for the next
+#: trigger (the setting toggled, the cloudlet online again) and says so in the log.
+RETRY_DELAYS: Final = (1.0, 2.0, 5.0, 15.0, 30.0)
+
 
 def default_mt_cluster_key(cloudlet_key: cloudletkey_pb2.CloudletKey) -> cluster_pb2.ClusterKey:
     """The default multi-tenant cluster's key: `defaultmtclust-<cloudlet key hash>`.
@@ -229,9 +234,6 @@ def schedule_default_mt_cluster(
     create, one run per cloudlet at a time, and a request during a run makes it run once
     more, so the last toggle wins.
     """
-    # TODO(#4, ClusterInst): also schedule this when a cloudlet with the setting comes
-    # online (the original's CloudletInfo update, `_cloudletinfo`), so a cloudlet created
-    # with it enabled gets its cluster too; today only a change of the setting does.
     slot = (id(rt), keys.key_string(cloudlet_key))
     if slot in _pending:
         _pending[slot] = True
@@ -239,13 +241,37 @@ def schedule_default_mt_cluster(
     _pending[slot] = False
 
     async def run() -> None:
+        failures = 0
         try:
             while True:
                 _pending[slot] = False
                 try:
                     await update_default_mt_cluster(rt, cloudlet_key)
-                except Exception:
-                    log.exception("default multi-tenant cluster of %s", slot[1])
+                    failures = 0
+                except Exception as err:
+                    # a CCRM that is down, caches that have not seen the cloudlet READY yet:
+                    # worth another try; a run that succeeds elsewhere meanwhile makes the
+                    # retry find the cluster there ("already exists": nothing to do)
+                    if failures >= len(RETRY_DELAYS):
+                        log.error(
+                            "default multi-tenant cluster of %s still failing after %d "
+                            "retries, waiting for the next change: %s",
+                            slot[1],
+                            failures,
+                            err,
+                        )
+                    else:
+                        delay = RETRY_DELAYS[failures]
+                        failures += 1
+                        log.warning(
+                            "default multi-tenant cluster of %s failed, retry %d in %gs: %s",
+                            slot[1],
+                            failures,
+                            delay,
+                            err,
+                        )
+                        await asyncio.sleep(delay)
+                        _pending[slot] = True
                 if not _pending[slot]:
                     return
         finally:
@@ -254,6 +280,30 @@ def schedule_default_mt_cluster(
     task = asyncio.get_running_loop().create_task(run())
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def default_mt_cluster_on_ready(
+    rt: TrackedRuntime, cloudlet_key: cloudletkey_pb2.CloudletKey
+) -> bool:
+    """A cloudlet came online: create its default cluster if the cloudlet asks for one.
+
+    The original's CloudletInfo update does this, so a cloudlet created with
+    `enable_default_serverless_cluster` gets its cluster once it can host one. Only the
+    controller whose transaction moved the CloudletInfo to READY calls this; should two
+    run it anyway, the cluster create's own transaction lets one of them win and the other
+    sees "already exists".
+
+    Returns:
+        Whether a run was scheduled.
+    """
+    cloudlet = rt.caches.get(CLOUDLET, keys.key_string(cloudlet_key))
+    if cloudlet is None or not cloudlet.enable_default_serverless_cluster:
+        return False
+    features = rt.caches.get(PLATFORM_FEATURES, cloudlet.platform_type)
+    if features is None or not features.supports_multi_tenant_cluster:
+        return False
+    schedule_default_mt_cluster(rt, cloudlet_key)
+    return True
 
 
 async def update_default_mt_cluster(
@@ -267,8 +317,8 @@ async def update_default_mt_cluster(
     to log: the cloudlet update that asked for this has already succeeded.
     """
     cloudlet = rt.caches.get(CLOUDLET, keys.key_string(cloudlet_key))
-    if cloudlet is None:
-        return
+    if cloudlet is None or cloudlet.delete_prepare:
+        return  # gone or going: its delete removes the cluster
     features = rt.caches.get(PLATFORM_FEATURES, cloudlet.platform_type)
     if features is None or not features.supports_multi_tenant_cluster:
         return
