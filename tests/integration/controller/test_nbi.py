@@ -494,3 +494,23 @@ async def test_unreachable_controller_is_503() -> None:
     assert reply["status"] == 503
     assert reply["code"] == "Service Unavailable"
     assert reply["message"]
+
+
+async def test_instance_create_failure_reaches_the_caller(world: World, ccrm: InstCcrm) -> None:
+    status, reply, _ = await call(world, "POST", "/apps", manifest(world.org))
+    assert status == 201, reply
+    ccrm.fail_app_create = "out of floating IPs"
+    request = {
+        "name": "doomed",
+        "appId": reply["appId"],
+        "edgeCloudZoneId": world.zone.obj_id,
+        "kubernetesClusterRef": world.cluster.obj_id,
+    }
+    status, body, _ = await call(world, "POST", "/appinstances", request)
+    # the platform's FAILED_PRECONDITION, with its words, as a CAMARA error
+    assert status == 409, body
+    assert body["code"] == "Conflict"
+    assert "out of floating IPs" in body["message"]
+    # the Controller undid the failed create: nothing is left to list
+    status, listed, _ = await call(world, "GET", "/appinstances")
+    assert (status, listed) == (200, [])
