@@ -213,32 +213,33 @@ async def upgrade_lock(store: Store, holder: str) -> AsyncIterator[None]:
         holder: Who holds it (written as the value, for whoever waits).
     """
     lease = await store.grant(LOCK_TTL)
-    waited = False
-    while True:
-        result = await store.txn(
-            [ModRevisionIs(LOCK_KEY, 0)],
-            [Put(LOCK_KEY, holder.encode(), lease=lease)],
-            [Get(LOCK_KEY)],
-        )
-        if result.succeeded:
-            break
-        if not waited:
-            other = result.values.get(LOCK_KEY)
-            log.info(
-                "waiting for %s to finish upgrading the data model",
-                other.value.decode(errors="replace") if other else "another controller",
-            )
-            waited = True
-        await asyncio.sleep(LOCK_POLL)
+    # kept alive from the start: waiting for another holder may outlast the TTL
     keeper = asyncio.create_task(store.keepalive(lease, LOCK_TTL))
     try:
+        waited = False
+        while True:
+            result = await store.txn(
+                [ModRevisionIs(LOCK_KEY, 0)],
+                [Put(LOCK_KEY, holder.encode(), lease=lease)],
+                [Get(LOCK_KEY)],
+            )
+            if result.succeeded:
+                break
+            if not waited:
+                other = result.values.get(LOCK_KEY)
+                log.info(
+                    "waiting for %s to finish upgrading the data model",
+                    other.value.decode(errors="replace") if other else "another controller",
+                )
+                waited = True
+            await asyncio.sleep(LOCK_POLL)
         yield
     finally:
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError, EdgeError):
             await keeper
         with contextlib.suppress(EdgeError):
-            await store.revoke(lease)
+            await store.revoke(lease)  # releases the lock at once, or the lease never used
 
 
 class UpgradeNotSupported(FailedPrecondition):

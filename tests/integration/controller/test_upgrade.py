@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -212,6 +213,35 @@ async def test_two_auto_upgrading_controllers_run_each_upgrade_once(
     assert done == [21, 30, 40, 51, 52, 53, 54]
     assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
     assert await etcd_store.get(LOCK_KEY) is None
+
+
+@pytest.mark.parametrize("holder_finished", [True, False])
+async def test_an_upgrade_waits_for_the_lock_holder(
+    etcd_store: EtcdStore, holder_finished: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=_upgrade.__name__)
+    await etcd_store.put(VERSION_KEY, version_value("20", 20))
+    other = await etcd_store.grant(10)
+    await etcd_store.put(LOCK_KEY, b"other@10.0.0.2:55001", lease=other)
+    done: list[int] = []
+    task = asyncio.create_task(
+        check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
+    )
+    try:
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        assert done == []
+        assert "waiting for other@10.0.0.2:55001 to finish upgrading" in caplog.text
+        if holder_finished:
+            await etcd_store.put(VERSION_KEY, version_value("54", 54))
+        await etcd_store.revoke(other)  # finished, or died: its lease goes either way
+        await asyncio.wait_for(task, timeout=10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert done == ([] if holder_finished else [21, 30, 40, 51, 52, 53, 54])
+    assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
 
 
 # --- the controller flags ------------------------------------------------------------------------
@@ -552,7 +582,10 @@ async def test_58_app_obj_id(etcd_store: EtcdStore) -> None:
     assert after[kept]["obj_id"] == "01JCC4RXDF"
 
 
-async def test_full_upgrade_from_55_to_the_compiled_version(etcd_store: EtcdStore) -> None:
+async def test_full_upgrade_from_55_to_the_compiled_version(
+    etcd_store: EtcdStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=_upgrade.__name__)
     await etcd_store.put(VERSION_KEY, version_value(UPGRADES[5].hash, 55))
     await put_json(etcd_store, '1/Flavor/{"name":"m4.xlarge.gpu"}', FLAVOR)
     app = '1/App/{"organization":"zern","name":"vmapp","version":"1.0"}'
@@ -566,3 +599,9 @@ async def test_full_upgrade_from_55_to_the_compiled_version(etcd_store: EtcdStor
     assert codec.decode(app_pb2.App, json.dumps(after[app])).node_resources.vcpus == 4
     assert len(after[app]["obj_id"]) == 26
     assert '1/Zone/{"organization":"oper1","name":"cloudlet1"}' in after
+    assert "upgrade 58 AppObjID: 1 objects read (App), 1 rewritten, 0 created, 0 deleted" in (
+        caplog.text
+    )
+    assert "upgrade 56 ZoneFeature: 1 objects read (Cloudlet, ClusterInst, AppInst, " in (
+        caplog.text
+    )
