@@ -135,12 +135,12 @@ def _first(found: list[M]) -> M | None:
 
 
 async def _json_body(request: web.Request) -> Any:
-    text = await request.text()
-    if not text.strip():
+    raw = await request.read()
+    if not raw.strip():
         raise NbiError(400, "the request body is empty; send a JSON object")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        return json.loads(raw)  # bytes: UTF-8/16/32 detected as RFC 8259 allows
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
         raise NbiError(400, f"the request body is not valid JSON: {err}") from None
 
 

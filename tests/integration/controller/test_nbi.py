@@ -418,6 +418,14 @@ async def test_error_paths(world: World) -> None:
         assert resp.status == 400
         reply = await resp.json()
         assert reply["message"].startswith("the request body is not valid JSON")
+    for raw in (b"\xff\xfe{", b""):
+        async with world.client.post(ROOT + "/apps", data=raw, timeout=TIMEOUT) as resp:
+            assert resp.status == 400
+            reply = await resp.json()
+        expected = "the request body is empty; send a JSON object"
+        assert reply["message"].startswith(
+            expected if not raw else "the request body is not valid JSON"
+        )
     status, reply, _ = await call(world, "POST", "/apps", [1, 2])
     assert_error(reply, 400, "Bad Request", "the request body must be a JSON object")
 
