@@ -42,6 +42,7 @@ from edgeproto import (
     clusterinst_pb2,
     common_pb2,
     result_pb2,
+    trustpolicyexception_pb2,
 )
 
 from edge_cloud import api
@@ -452,6 +453,23 @@ class CcrmClients:
         lost = self._lost(node_type, operation(inst))
         await _drain(stub.ApplyAppInst(inst, timeout=timeout), on_info, lost)
         self._after_operation(node_type, inst.cloudlet_key)
+
+    async def apply_trust_policy_exception(
+        self,
+        node_type: str,
+        state: trustpolicyexception_pb2.TPEInstanceState,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> None:
+        """AppInstPlatformAPI.ApplyTrustPolicyException: open or close one cluster's exception.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        stub = ccrm_pb2_grpc.AppInstPlatformAPIStub(self.channel(node_type))
+        call: Any = stub.ApplyTrustPolicyException(state, timeout=timeout)
+        doing = f"applying trust policy exception {keys.key_string(state.key.tpe_key)}"
+        await self._unary(node_type, call, doing)
 
     async def get_cluster_credentials(
         self,

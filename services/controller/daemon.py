@@ -34,6 +34,7 @@ from services.controller._startup import (
     external_addr,
 )
 from services.controller._sync import Sync
+from services.controller._tpe import TpeApplier
 from services.controller._tracked import Recovery, TrackedRuntime, TrackedServices
 from services.controller.api.ratelimit import ensure_defaults as ensure_rate_limit_defaults
 from services.controller.config import ControllerConfig
@@ -79,6 +80,7 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._notify_grpc: grpc.aio.Server | None = None
         self._recovery: Recovery | None = None
         self._tracked: TrackedServices | None = None
+        self._tpe: TpeApplier | None = None
         self._notify_port = 0
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
@@ -124,6 +126,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         await lease.register()
         self.runtime.attach(engine)
         self.runtime.attach_tracked(services)
+        self._tpe = TpeApplier(self.runtime)
+        self._tpe.follow()  # TrustPolicyExceptions follow TPE, pool and AppInst changes
         self._recovery = Recovery(
             self.runtime,
             [
@@ -166,6 +170,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         """Close notify, the CCRM channels and Redis, revoke the lease, close etcd."""
         if self._tracked is not None and not await self._tracked.wait_idle(OPERATIONS_GRACE):
             log.warning("operations still running at shutdown: %s", sorted(self._tracked.running))
+        if self._tpe is not None:
+            await self._tpe.close()
         if self._notify is not None:
             await self._notify.server.close()
             await self._notify.close()

@@ -120,8 +120,9 @@ class ZonePoolApi(zonepool_pb2_grpc.ZonePoolApiServicer):
             pool.zones.append(zone)
             check_zones_exist(txn, pool.zones)
 
+        # the TPEs of the pool are re-applied to the new zone's instances by the Controller's
+        # TpeApplier, which follows ZonePool membership changes (services.controller._tpe)
         await self._rt.engine.modify(ZONE_POOL, request.key, add_member)
-        # TODO(#4, TPE): re-apply TrustPolicyExceptions of the pool's zones.
         return result_pb2.Result()
 
     async def RemoveZonePoolMember(
