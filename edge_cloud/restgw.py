@@ -281,7 +281,7 @@ class ResultStream:
         if not self._response.prepared:
             self._response.set_status(_http(code))
         await self._prepared()
-        await self._response.write(json.dumps(stream_error(code, text)).encode())
+        await self._response.write(json_line(stream_error(code, text))[:-1])  # no delimiter
         await self._response.write_eof()
         return self._response
 

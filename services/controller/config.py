@@ -81,6 +81,13 @@ class ControllerConfig(SecretsConfig):
         go="notifyAddr",
         parse=host_port,
     )
+    http_addr: str | None = option(
+        None,
+        "REST gateway (/edgeproto/v1) listen address, the original's 127.0.0.1:8901; "
+        "empty disables (the default, so several Controllers on one host never clash)",
+        go="httpAddr",
+        parse=host_port,
+    )
     external_api_addr: str = option(
         "",
         "address other controllers use to reach this one; default: the bound API address",

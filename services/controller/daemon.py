@@ -38,6 +38,7 @@ from services.controller._tpe import TpeApplier
 from services.controller._tracked import Recovery, TrackedRuntime, TrackedServices
 from services.controller.api.ratelimit import ensure_defaults as ensure_rate_limit_defaults
 from services.controller.config import ControllerConfig
+from services.controller.http.server import ControllerHttp, dial_target
 
 __all__ = ["ControllerDaemon"]
 
@@ -82,10 +83,13 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._tracked: TrackedServices | None = None
         self._tpe: TpeApplier | None = None
         self._notify_port = 0
+        self._services: list[str] = []
+        self._http: ControllerHttp | None = None
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         """Every Controller service; they answer UNAVAILABLE until `start` is done."""
-        return api.add_all(server, self.runtime)
+        self._services = api.add_all(server, self.runtime)
+        return self._services
 
     async def start(self) -> None:
         """Reach etcd and Redis, load the caches, register, open the notify listener."""
@@ -150,6 +154,14 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._notify_port = bind(server, cfg.notify_addr, cfg.tls)
         await server.start()
         log.info("notify listening on port %d", self._notify_port)
+        if cfg.http_addr:  # the REST gateway, a client of the API port opened before start
+            self._http = await ControllerHttp.start(
+                cfg.http_addr,
+                api_target=dial_target(cfg.api_addr, self.ports["api"]),
+                services=self._services,
+                tls=cfg.tls,
+            )
+            log.info("REST gateway listening on port %d", self._http.port)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """The cache watch, the lease keep-alive, notify, and recovery."""
@@ -163,11 +175,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         return loops
 
     def extra_ports(self) -> dict[str, int]:
-        """The notify listener's port."""
-        return {"notify": self._notify_port} if self._notify_port else {}
+        """The notify listener's port, and the REST gateway's as `http`."""
+        ports = {"notify": self._notify_port} if self._notify_port else {}
+        if self._http is not None:
+            ports["http"] = self._http.port
+        return ports
 
     async def close(self) -> None:
-        """Close notify, the CCRM channels and Redis, revoke the lease, close etcd."""
+        """Close the REST gateway, notify, the CCRM channels and Redis, revoke the lease, etcd."""
+        if self._http is not None:
+            await self._http.close()
         if self._tracked is not None and not await self._tracked.wait_idle(OPERATIONS_GRACE):
             log.warning("operations still running at shutdown: %s", sorted(self._tracked.running))
         if self._tpe is not None:
