@@ -24,6 +24,7 @@ from __future__ import annotations
 import http
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from distributed_match_engine import appcommon_pb2
@@ -418,6 +419,7 @@ def _camara_kubernetes(kr: resources_pb2.KubernetesResources, standalone: bool) 
 # --- app instances, clusters, zones --------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class AppInstRequest:
     """The body of `POST /appinstances`.
 
@@ -428,11 +430,10 @@ class AppInstRequest:
         cluster_ref: The ClusterInst's obj_id, or "" to let the Controller place it.
     """
 
-    def __init__(self, name: str, app_id: str, zone_id: str, cluster_ref: str) -> None:
-        self.name = name
-        self.app_id = app_id
-        self.zone_id = zone_id
-        self.cluster_ref = cluster_ref
+    name: str
+    app_id: str
+    zone_id: str
+    cluster_ref: str
 
 
 def app_instance_request(body: Any) -> AppInstRequest:

@@ -522,3 +522,15 @@ async def test_instance_create_failure_reaches_the_caller(world: World, ccrm: In
     # the Controller undid the failed create: nothing is left to list
     status, listed, _ = await call(world, "GET", "/appinstances")
     assert (status, listed) == (200, [])
+
+
+async def test_instance_without_cluster_is_placed_by_the_controller(world: World) -> None:
+    status, reply, _ = await call(world, "POST", "/apps", manifest(world.org))
+    assert status == 201, reply
+    request = {"name": "placed", "appId": reply["appId"], "edgeCloudZoneId": world.zone.obj_id}
+    status, info, _ = await call(world, "POST", "/appinstances", request)
+    assert status == 202, info
+    assert info["status"] == "ready"
+    assert info["edgeCloudZoneId"] == world.zone.obj_id
+    # the Controller chose the provider's own Kubernetes cluster in the zone
+    assert info["kubernetesClusterRef"] == world.cluster.obj_id
