@@ -16,13 +16,16 @@ Statistics (`EdgeEventStats`, when given): a session per connection, and per mov
 location tile or change of device details; latency samples; custom events, all under the
 client's AppInst, location tile and device (dme.md §2.10, §2.12).
 
-Not yet done: the `request-appinst-latency` debug command.
+The Controller's `request-appinst-latency` debug command (`request_latency_command`, args
+the AppInstKey JSON) sends `EVENT_LATENCY_REQUEST` to every client of that AppInst, which
+then measures and answers with `EVENT_LATENCY_SAMPLES`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -39,7 +42,13 @@ from services.dme._ratelimit import PERSISTENT_CONNECTION_API
 from services.dme._stats import DeviceInfo, EdgeEventStats, EdgeStatKey, location_tile
 from services.dme._world import AppInstKey, AppKey, CloudletKey, Instance
 
-__all__ = ["EdgeEvents", "StreamError", "latency_statistics"]
+__all__ = [
+    "LATENCY_REQUEST_SENT",
+    "REQUEST_APPINST_LATENCY",
+    "EdgeEvents",
+    "StreamError",
+    "latency_statistics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,10 @@ _OK_HEALTH: Final = frozenset(
     {appcommon_pb2.HealthCheck.HEALTH_CHECK_OK, appcommon_pb2.HealthCheck.HEALTH_CHECK_UNKNOWN}
 )
 _READY: Final = appcommon_pb2.CloudletState.CLOUDLET_STATE_READY
+REQUEST_APPINST_LATENCY: Final = "request-appinst-latency"
+"""The debug command name (the original's uaemcommon.RequestAppInstLatency)."""
+LATENCY_REQUEST_SENT: Final = "successfully sent latency request"
+"""Its output, the original's words (also when no client is connected)."""
 _NORMAL: Final = appcommon_pb2.MaintenanceState.NORMAL_OPERATION
 
 
@@ -333,6 +346,39 @@ class EdgeEvents:
             )
             self._new_cloudlet(client, event)
             self._send(client, event)
+
+    def request_latency(self, key: AppInstKey) -> int:
+        """Ask every client attached to an AppInst to measure its latency.
+
+        Each gets `EVENT_LATENCY_REQUEST`; it answers with `EVENT_LATENCY_SAMPLES`, which
+        `_handle` turns into statistics as for samples it sends on its own.
+
+        Returns:
+            How many clients were asked.
+        """
+        clients = list(self._clients.get(key, ()))
+        for client in clients:
+            self._send(client, _S(event_type=_S.EVENT_LATENCY_REQUEST))
+        return len(clients)
+
+    def request_latency_command(self, args: str) -> str:
+        """The `request-appinst-latency` debug command: `args` is the AppInstKey as JSON.
+
+        Returns:
+            The reply's output: the original's confirmation, or why the args were refused.
+        """
+        if not args:
+            return "appinst info in args required"
+        try:
+            decoded = json.loads(args)
+        except json.JSONDecodeError as err:
+            return f"invalid AppInstKey JSON in args: {err}"
+        if not isinstance(decoded, dict):
+            return 'args must be an AppInstKey JSON object, {"name":...,"organization":...}'
+        key = AppInstKey(str(decoded.get("name", "")), str(decoded.get("organization", "")))
+        asked = self.request_latency(key)
+        log.info("latency request for AppInst %s sent to %d clients", key, asked)
+        return LATENCY_REQUEST_SENT
 
     def _all(self) -> list[_Client]:
         return [c for group in self._clients.values() for c in group]
