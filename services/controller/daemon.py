@@ -154,14 +154,16 @@ class ControllerDaemon(Daemon[ControllerConfig]):
         self._notify_port = bind(server, cfg.notify_addr, cfg.tls)
         await server.start()
         log.info("notify listening on port %d", self._notify_port)
-        if cfg.http_addr:  # the REST gateway, a client of the API port opened before start
+        if cfg.http_addr:  # REST gateway and NBI: clients of the API port opened before start
             self._http = await ControllerHttp.start(
                 cfg.http_addr,
                 api_target=dial_target(cfg.api_addr, self.ports["api"]),
                 services=self._services,
+                region=cfg.region,
+                app_dns_root=cfg.app_dns_root,
                 tls=cfg.tls,
             )
-            log.info("REST gateway listening on port %d", self._http.port)
+            log.info("REST gateway and NBI listening on port %d", self._http.port)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """The cache watch, the lease keep-alive, notify, and recovery."""

@@ -32,6 +32,7 @@ from services.controller.api import add_all
 from services.controller.config import ControllerConfig
 from services.controller.daemon import ControllerDaemon
 from services.controller.http.gateway import NO_REST, PATHS, PREFIX, routes, unrouted
+from services.controller.http.server import NBI_ROOT
 
 START_TIMEOUT = 20.0
 
@@ -172,6 +173,14 @@ async def test_unknown_path_bad_json_and_outside_the_prefix(controller: Running)
     assert reply.json()["message"] == "cannot unmarshal list into edgeproto.Flavor"
     async with controller.session.post(f"{controller.url}/create/flavor", json={}) as response:
         assert response.status == 404  # only /edgeproto/v1 is the gateway's
+
+
+async def test_the_nbi_is_served_on_the_same_port(controller: Running) -> None:
+    url = f"{controller.url}{NBI_ROOT}/edge-cloud-zones"
+    async with controller.session.get(url) as response:
+        assert (response.status, await response.json()) == (200, [])
+    async with controller.session.get(f"{controller.url}{NBI_ROOT}/apps/nosuchapp") as response:
+        assert response.status == 404
 
 
 # --- unary and streamed calls ------------------------------------------------------------
