@@ -24,7 +24,14 @@ from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from edge_cloud.errors import DeadlineExceeded, EdgeError, InvalidArgument, Unavailable
 
-__all__ = ["DEFAULT_TIMEOUT", "InfluxV1Writer", "MetricsWriter", "Point"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "InfluxV1Writer",
+    "MetricsWriter",
+    "Point",
+    "go_duration",
+    "influxql_duration",
+]
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -237,6 +244,82 @@ class InfluxV1Writer:
         )
         return list(result)
 
+    async def continuous_queries(self) -> list[dict[str, str]]:
+        """The continuous queries defined on this database (`SHOW CONTINUOUS QUERIES`).
+
+        Returns:
+            One dict per query: `name` and `query` (the statement as InfluxDB normalised it).
+        """
+        result = await self._call(
+            "list continuous queries on", self._client.query, "SHOW CONTINUOUS QUERIES"
+        )
+        return [
+            {"name": str(row["name"]), "query": str(row["query"])}
+            for row in result.get_points(measurement=self.database)
+        ]
+
+    async def create_continuous_query(self, name: str, body: str) -> None:
+        """Define the continuous query `name` on this database, replacing a different one.
+
+        InfluxDB accepts an identical re-definition and refuses a different one under the
+        same name; a query is named after what it reads and how often (the original's
+        `<measurement>-<interval>`), so a different body means its target changed, and the
+        old one is dropped for it.
+
+        Args:
+            name: The query's name.
+            body: `SELECT ... INTO ... FROM ... GROUP BY time(...)`, the part between
+                `BEGIN` and `END`.
+
+        Raises:
+            InvalidArgument: InfluxDB refused the query.
+            Unavailable: InfluxDB is down.
+        """
+        statement = (
+            f"CREATE CONTINUOUS QUERY {_quote_ident(name)} ON {_quote_ident(self.database)} "
+            f"BEGIN {body} END"
+        )
+        verb = "create a continuous query on"
+        try:
+            await self._call(verb, self._client.query, statement, method="POST")
+        except InvalidArgument as err:
+            if "already exists" not in err.message:
+                raise
+            await self.drop_continuous_query(name)
+            await self._call(verb, self._client.query, statement, method="POST")
+
+    async def drop_continuous_query(self, name: str) -> None:
+        """Drop the continuous query `name` of this database; an absent one is no error.
+
+        Raises:
+            InvalidArgument: InfluxDB refused the statement.
+            Unavailable: InfluxDB is down.
+        """
+        try:
+            await self._call(
+                "drop a continuous query on",
+                self._client.query,
+                f"DROP CONTINUOUS QUERY {_quote_ident(name)} ON {_quote_ident(self.database)}",
+                method="POST",
+            )
+        except InvalidArgument as err:
+            if "not found" not in err.message:
+                raise
+
+    async def drop_retention_policy(self, name: str) -> None:
+        """Drop the retention policy `name` of this database, and the points it holds.
+
+        Raises:
+            InvalidArgument: InfluxDB refused the statement.
+            Unavailable: InfluxDB is down.
+        """
+        await self._call(
+            "drop a retention policy on",
+            self._client.query,
+            f"DROP RETENTION POLICY {_quote_ident(name)} ON {_quote_ident(self.database)}",
+            method="POST",
+        )
+
     async def drop_database(self) -> None:
         """Drop this writer's database (tests clean up with it)."""
         await self._call("drop database on", self._client.drop_database, self.database)
@@ -272,6 +355,43 @@ def _influx_duration(ns: int) -> str:
         if ns % size == 0:
             return f"{ns // size}{unit}"
     return f"{ns}ns"
+
+
+def influxql_duration(ns: int) -> str:
+    """An InfluxQL duration literal for `ns` nanoseconds (`24h`), for `GROUP BY time(...)`."""
+    return _influx_duration(ns)
+
+
+def go_duration(ns: int) -> str:
+    """`ns` nanoseconds as Go's `time.Duration.String` writes it (`24h0m0s`, `1m30s`, `5ms`).
+
+    The original names continuous queries and retention policies with it, so ours must match
+    to find, replace and drop the ones an original controller created.
+    """
+    if ns == 0:
+        return "0s"
+    sign, n = ("-", -ns) if ns < 0 else ("", ns)
+    if n < 1_000:
+        return f"{sign}{n}ns"
+    if n < 1_000_000:
+        return f"{sign}{_decimal(n, 1_000)}\u00b5s"
+    if n < 1_000_000_000:
+        return f"{sign}{_decimal(n, 1_000_000)}ms"
+    hours, rest = divmod(n, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    text = f"{hours}h" if hours else ""
+    if hours or minutes:
+        text += f"{minutes}m"
+    return f"{sign}{text}{_decimal(rest, 10**9)}s"
+
+
+def _decimal(value: int, scale: int) -> str:
+    """`value / scale` in decimal without trailing zeros (`1500, 1000` → `1.5`)."""
+    whole, frac = divmod(value, scale)
+    if not frac:
+        return str(whole)
+    digits = str(frac).rjust(len(str(scale)) - 1, "0").rstrip("0")
+    return f"{whole}.{digits}"
 
 
 def _quote_ident(name: str) -> str:

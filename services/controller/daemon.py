@@ -37,6 +37,7 @@ from services.controller._sync import Sync
 from services.controller._tpe import TpeApplier
 from services.controller._tracked import Recovery, TrackedRuntime, TrackedServices
 from services.controller.api.ratelimit import ensure_defaults as ensure_rate_limit_defaults
+from services.controller.api.settings import create_continuous_queries
 from services.controller.config import ControllerConfig
 from services.controller.http.server import ControllerHttp, dial_target
 
@@ -174,6 +175,8 @@ class ControllerDaemon(Daemon[ControllerConfig]):
             loops.append(self._notify.server.run())
         if self._recovery is not None:
             loops.append(self._recovery.run())
+        # §1.2 step 15: in the background, retried until InfluxDB takes them
+        loops.append(create_continuous_queries(self.runtime))
         return loops
 
     def extra_ports(self) -> dict[str, int]:
