@@ -190,7 +190,7 @@ def _refit_app_inst(
     crefs = txn.get(CLUSTER_REFS, cluster.key) or refs_pb2.ClusterRefs(key=cluster.key)
     others = [
         o
-        for o in txn.peek_many(APP_INST, list(crefs.apps))
+        for o in txn.peek_many(APP_INST, list(crefs.apps), shared=True)
         if o is not None and o.key != stored.key
     ]
     _cluster_fit(merged, cluster, others)
@@ -578,7 +578,7 @@ class AppInstOps(InstOpsBase):
                 crefs = txn.get(CLUSTER_REFS, cluster.key) or refs_pb2.ClusterRefs(key=cluster.key)
                 # members, unguarded: whatever of them matters here changes only together
                 # with the ClusterRefs read above (create, delete, resource update)
-                others = [o for o in txn.peek_many(APP_INST, list(crefs.apps)) if o is not None]
+                others = [o for o in txn.peek_many(APP_INST, list(crefs.apps), shared=True) if o]
                 if app.deployment in ("kubernetes", "helm") and not new.namespace:
                     new.namespace = _appinst.default_namespace(new)
                 _appinst.check_duplicate(new, app, others, _app_key_text(app.key))

@@ -174,7 +174,9 @@ class Txn:
             raise _NeedReads([])
         return codec.decode(otype, kv.value)
 
-    def peek_many(self, otype: ObjectType[M], keys_: Iterable[Message | str]) -> list[M | None]:
+    def peek_many(
+        self, otype: ObjectType[M], keys_: Iterable[Message | str], *, shared: bool = False
+    ) -> list[M | None]:
         """Objects from the caches, NOT guarded: their changes do not fail the commit.
 
         Only for objects whose relevant changes always also write a key this transaction
@@ -187,9 +189,13 @@ class Txn:
         Args:
             otype: Their type.
             keys_: Their keys.
+            shared: Return the cached objects themselves instead of copies, for a caller
+                that only reads them: the members of a refs record grow with it (hundreds
+                of AppInsts on one cluster), and copying each on every create of another
+                member was most of that create's cost. They must not be changed.
 
         Returns:
-            The objects (copies), None for those absent.
+            The objects (copies unless `shared`), None for those absent.
         """
         if self._caches is None or self._cache_revision is None:
             return self.get_many(otype, keys_)
@@ -199,14 +205,24 @@ class Txn:
         if self._cache_revision() < revision:
             raise _StaleCaches(revision)
         out: list[M | None] = []
+        written_all = self._written
+        caches = self._caches
         for k in keys_:
             key_string = keys.key_string(k)
-            skey = keys.store_key(otype.name, key_string)
-            if skey in self._written:
-                written = self._written[skey]
-                out.append(None if written is None else _copy(written))  # type: ignore[arg-type]
-                continue
-            out.append(self._caches.get(otype, key_string))
+            if written_all:
+                skey = keys.store_key(otype.name, key_string)
+                if skey in written_all:
+                    written = written_all[skey]
+                    if written is None or shared:
+                        out.append(written)  # type: ignore[arg-type]  # written under its type
+                    else:
+                        out.append(_copy(written))  # type: ignore[arg-type]
+                    continue
+            if shared:
+                entry = caches.entry(otype, key_string)
+                out.append(None if entry is None else entry.obj)  # type: ignore[arg-type]
+            else:
+                out.append(caches.get(otype, key_string))
         return out
 
     def require(
