@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import grpc
+import grpc.aio
 import pytest
 from distributed_match_engine import loc_pb2
 from edgeproto import (
@@ -23,8 +24,20 @@ from edgeproto import (
     resources_pb2,
 )
 
-from edge_cloud.localservers import ServerProcess
+from edge_cloud.localservers import ServerProcess, free_port
+from services.controller._engine import Txn
 from tests.e2e.support import ControllerApi, Platform, ok
+from tests.integration.controller.cloudlet_harness import (
+    ControllerHarness,
+    features,
+    harness,
+    new_cloudlet,
+    put_features,
+    unique_org,
+)
+from tests.integration.helpers import eventually
+
+__all__ = ["harness"]
 
 TIMEOUT = 30.0
 ORG = "bmhop"
@@ -125,3 +138,45 @@ def test_hosts_follow_the_clusters_built_on_them(api: Api) -> None:
 
 def test_no_matching_cloudlet_lists_nothing(api: Api) -> None:
     assert hosts(api, organization="nobody-here") == []
+
+
+# --- failures, with an in-process Controller whose CCRM is not there ----------------------
+
+
+async def test_each_failed_cloudlet_is_named_after_the_others_answered(
+    harness: ControllerHarness,
+) -> None:
+    harness.ccrm_addr = f"127.0.0.1:{free_port()}"  # nothing listens there
+    ctl = await harness.start()
+    org = unique_org()
+    await put_features(ctl, features(supports_bare_metal=True))
+    await put_features(ctl, features("fakeccrm-vm"))
+    stored = [
+        new_cloudlet(org, "a"),
+        new_cloudlet(org, "b"),
+        new_cloudlet(org, "vm", platform_type="fakeccrm-vm"),  # no bare metal: skipped
+    ]
+
+    def put(txn: Txn) -> None:
+        for cloudlet in stored:
+            txn.put(cloudlet)
+
+    await ctl.engine.apply(put)
+
+    async def cached() -> None:
+        assert all(ctl.cloudlet(c.key) is not None for c in stored)
+
+    await eventually(cached)
+    stub = baremetalhost_pb2_grpc.BareMetalHostApiStub(ctl.channel)
+    request = baremetalhost_pb2.BareMetalHost(
+        key=baremetalhost_pb2.BareMetalHostKey(organization=org)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.ShowBareMetalHost(request, timeout=30):
+            pass
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    text = caught.value.details() or ""
+    for name in ("a", "b"):
+        assert f'{{"organization":"{org}","name":"{name}"}}: cannot reach the CCRM' in text
+    assert '"name":"vm"' not in text
+    assert "check that it is running" in text
