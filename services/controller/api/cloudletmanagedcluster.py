@@ -38,6 +38,7 @@ from edge_cloud.errors import (
     from_rpc_error,
 )
 from edge_cloud.objects import keys
+from services.controller._ccrm import is_transport_loss
 from services.controller._cloudletinfo import CLOUDLET
 from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._inst_common import CLUSTER_INST, features_of
@@ -93,7 +94,7 @@ async def ccrm_stream(
             raise DeadlineExceeded(
                 f"the CCRM (node type {node_type}) did not finish {doing} within {timeout:g}s"
             ) from err
-        if err.code() is grpc.StatusCode.UNAVAILABLE and "connect" in (err.details() or ""):
+        if is_transport_loss(err):
             raise Unavailable(
                 f"cannot reach the CCRM of node type {node_type} for {doing}: "
                 f"{err.details()}; check that it is running, then retry"
@@ -125,19 +126,7 @@ class CloudletManagedClusterApi(cloudlet_pb2_grpc.CloudletManagedClusterApiServi
         """
         rt, _ = self._tracked()
         _require_cloudlet_key(request.cloudlet_key, "show cloudlet managed clusters")
-        cloudlet = rt.caches.get(CLOUDLET, keys.key_string(request.cloudlet_key))
-        if cloudlet is None:
-            raise keys.not_found(request.cloudlet_key)
-        if cloudlet.crm_on_edge:
-            raise FailedPrecondition(
-                "show cloudlet managed clusters is not supported for CRM on edge: cloudlet "
-                f"{keys.key_string(cloudlet.key)} is run by its own CRM, not a CCRM"
-            )
-        features = features_of(rt.caches, cloudlet.platform_type)
-        if not features.supports_cloudlet_managed_clusters:
-            raise FailedPrecondition(
-                f"platform {features.platform_type} does not support cloudlet managed clusters"
-            )
+        cloudlet, features = _supporting(rt, request.cloudlet_key, "show cloudlet managed clusters")
         query = cloudlet_pb2.CloudletManagedCluster(cloudlet_key=cloudlet.key)
         stub = rt.tracked.ccrm.cloudlet_api(features.node_type)
         listed: AsyncIterator[cloudlet_pb2.CloudletManagedCluster] = ccrm_stream(
@@ -171,6 +160,7 @@ class CloudletManagedClusterApi(cloudlet_pb2_grpc.CloudletManagedClusterApiServi
                 "cluster that ShowCloudletManagedCluster lists"
             )
         _require_cloudlet_key(request.cloudlet_key, "register a cloudlet managed cluster")
+        _supporting(rt, request.cloudlet_key, "register cloudlet managed clusters")
         for _, existing in rt.caches.items(CLUSTER_INST):
             if existing.cloudlet_key != request.cloudlet_key:
                 continue
@@ -251,6 +241,32 @@ class CloudletManagedClusterApi(cloudlet_pb2_grpc.CloudletManagedClusterApiServi
             f"cloudlet managed cluster not found for infra name {request.key.name!r}, infra id "
             f"{request.key.id!r} on cloudlet {keys.key_string(request.cloudlet_key)}"
         )
+
+
+def _supporting(
+    rt: TrackedRuntime, key: cloudletkey_pb2.CloudletKey, doing: str
+) -> tuple[cloudlet_pb2.Cloudlet, cloudlet_pb2.PlatformFeatures]:
+    """The cloudlet and its platform's features, when that platform has managed clusters.
+
+    Raises:
+        NotFound: No such cloudlet, or no features for its platform.
+        FailedPrecondition: The cloudlet runs its own CRM (no CCRM to ask), or its platform
+            knows no cloudlet-managed clusters.
+    """
+    cloudlet: cloudlet_pb2.Cloudlet | None = rt.caches.get(CLOUDLET, keys.key_string(key))
+    if cloudlet is None:
+        raise keys.not_found(key)
+    if cloudlet.crm_on_edge:
+        raise FailedPrecondition(
+            f"{doing} is not supported for CRM on edge: cloudlet "
+            f"{keys.key_string(cloudlet.key)} is run by its own CRM, not a CCRM"
+        )
+    features = features_of(rt.caches, cloudlet.platform_type)
+    if not features.supports_cloudlet_managed_clusters:
+        raise FailedPrecondition(
+            f"platform {features.platform_type} does not support cloudlet managed clusters"
+        )
+    return cloudlet, features
 
 
 def _require_cloudlet_key(key: cloudletkey_pb2.CloudletKey, doing: str) -> None:
