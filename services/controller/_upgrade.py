@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -33,7 +34,9 @@ from typing import Any, Final
 
 from edgeproto import (
     app_pb2,
+    appinst_pb2,
     cloudletkey_pb2,
+    cluster_pb2,
     clusterinst_pb2,
     decimal_pb2,
     flavor_pb2,
@@ -167,8 +170,6 @@ async def run_upgrades(
             started = time.monotonic()
             try:
                 tally = await upgrade.fn(store, upgrade.id)
-            except UpgradeNotSupported:
-                raise
             except EdgeError as err:
                 raise FailedPrecondition(
                     f"upgrade {upgrade.id} {upgrade.name} failed: {err.message}; the database "
@@ -242,10 +243,6 @@ async def upgrade_lock(store: Store, holder: str) -> AsyncIterator[None]:
             await store.revoke(lease)  # releases the lock at once, or the lease never used
 
 
-class UpgradeNotSupported(FailedPrecondition):
-    """The database holds data an upgrade this build does not implement would have to move."""
-
-
 # --- walking objects ---------------------------------------------------------------------------
 
 Step = Callable[[str, dict[str, Any], Mapping[str, KeyValue | None]], list[Op]]
@@ -301,15 +298,34 @@ async def _walk(
             return ops
 
         initial = None if extra else Snapshot({listed.key: listed}, revision=revision)
-        await store.update([listed.key, *extra], fn, initial=initial)
-        for op in done:
-            if isinstance(op, Put):
-                if op.key == listed.key:
-                    tally.rewritten += 1
-                else:
-                    tally.created += 1
-            elif isinstance(op, Delete):
-                tally.deleted += 1
+        await store.update(list(dict.fromkeys([listed.key, *extra])), fn, initial=initial)
+        _count(tally, done, listed.key)
+
+
+async def _committed(
+    store: Store, reads: Sequence[str], fn: Callable[[Mapping[str, KeyValue | None]], list[Op]]
+) -> list[Op]:
+    """Run one guarded read-modify-write; returns the ops of the run that committed."""
+    done: list[Op] = []
+
+    def run(values: Mapping[str, KeyValue | None]) -> list[Op]:
+        done.clear()
+        done.extend(fn(values))
+        return list(done)
+
+    await store.update(list(dict.fromkeys(reads)), run)
+    return done
+
+
+def _count(tally: Tally, ops: Sequence[Op], own_key: str) -> None:
+    for op in ops:
+        if isinstance(op, Put):
+            if op.key == own_key:
+                tally.rewritten += 1
+            else:
+                tally.created += 1
+        elif isinstance(op, Delete):
+            tally.deleted += 1
 
 
 def _has(data: Mapping[str, Any], name: str) -> bool:
@@ -381,36 +397,418 @@ async def add_static_fqdn(store: Store, upgrade_id: int) -> Tally:
 
 # --- 55 InstanceKeysRegionScopedName ------------------------------------------------------
 
-_OLD_INSTANCE_KEY: Final = '"cloudlet_key":'
+SCOPED_NAME_ANNOTATION: Final = "cloudlet-scoped-name"
+"""Where a renamed instance keeps the name it had within its cloudlet."""
+BAD_NAME_ANNOTATION: Final = "bad-upgrade55-name"
+"""The invalid reservable-cluster name an earlier build of 55 gave a cluster."""
+_RESERVABLE: Final = "reservable"
+_RENAME_TRIES: Final = 7
+_OLD_KEY: Final = '"cloudlet_key":{'
+
+CloudletId = tuple[str, str, str]
+ScopedName = tuple[CloudletId, str, str]
+"""(cloudlet, organization, name within the cloudlet): an instance's identity before 55."""
+
+
+def _cloudlet_id(value: Any) -> CloudletId:
+    key = _key_dict(value)
+    return (
+        str(key.get("organization", "")),
+        str(key.get("name", "")),
+        str(key.get("federated_organization", "")),
+    )
+
+
+def cloudlet_key_hash(value: Any) -> str:
+    """The original's `GetCloudletKeyHash`: 8 hex digits of sha256("name::organization")."""
+    organization, name, _ = _cloudlet_id(value)
+    return hashlib.sha256(f"{name}::{organization}".encode()).hexdigest()[:8]
+
+
+def _name_key(value: Any) -> dict[str, Any]:
+    """A ClusterKey or AppInstKey dict as Go writes it: name, organization, empty omitted."""
+    key = _key_dict(value)
+    return {n: key[n] for n in ("name", "organization") if key.get(n)}
+
+
+def _cluster_store_key(key: Mapping[str, Any], type_name: str = "ClusterInst") -> str:
+    message = cluster_pb2.ClusterKey(
+        name=str(key.get("name", "")), organization=str(key.get("organization", ""))
+    )
+    return keys.store_key(type_name, keys.key_string(message))
+
+
+def _app_inst_key_string(key: Mapping[str, Any]) -> str:
+    return keys.key_string(
+        appinst_pb2.AppInstKey(
+            name=str(key.get("name", "")), organization=str(key.get("organization", ""))
+        )
+    )
+
+
+def _scoped_name(data: Mapping[str, Any]) -> str:
+    annotations = _key_dict(data.get("annotations"))
+    return str(
+        annotations.get(SCOPED_NAME_ANNOTATION) or _key_dict(data.get("key")).get("name", "")
+    )
+
+
+def _annotate(data: dict[str, Any], name: str, value: str) -> None:
+    """The original's `AddAnnotationNoClobber`: set unless already there."""
+    annotations = _key_dict(data.get("annotations"))
+    if name not in annotations:
+        annotations[name] = value
+        data["annotations"] = annotations
+
+
+def _parse_reservable(name: str, etcd_key: str) -> tuple[int, str]:
+    """`reservable<id>[-<cloudlet hash>]` → (id, hash); the original's parser."""
+    parts = name.removeprefix(_RESERVABLE).split("-")
+    try:
+        number = int(parts[0])
+    except ValueError:
+        raise InvalidArgument(
+            f"upgrade clusterInst {etcd_key} failed, parse reservable cluster name failed to "
+            f"extract numeric id {parts[0]} from {name}"
+        ) from None
+    return number, parts[1] if len(parts) > 1 else ""
+
+
+def _candidates(name: str, cloudlet_key: Any) -> list[str]:
+    """The names tried in turn when a cloudlet-scoped name clashes region-wide."""
+    return [
+        name,
+        *(f"{name}{i}" for i in range(1, _RENAME_TRIES - 1)),
+        f"{name}-{cloudlet_key_hash(cloudlet_key)}",
+    ]
+
+
+def _bind_instance(data: dict[str, Any], *, cluster: bool) -> None:
+    """Move an old key's cloudlet key into the body (the original's `BindJSON*V2`)."""
+    key = _key_dict(data.get("key"))
+    if _cloudlet_id(data.get("cloudlet_key"))[:2] == ("", "") and isinstance(
+        key.get("cloudlet_key"), dict
+    ):
+        data["cloudlet_key"] = key["cloudlet_key"]
+    if cluster and isinstance(key.get("cluster_key"), dict) and not key.get("name"):
+        data["key"] = _name_key(key["cluster_key"])
+    else:
+        data["key"] = _name_key(key)
+
+
+@dataclass(slots=True)
+class _Renames:
+    """What 55 renamed, so references to the old names can follow.
+
+    Indexed by the identity an instance had before 55 (cloudlet, organization, name within
+    the cloudlet), as the references being rewritten still name it.
+    """
+
+    clusters: dict[ScopedName, dict[str, Any]] = field(default_factory=dict)
+    bad_clusters: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    app_insts: dict[ScopedName, dict[str, Any]] = field(default_factory=dict)
+
+    def cluster(self, cloudlet: CloudletId, key: Any) -> dict[str, Any] | None:
+        k = _name_key(key)
+        return self.clusters.get((cloudlet, str(k.get("organization", "")), str(k.get("name", ""))))
+
+    def bad_cluster(self, key: Any) -> dict[str, Any] | None:
+        k = _name_key(key)
+        return self.bad_clusters.get((str(k.get("organization", "")), str(k.get("name", ""))))
+
+    def app_inst(self, cloudlet: CloudletId, key: Any) -> dict[str, Any] | None:
+        k = _name_key(key)
+        return self.app_insts.get(
+            (cloudlet, str(k.get("organization", "")), str(k.get("name", "")))
+        )
+
+
+def _track(data: Mapping[str, Any]) -> tuple[ScopedName, dict[str, Any]]:
+    key = _name_key(data.get("key"))
+    cloudlet = _cloudlet_id(data.get("cloudlet_key"))
+    return (cloudlet, str(key.get("organization", "")), _scoped_name(data)), key
+
+
+def _new_or_same(etcd_key: str, before: Mapping[str, Any], target: str, data: Any) -> list[Op]:
+    """Ops writing `data` at `target` (and dropping `etcd_key`), none when nothing changes."""
+    if target == etcd_key and data == before:
+        return []
+    ops: list[Op] = [Put(target, _dump(data))]
+    if target != etcd_key:
+        ops.append(Delete(etcd_key))
+    return ops
 
 
 async def instance_keys_region_scoped_name(store: Store, upgrade_id: int) -> Tally:
-    """Upgrade 55, in the part this build supports.
+    """Instance names become region-scoped; the cloudlet key leaves the instance keys.
 
-    The original moves the cloudlet key out of AppInst, ClusterInst and ClusterRefs keys,
-    renames instances whose names now clash region-wide, and rewrites every reference. This
-    build re-runs 53 (the original does too, to assign ids 53 missed) and accepts databases
-    with no instance in the old key format, where the rest has nothing to do; any old-format
-    key stops the upgrade rather than leaving instances the Controller cannot address.
-
-    Raises:
-        UpgradeNotSupported: Old-format instance keys exist.
+    AppInst, ClusterInst and ClusterRefs keys lose their cloudlet key (it moves into the
+    body). A name now taken by an instance on another cloudlet gets a digit 1-5 or, failing
+    that, the cloudlet key hash appended, and the old name goes into the
+    `cloudlet-scoped-name` annotation; reservable clusters get `reservable<id>-<hash>`.
+    CloudletRefs, ClusterRefs and AppInstRefs follow the renames. Like the original it first
+    re-runs 53 (which once missed instance ids) and ends with its ClusterRefs repair.
     """
     tally = await upgrade_crm_on_edge(store, upgrade_id)
-    old = 0
-    for type_name in ("ClusterInst", "AppInst", "ClusterRefs"):
-        names, _ = await store.range(keys.store_prefix(type_name), keys_only=True)
-        tally.read += len(names)
-        tally.types.append(f"{type_name} keys")
-        old += sum(1 for kv in names if _OLD_INSTANCE_KEY in keys.strip_store_prefix(kv.key))
-    if old:
-        # TODO(#4, upgrade 55): rename and re-key old-format instances and their references.
-        raise UpgradeNotSupported(
-            "upgrade 55 InstanceKeysRegionScopedName is not supported by this build "
-            f"({old} AppInst/ClusterInst/ClusterRefs keys still hold a cloudlet key); "
-            "migrate with the original's controller first"
+    renames = _Renames()
+
+    def cluster_names(etcd_key: str, data: dict[str, Any]) -> list[str]:
+        _bind_instance(data, cluster=True)
+        name = str(data["key"].get("name", ""))
+        org = {"organization": data["key"].get("organization", "")}
+        return [
+            _cluster_store_key({"name": n, **org})
+            for n in _candidates(name, data.get("cloudlet_key"))
+        ]
+
+    def cluster(
+        etcd_key: str, data: dict[str, Any], values: Mapping[str, KeyValue | None]
+    ) -> list[Op]:
+        before = json.loads(_dump(data))
+        _bind_instance(data, cluster=True)
+        key = data["key"]
+        bad_name = ""
+        reservable = bool(data.get("reservable"))
+        if reservable:
+            _, hash_ = _parse_reservable(str(key.get("name", "")), etcd_key)
+            if not hash_:
+                scoped = _scoped_name(data)
+                if key["name"] != scoped:  # renamed by an earlier, broken build of 55
+                    bad_name, key["name"] = str(key["name"]), scoped
+        for candidate in _candidates(str(key.get("name", "")), data.get("cloudlet_key")):
+            if reservable:
+                number, hash_ = _parse_reservable(str(key["name"]), etcd_key)
+                target_name = (
+                    f"{_RESERVABLE}{number}-{cloudlet_key_hash(data.get('cloudlet_key'))}"
+                    if not hash_
+                    else str(key["name"])
+                )
+            else:
+                target_name = candidate
+                existing = values.get(_cluster_store_key({**key, "name": target_name}))
+                if existing is not None:
+                    if _load(existing.key, existing.value).get("obj_id") != data.get("obj_id"):
+                        continue  # another cluster has that name
+                    renames.clusters.update([_track(data)])
+                    return []
+            if key["name"] != target_name:
+                _annotate(data, SCOPED_NAME_ANNOTATION, str(key["name"]))
+            key["name"] = target_name
+            if bad_name:
+                _annotate(data, BAD_NAME_ANNOTATION, bad_name)
+            renames.clusters.update([_track(data)])
+            annotated_bad = _key_dict(data.get("annotations")).get(BAD_NAME_ANNOTATION)
+            if annotated_bad:
+                bad_key = (str(key.get("organization", "")), str(annotated_bad))
+                renames.bad_clusters[bad_key] = _name_key(key)
+            return _new_or_same(etcd_key, before, _cluster_store_key(key), data)
+        raise InvalidArgument(
+            f"failed to upgrade AppInst {json.dumps(key)} on Cloudlet "
+            f"{json.dumps(data.get('cloudlet_key'))}, unable to assign new non-conflicting name"
         )
+
+    def app_inst_names(etcd_key: str, data: dict[str, Any]) -> list[str]:
+        _bind_instance(data, cluster=False)
+        org = {"organization": data["key"].get("organization", "")}
+        return [
+            keys.store_key("AppInst", _app_inst_key_string({"name": n, **org}))
+            for n in _candidates(str(data["key"].get("name", "")), data.get("cloudlet_key"))
+        ]
+
+    def app_inst(
+        etcd_key: str, data: dict[str, Any], values: Mapping[str, KeyValue | None]
+    ) -> list[Op]:
+        before = json.loads(_dump(data))
+        _bind_instance(data, cluster=False)
+        key = data["key"]
+        new_cluster = renames.cluster(
+            _cloudlet_id(data.get("cloudlet_key")), data.get("cluster_key")
+        )
+        if new_cluster is not None and new_cluster == _name_key(data.get("cluster_key")):
+            new_cluster = None
+        for candidate in _candidates(str(key.get("name", "")), data.get("cloudlet_key")):
+            target = keys.store_key("AppInst", _app_inst_key_string({**key, "name": candidate}))
+            existing = values.get(target)
+            if existing is not None:
+                found = _load(existing.key, existing.value)
+                if found.get("obj_id") != data.get("obj_id"):
+                    continue  # another instance has that name
+                if new_cluster is None:
+                    renames.app_insts.update([_track(found)])
+                    return []
+            if key["name"] != candidate:
+                _annotate(data, SCOPED_NAME_ANNOTATION, str(key["name"]))
+            if new_cluster is not None:
+                data["cluster_key"] = new_cluster
+            key["name"] = candidate
+            renames.app_insts.update([_track(data)])
+            return _new_or_same(etcd_key, before, target, data)
+        raise InvalidArgument(
+            f"failed to upgrade AppInst {json.dumps(key)} on Cloudlet "
+            f"{json.dumps(data.get('cloudlet_key'))}, unable to assign new non-conflicting name"
+        )
+
+    def cloudlet_refs(
+        etcd_key: str, data: dict[str, Any], _: Mapping[str, KeyValue | None]
+    ) -> list[Op]:
+        cloudlet = _cloudlet_id(data.get("key"))
+        changed = False
+
+        def follow(entry: Any, new: dict[str, Any] | None) -> Any:
+            nonlocal changed
+            if new is not None and new != entry:
+                changed = True
+                return new
+            return entry
+
+        if isinstance(data.get("cluster_insts"), list):
+            data["cluster_insts"] = [
+                follow(follow(e, renames.cluster(cloudlet, e)), renames.bad_cluster(e))
+                for e in data["cluster_insts"]
+            ]
+        for name in ("vm_app_insts", "k8s_app_insts"):
+            if isinstance(data.get(name), list):
+                data[name] = [follow(e, renames.app_inst(cloudlet, e)) for e in data[name]]
+        return [Put(etcd_key, _dump(data))] if changed else []
+
+    def cluster_refs(
+        etcd_key: str, data: dict[str, Any], _: Mapping[str, KeyValue | None]
+    ) -> list[Op]:
+        before = json.loads(_dump(data))
+        key = _key_dict(data.get("key"))
+        in_name = str(key.get("name", ""))
+        cloudlet = _cloudlet_id(key.get("cloudlet_key"))
+        new_key = _name_key(
+            key.get("cluster_key") if isinstance(key.get("cluster_key"), dict) else key
+        )
+        new_key = renames.cluster(cloudlet, new_key) or new_key
+        new_key = renames.bad_cluster(new_key) or new_key
+        data["key"] = new_key
+        apps = data.get("apps")
+        if isinstance(apps, list):
+            data["apps"] = [renames.app_inst(cloudlet, a) or _name_key(a) for a in apps]
+        target = _cluster_store_key(new_key, "ClusterRefs")
+        ops: list[Op] = [] if data == before and target == etcd_key else [Put(target, _dump(data))]
+        if in_name != new_key.get("name", "") and target != etcd_key:
+            ops.append(Delete(etcd_key))
+        return ops
+
+    def app_inst_refs(
+        etcd_key: str, data: dict[str, Any], _: Mapping[str, KeyValue | None]
+    ) -> list[Op]:
+        insts = data.get("insts")
+        if not isinstance(insts, dict):
+            return []
+        changed = False
+        for text in list(insts):
+            if _OLD_KEY not in text:
+                continue
+            try:
+                old = json.loads(text)
+            except ValueError as err:
+                raise InvalidArgument(
+                    f"{etcd_key}: cannot read AppInst key {text}: {err}"
+                ) from None
+            new = renames.app_inst(_cloudlet_id(_key_dict(old).get("cloudlet_key")), old)
+            if new is not None:
+                insts[_app_inst_key_string(new)] = insts.pop(text)
+                changed = True
+        return [Put(etcd_key, _dump(data))] if changed else []
+
+    await _walk(store, "ClusterInst", tally, cluster, cluster_names)
+    await _walk(store, "AppInst", tally, app_inst, app_inst_names)
+    await _walk(store, "CloudletRefs", tally, cloudlet_refs)
+    await _walk(store, "ClusterRefs", tally, cluster_refs)
+    await _walk(store, "AppInstRefs", tally, app_inst_refs)
+    await _repair_cluster_refs(store, tally)
     return tally
+
+
+async def _repair_cluster_refs(store: Store, tally: Tally) -> None:
+    """The original's fixed `AppInstKeyName`: ClusterRefs list exactly the existing AppInsts.
+
+    Every cluster's refs gain the AppInsts on it they miss and lose the ones that are gone;
+    refs of clusters that do not exist (left by bad earlier upgrades) are deleted.
+    """
+    tally.types.append("ClusterRefs repair")
+    items, _ = await list_prefix(store, keys.store_prefix("AppInst"))
+    by_cluster: dict[str, list[dict[str, Any]]] = {}
+    for kv in items:
+        data = _load(kv.key, kv.value)
+        cluster_key = _name_key(data.get("cluster_key"))
+        if not cluster_key.get("name") or not cluster_key.get("organization"):
+            continue  # a VM AppInst
+        by_cluster.setdefault(_cluster_store_key(cluster_key, "ClusterRefs"), []).append(
+            {"key": _name_key(data.get("key")), "cluster": cluster_key}
+        )
+
+    def app_key(entry: Any) -> str:
+        return keys.store_key("AppInst", _app_inst_key_string(_name_key(entry)))
+
+    tally.read += len(items)
+    for refs_key, insts in sorted(by_cluster.items()):
+        current = await store.get(refs_key)
+        listed = _load(refs_key, current.value).get("apps") or [] if current else []
+        cluster_key = insts[0]["cluster"]
+        reads = [
+            refs_key,
+            _cluster_store_key(cluster_key),
+            *sorted({app_key(e) for e in [*listed, *(i["key"] for i in insts)]}),
+        ]
+
+        def fix(
+            values: Mapping[str, KeyValue | None],
+            refs_key: str = refs_key,
+            insts: list[dict[str, Any]] = insts,
+            cluster_key: dict[str, Any] = cluster_key,
+        ) -> list[Op]:
+            if values.get(_cluster_store_key(cluster_key)) is None:
+                return []  # no such cluster: the pass below removes its refs anyway
+            kv = values.get(refs_key)
+            refs: dict[str, Any] = _load(refs_key, kv.value) if kv else {"key": cluster_key}
+            apps: list[Any] = [
+                a for a in refs.get("apps") or [] if values.get(app_key(a)) is not None
+            ]
+            updated = len(apps) != len(refs.get("apps") or [])
+            present = {app_key(a) for a in apps}
+            for inst in insts:
+                ai = values.get(app_key(inst["key"]))
+                if app_key(inst["key"]) in present or ai is None:
+                    continue
+                if _name_key(_load(ai.key, ai.value).get("cluster_key")) != cluster_key:
+                    continue
+                apps.append(inst["key"])
+                updated = True
+            if not updated:
+                return []
+            refs["apps"] = sorted(apps, key=_app_inst_key_string)
+            return [Put(refs_key, _dump(refs))]
+
+        _count(tally, await _committed(store, reads, fix), refs_key)
+    refs_items, _ = await list_prefix(store, keys.store_prefix("ClusterRefs"))
+    tally.read += len(refs_items)
+    for kv in refs_items:
+        refs = _load(kv.key, kv.value)
+        apps = refs.get("apps") or []
+        reads = [kv.key, _cluster_store_key(_name_key(refs.get("key"))), *map(app_key, apps)]
+
+        def prune(values: Mapping[str, KeyValue | None], refs_key: str = kv.key) -> list[Op]:
+            current = values.get(refs_key)
+            if current is None:
+                return []
+            refs = _load(refs_key, current.value)
+            if values.get(_cluster_store_key(_name_key(refs.get("key")))) is None:
+                return [Delete(refs_key)]  # no such cluster
+            apps = refs.get("apps") or []
+            kept = [a for a in apps if values.get(app_key(a)) is not None]
+            if len(kept) == len(apps):
+                return []
+            if not kept:
+                return [Delete(refs_key)]
+            refs["apps"] = kept
+            return [Put(refs_key, _dump(refs))]
+
+        _count(tally, await _committed(store, reads, prune), kv.key)
 
 
 # --- 56 ZoneFeature ------------------------------------------------------------------------

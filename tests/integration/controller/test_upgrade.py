@@ -348,36 +348,133 @@ async def test_54_add_static_fqdn(etcd_store: EtcdStore) -> None:
     assert after[no_uri] == {"key": {"name": "none"}}
 
 
-async def test_55_runs_where_no_instance_has_the_old_key_and_refuses_otherwise(
-    etcd_store: EtcdStore,
-) -> None:
-    new_style = '1/ClusterInst/{"name":"ci","organization":"dev"}'
-    await put_json(etcd_store, new_style, {"key": {"name": "ci"}, "cloudlet_key": CLOUDLET1})
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def test_cloudlet_key_hash_is_the_originals() -> None:
+    # the suffix the original's 55 gave the 7th clashing "conflict" (its upgrade test data)
+    assert _upgrade.cloudlet_key_hash({"organization": "oper1", "name": "cloudlet7"}) == (
+        "132bad5b"
+    )
+
+
+async def test_55_instance_keys_region_scoped_name(etcd_store: EtcdStore) -> None:
+    """The original's InstanceKeysRegionScopedName_pre data → its _post data."""
+    cloudlets = [{"organization": "oper1", "name": f"cloudlet{i}"} for i in range(1, 8)]
+    obj = 0
+    for name, on in [("noconflict", cloudlets[:1]), ("conflict", cloudlets)]:
+        for cloudlet in on:
+            obj += 1
+            ck = {"cluster_key": {"name": name, "organization": "dev1"}, "cloudlet_key": cloudlet}
+            await put_json(
+                etcd_store, f"1/ClusterInst/{compact(ck)}", {"key": ck, "obj_id": str(obj)}
+            )
+            ak = {"name": name, "organization": "edgecloudorg", "cloudlet_key": cloudlet}
+            await put_json(etcd_store, f"1/AppInst/{compact(ak)}", {"key": ak, "obj_id": str(obj)})
+    for cloudlet in cloudlets:
+        names = ["noconflict", "conflict"] if cloudlet["name"] == "cloudlet1" else ["conflict"]
+        await put_json(
+            etcd_store,
+            f"1/CloudletRefs/{compact(cloudlet)}",
+            {
+                "key": cloudlet,
+                "cluster_insts": [{"name": n, "organization": "dev1"} for n in names],
+                "vm_app_insts": [{"name": n, "organization": "edgecloudorg"} for n in names],
+            },
+        )
+    for name, cloudlet in [("noconflict", cloudlets[0]), ("conflict", cloudlets[6])]:
+        rk = {"cluster_key": {"name": name, "organization": "dev1"}, "cloudlet_key": cloudlet}
+        apps = [{"name": name, "organization": "edgecloudorg"}]
+        await put_json(etcd_store, f"1/ClusterRefs/{compact(rk)}", {"key": rk, "apps": apps})
+    # a cluster-key-v1 refs record of a cluster that no longer exists: removed
+    cloudletx = {"organization": "oper1", "name": "cloudletx"}
+    v1 = {"cluster_key": {"name": "reservable0"}, "cloudlet_key": cloudletx,
+          "organization": "edgecloudorg"}  # fmt: skip
+    await put_json(etcd_store, f"1/ClusterRefs/{compact(v1)}", {"key": v1, "apps": [{"v": 1}]})
+    ref3 = {"name": "ref3", "organization": "edgecloudorg", "cloudlet_key": cloudlets[0]}
+    await put_json(etcd_store, f"1/AppInst/{compact(ref3)}", {
+        "key": ref3, "obj_id": "ref3",
+        "cluster_key": {"name": "noconflict", "organization": "dev1"}})  # fmt: skip
+    for name in ("ref2", "ref2a"):
+        ak = {"name": name, "organization": "edgecloudorg", "cloudlet_key": cloudletx}
+        await put_json(etcd_store, f"1/AppInst/{compact(ak)}", {
+            "key": ak, "obj_id": name,
+            "cluster_key": {"name": "reservable0", "organization": "edgecloudorg"}})  # fmt: skip
+    # reservable clusters: an old name gets the cloudlet hash; one an earlier build of 55
+    # renamed to reservable51 is fixed to reservable5-<hash>, the bad name kept aside
+    old_res = {"cluster_key": {"name": "reservable3", "organization": "edgecloudorg"},
+               "cloudlet_key": cloudletx}  # fmt: skip
+    await put_json(etcd_store, f"1/ClusterInst/{compact(old_res)}",
+                   {"key": old_res, "reservable": True, "obj_id": "r3"})  # fmt: skip
+    bad = {"name": "reservable51", "organization": "edgecloudorg"}
+    await put_json(etcd_store, f"1/ClusterInst/{compact(bad)}", {
+        "key": bad, "cloudlet_key": cloudletx, "reservable": True, "obj_id": "r5",
+        "annotations": {"cloudlet-scoped-name": "reservable5"}})  # fmt: skip
+    await put_json(etcd_store, f"1/CloudletRefs/{compact(cloudletx)}",
+                   {"key": cloudletx, "cluster_insts": [bad]})  # fmt: skip
+    app_refs = '1/AppInstRefs/{"organization":"edgecloudorg","name":"app1","version":"1.0"}'
+    old_inst = compact({"name": "conflict", "organization": "edgecloudorg",
+                        "cloudlet_key": cloudlets[6]})  # fmt: skip
+    await put_json(etcd_store, app_refs, {"key": {"name": "app1"}, "insts": {old_inst: 1}})
+
     after = await run_twice(etcd_store, _upgrade.instance_keys_region_scoped_name, 55)
-    assert len(after[new_style]["obj_id"]) == 26  # the 53 re-run the original does too
 
-    old = (
-        '1/AppInst/{"app_key":{"organization":"dev","name":"app","version":"1.0"},'
-        '"cluster_inst_key":{"cluster_key":{"name":"ci"},'
-        '"cloudlet_key":{"organization":"oper1","name":"cloudlet1"},"organization":"dev"}}'
-    )
-    await put_json(etcd_store, old, {"key": {}})
+    hashed = "conflict-132bad5b"
+    renamed = ["conflict", "conflict1", "conflict2", "conflict3", "conflict4", "conflict5", hashed]
+    for cloudlet, name in zip(cloudlets, renamed, strict=True):
+        ci = after[f'1/ClusterInst/{{"name":"{name}","organization":"dev1"}}']
+        ai = after[f'1/AppInst/{{"name":"{name}","organization":"edgecloudorg"}}']
+        for inst in (ci, ai):
+            assert inst["cloudlet_key"] == cloudlet
+            expected = {} if name == "conflict" else {"cloudlet-scoped-name": "conflict"}
+            assert inst.get("annotations", {}) == expected
+        assert ci["key"] == {"name": name, "organization": "dev1"}
+        refs = after[f"1/CloudletRefs/{compact(cloudlet)}"]
+        assert refs["cluster_insts"][-1] == {"name": name, "organization": "dev1"}
+        assert refs["vm_app_insts"][-1] == {"name": name, "organization": "edgecloudorg"}
+    old_keys = ("1/ClusterInst/", "1/AppInst/", "1/ClusterRefs/")
+    assert not [k for k in after if k.startswith(old_keys) and '"cloudlet_key":{' in k]
+    assert after[f'1/ClusterRefs/{{"name":"{hashed}","organization":"dev1"}}']["apps"] == [
+        {"name": hashed, "organization": "edgecloudorg"}
+    ]
+    assert after['1/ClusterRefs/{"name":"noconflict","organization":"dev1"}']["apps"] == [
+        {"name": "noconflict", "organization": "edgecloudorg"},
+        {"name": "ref3", "organization": "edgecloudorg"},  # the repair added it
+    ]
+    assert sorted(k for k in after if k.startswith("1/ClusterRefs/")) == [
+        f'1/ClusterRefs/{{"name":"{hashed}","organization":"dev1"}}',
+        '1/ClusterRefs/{"name":"noconflict","organization":"dev1"}',
+    ]  # the reservable0 records went: that cluster does not exist
+    assert after[app_refs]["insts"] == {f'{{"name":"{hashed}","organization":"edgecloudorg"}}': 1}
+
+    xhash = _upgrade.cloudlet_key_hash(cloudletx)
+    res3 = after[f'1/ClusterInst/{{"name":"reservable3-{xhash}","organization":"edgecloudorg"}}']
+    assert res3["annotations"] == {"cloudlet-scoped-name": "reservable3"}
+    res5 = after[f'1/ClusterInst/{{"name":"reservable5-{xhash}","organization":"edgecloudorg"}}']
+    assert res5["annotations"] == {
+        "cloudlet-scoped-name": "reservable5",
+        "bad-upgrade55-name": "reservable51",
+    }
+    assert f"1/ClusterInst/{compact(bad)}" not in after
+    assert after[f"1/CloudletRefs/{compact(cloudletx)}"]["cluster_insts"] == [
+        {"name": f"reservable5-{xhash}", "organization": "edgecloudorg"}
+    ]
+
+
+async def test_a_failed_real_upgrade_keeps_the_version_before_it(etcd_store: EtcdStore) -> None:
+    await etcd_store.put(VERSION_KEY, version_value(UPGRADES[6].hash, 56))
+    app = '1/App/{"organization":"zern","name":"a","version":"1.0"}'
+    await put_json(etcd_store, app, {"key": {"name": "a"}, "deployment": "docker",
+                                     "default_flavor": {"name": "gone"}})  # fmt: skip
     with pytest.raises(FailedPrecondition) as err:
-        await _upgrade.instance_keys_region_scoped_name(etcd_store, 55)
-    assert err.value.message == (
-        "upgrade 55 InstanceKeysRegionScopedName is not supported by this build (1 "
-        "AppInst/ClusterInst/ClusterRefs keys still hold a cloudlet key); migrate with the "
-        "original's controller first"
-    )
-
-
-async def test_55_failure_stops_the_start_at_version_54(etcd_store: EtcdStore) -> None:
-    await etcd_store.put(VERSION_KEY, version_value("c2d882033b0c14f28cece41cf4010060", 52))
-    old = '1/ClusterInst/{"cluster_key":{"name":"ci"},"cloudlet_key":{"name":"c"}}'
-    await put_json(etcd_store, old, {"key": {}})
-    with pytest.raises(FailedPrecondition, match="upgrade 55 InstanceKeysRegionScopedName is"):
         await check_version(etcd_store, auto_upgrade=True)
-    assert (await stored_version(etcd_store))["ID"] == 54
+    assert err.value.message == (
+        'upgrade 57 NodePoolsFeature failed: Flavor key {"name":"gone"} not found; the '
+        "database stays at data model version 56, fix the data and start again with "
+        "--auto-upgrade"
+    )
+    assert (await stored_version(etcd_store))["ID"] == 56
 
 
 async def test_56_zone_feature(etcd_store: EtcdStore) -> None:
@@ -582,26 +679,49 @@ async def test_58_app_obj_id(etcd_store: EtcdStore) -> None:
     assert after[kept]["obj_id"] == "01JCC4RXDF"
 
 
-async def test_full_upgrade_from_55_to_the_compiled_version(
+async def test_full_upgrade_from_52_to_the_compiled_version(
     etcd_store: EtcdStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=_upgrade.__name__)
-    await etcd_store.put(VERSION_KEY, version_value(UPGRADES[5].hash, 55))
+    await etcd_store.put(VERSION_KEY, version_value(UPGRADES[1].hash, 52))
     await put_json(etcd_store, '1/Flavor/{"name":"m4.xlarge.gpu"}', FLAVOR)
     app = '1/App/{"organization":"zern","name":"vmapp","version":"1.0"}'
     await put_json(etcd_store, app, {"key": {"name": "vmapp"}, "deployment": "vm",
                                      "default_flavor": {"name": "m4.xlarge.gpu"}})  # fmt: skip
+    fqdn = "shared.cloudlet1-oper1.local.mobiledgex.net"
     await put_json(etcd_store, '1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}',
-                   {"key": CLOUDLET1})  # fmt: skip
+                   {"key": CLOUDLET1, "root_lb_fqdn": fqdn})  # fmt: skip
+    old = {"cluster_key": {"name": "c1", "organization": "dev"}, "cloudlet_key": CLOUDLET1}
+    await put_json(etcd_store, f"1/ClusterInst/{compact(old)}", {
+        "key": old, "deployment": "docker", "flavor": {"name": "m4.xlarge.gpu"},
+        "fqdn": "c1." + fqdn})  # fmt: skip
+
     await check_version(etcd_store, auto_upgrade=True)
+
     assert await stored_version(etcd_store) == {"Hash": VERSION_HASH, "ID": VERSION_ID}
     after = {k: v for k, (v, _) in (await dump(etcd_store)).items()}
     assert codec.decode(app_pb2.App, json.dumps(after[app])).node_resources.vcpus == 4
     assert len(after[app]["obj_id"]) == 26
+    cloudlet = after['1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}']
+    assert cloudlet["crm_on_edge"] is True
+    assert cloudlet["static_root_lb_fqdn"] == fqdn
+    assert cloudlet["zone"] == "cloudlet1"
     assert '1/Zone/{"organization":"oper1","name":"cloudlet1"}' in after
-    assert "upgrade 58 AppObjID: 1 objects read (App), 1 rewritten, 0 created, 0 deleted" in (
-        caplog.text
-    )
-    assert "upgrade 56 ZoneFeature: 1 objects read (Cloudlet, ClusterInst, AppInst, " in (
-        caplog.text
-    )
+    cluster = after['1/ClusterInst/{"name":"c1","organization":"dev"}']  # 55 re-keyed it
+    assert cluster["key"] == {"name": "c1", "organization": "dev"}
+    assert cluster["cloudlet_key"] == CLOUDLET1
+    assert cluster["zone_key"] == CLOUDLET1
+    assert cluster["static_fqdn"] == "c1." + fqdn
+    assert len(cluster["obj_id"]) == 26
+    ci = codec.decode(clusterinst_pb2.ClusterInst, json.dumps(cluster))
+    assert ci.node_resources.ram == 8192
+    assert f"1/ClusterInst/{compact(old)}" not in after
+    for line in (
+        "upgrade 53 UpgradeCrmOnEdge: 2 objects read (Cloudlet, AppInst, ClusterInst), "
+        "2 rewritten, 0 created, 0 deleted",
+        "upgrade 55 InstanceKeysRegionScopedName: ",
+        "upgrade 56 ZoneFeature: 2 objects read (Cloudlet, ClusterInst, AppInst, CloudletPool, "
+        "AutoProvPolicy, TrustPolicyException), 2 rewritten, 1 created, 0 deleted",
+        "upgrade 58 AppObjID: 1 objects read (App), 1 rewritten, 0 created, 0 deleted",
+    ):
+        assert line in caplog.text
