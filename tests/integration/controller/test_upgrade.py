@@ -303,6 +303,25 @@ async def test_controller_start_refuses_a_mismatch_unless_told_to_skip_the_check
             await store.delete_prefix("")
 
 
+async def test_controller_started_with_auto_upgrade_upgrades_then_serves(
+    etcd_server: ServerProcess, redis_server: ServerProcess
+) -> None:
+    namespace = f"/test/{uuid.uuid4().hex[:12]}/"
+    async with await EtcdStore.connect(etcd_server.client_url, namespace=namespace) as store:
+        try:
+            await store.put(VERSION_KEY, version_value(UPGRADES[7].hash, 57))
+            app = '1/App/{"organization":"zern","name":"a","version":"1.0"}'
+            app_key = {"organization": "zern", "name": "a", "version": "1.0"}
+            await put_json(store, app, {"key": app_key, "deployment": "docker"})
+            await _start_controller(etcd_server, redis_server, namespace, "-autoUpgrade")
+            assert await stored_version(store) == {"Hash": VERSION_HASH, "ID": VERSION_ID}
+            kv = await store.get(app)
+            assert kv is not None
+            assert len(json.loads(kv.value)["obj_id"]) == 26
+        finally:
+            await store.delete_prefix("")
+
+
 # --- the upgrade functions on the original's old formats -----------------------------------
 
 
