@@ -8,6 +8,7 @@ other, so this lives in the core.
 
 - `ClusterWork`, `AppInstWork`: ClusterInst and AppInst create, update, delete (§3.1, §3.2);
 - `CloudletChangeWork`: maintenance, trust policy and update of a running cloudlet (§3.3);
+- `TpeWork`: trust policy exceptions opened or closed on one cluster (§3.5);
 - `InfoCache`: the CRM's Info objects, each update sent upstream (`CacheUpdater`, §2);
 - `LocalCrms`: CRM processes started on this host for `deployment_local` cloudlets (§6.5);
 - `field_number`, `info_fields`: `fields` paths of Info messages.
@@ -25,6 +26,7 @@ from edge_cloud.crmutil._fields import field_number, info_fields
 from edge_cloud.crmutil._infocache import InfoCache
 from edge_cloud.crmutil._local import LocalCrms, LocalCrmSettings
 from edge_cloud.crmutil._source import PlatformSource, platform_fingerprint
+from edge_cloud.crmutil._tpe import TpeWork
 
 __all__ = [
     "ALL_FIELDS",
@@ -36,6 +38,7 @@ __all__ = [
     "LocalCrmSettings",
     "LocalCrms",
     "PlatformSource",
+    "TpeWork",
     "copy_resources",
     "field_number",
     "info_fields",

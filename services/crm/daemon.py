@@ -33,6 +33,7 @@ from edge_cloud.crmutil import (
     CloudletChangeWork,
     ClusterWork,
     InfoCache,
+    TpeWork,
     copy_resources,
     field_number,
     info_fields,
@@ -191,6 +192,39 @@ class CrmDaemon(Daemon[CrmConfig]):
         app_insts.on_delete(inst_deleted)
         cloudlets.on_update(cloudlet_updated)
         cloudlets.on_delete(cloudlet_deleted)
+        self._tpe_states(notify.cache(trustpolicyexception_pb2.TPEInstanceState))
+
+    def _tpe_states(self, cache: Any) -> None:
+        """Open or close trust policy exceptions as the Controller's TPEInstanceStates ask.
+
+        One job per record at a time (the tasks are keyed), in arrival order.
+        """
+        work = TpeWork(self.host)
+
+        def submit(state: trustpolicyexception_pb2.TPEInstanceState, closing: bool) -> None:
+            name = f"TPEInstance {keys.key_string(state.key)}"
+
+            async def job() -> None:
+                try:
+                    await (work.deleted(state) if closing else work.apply(state))
+                except EdgeError as err:
+                    log.warning("%s: %s", name, err)
+
+            self._tasks.submit(name, job)
+
+        async def updated(
+            new: trustpolicyexception_pb2.TPEInstanceState,
+            old: trustpolicyexception_pb2.TPEInstanceState | None,
+        ) -> None:
+            if new.key.cloudlet_key == self.key and TpeWork.requested(new, old):
+                submit(new, closing=False)
+
+        async def deleted(old: trustpolicyexception_pb2.TPEInstanceState) -> None:
+            if old.key.cloudlet_key == self.key:
+                submit(old, closing=True)
+
+        cache.on_update(updated)
+        cache.on_delete(deleted)
 
     def add_services(self, server: grpc.aio.Server) -> list[str]:
         """None of its own: the CRM serves health and metrics only."""

@@ -13,7 +13,7 @@ from edgeproto import (
     trustpolicyexception_pb2,
 )
 
-from edge_cloud.objects import keys
+from edge_cloud.crmutil import TpeWork
 from services.ccrm._appinst import AppInstWork
 from services.ccrm._host import PlatformHost
 from services.ccrm._stream import stream_work
@@ -48,15 +48,7 @@ class AppInstPlatformApi(ccrm_pb2_grpc.AppInstPlatformAPIServicer):
         self, request: trustpolicyexception_pb2.TPEInstanceState, context: Ctx
     ) -> result_pb2.Result:
         """Open (`tpe_enable`) or close a trust policy exception for one cluster."""
-        key = request.key
-        platform = await self._host.initialised(self._host.cloudlet(key.cloudlet_key))
-        if request.tpe_enable:
-            tpe = self._host.caches.trust_policy_exceptions.get(keys.key_string(key.tpe_key))
-            if tpe is None:
-                raise keys.not_found(key.tpe_key)
-            await platform.update_trust_policy_exception(tpe, key.cluster_key)
-        else:
-            await platform.delete_trust_policy_exception(key.tpe_key, key.cluster_key)
+        await TpeWork(self._host).apply(request)
         return result_pb2.Result()
 
     async def NameSanitize(
