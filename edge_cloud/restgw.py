@@ -271,6 +271,11 @@ class ResultStream:
         self._request = request
         self._response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE})
 
+    @property
+    def response(self) -> web.StreamResponse:
+        """The response being written (to hand back when the client went away)."""
+        return self._response
+
     async def send(self, message: Message) -> None:
         """Write one reply line."""
         await self._prepared()

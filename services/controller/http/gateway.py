@@ -586,13 +586,18 @@ def _server_stream(channel: grpc.aio.Channel, route: Route) -> Handler:
         stream = ResultStream(request)
         replies = call(message, metadata=metadata, timeout=timeout)
         try:
-            async for reply in replies:
-                await stream.send(reply)
-        except grpc.aio.AioRpcError as err:
-            return await stream.fail(*status_of(err))
+            try:
+                async for reply in replies:
+                    await stream.send(reply)
+            except grpc.aio.AioRpcError as err:
+                return await stream.fail(*status_of(err))
+            return await stream.finish()
+        except ConnectionResetError:
+            # the HTTP client went away mid-stream (a Ctrl-C'd curl): not a server error
+            log.info("REST client left during %s", route.rpc)
+            return stream.response
         finally:
-            replies.cancel()  # the HTTP client went away: stop the call too (no-op when done)
-        return await stream.finish()
+            replies.cancel()  # stop the call with the request (a no-op once it has ended)
 
     return handle
 

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from services.controller.config import ControllerConfig
 from services.controller.daemon import ControllerDaemon
 from services.controller.http.gateway import NO_REST, PATHS, PREFIX, routes, unrouted
 from services.controller.http.server import NBI_ROOT
+from tests.integration.controller.cloudlet_harness import FakeCcrm, ccrm_server
 
 START_TIMEOUT = 20.0
 
@@ -69,26 +71,43 @@ class Reply:
         return [json.loads(line) for line in self.text.splitlines() if line.strip()]
 
 
+StartController = Callable[..., Awaitable[Running]]
+
+
 @pytest.fixture
-async def controller(
+async def start_controller(
     etcd_store: EtcdStore,
     etcd_server: ServerProcess,
     redis_client: Redis,
     redis_server: ServerProcess,
-) -> AsyncIterator[Running]:
+) -> AsyncIterator[StartController]:
+    """Start the daemon (config overrides as keywords); stopped at the end of the test."""
     db = int((await redis_client.client_info())["db"])
-    config = ControllerConfig(
-        api_addr="127.0.0.1:0",
-        notify_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        metrics_addr=None,
-        etcd_urls=(etcd_server.client_url,),
-        etcd_namespace=etcd_store.namespace,
-        redis_standalone_addr=f"{redis_server.client_url}/{db}",
-        test_mode=True,
-        shutdown_grace=1.0,
-    )
-    daemon = ControllerDaemon(config)
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Running:
+            config = ControllerConfig(
+                **{
+                    "api_addr": "127.0.0.1:0",
+                    "notify_addr": "127.0.0.1:0",
+                    "http_addr": "127.0.0.1:0",
+                    "metrics_addr": None,
+                    "etcd_urls": (etcd_server.client_url,),
+                    "etcd_namespace": etcd_store.namespace,
+                    "redis_standalone_addr": f"{redis_server.client_url}/{db}",
+                    "test_mode": True,
+                    "shutdown_grace": 1.0,
+                    **overrides,
+                }
+            )
+            return await stack.enter_async_context(running(ControllerDaemon(config)))
+
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: ControllerDaemon) -> AsyncIterator[Running]:
+    """Serve `daemon` until the block ends; with a client session and a gRPC channel."""
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(daemon, ready, stop=stop))
     try:
@@ -107,6 +126,21 @@ async def controller(
         async with asyncio.timeout(START_TIMEOUT):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@pytest.fixture
+async def controller(start_controller: StartController) -> Running:
+    return await start_controller()
+
+
+async def put_features(ctl: Running) -> None:
+    """Register the `fakeccrm` platform, as a CCRM does when it starts."""
+    features = cloudlet_pb2.PlatformFeatures(platform_type="fakeccrm", node_type="ccrm")
+
+    def put(txn: Txn) -> None:
+        txn.put(features)
+
+    await ctl.daemon.runtime.engine.apply(put)
 
 
 def unique(prefix: str) -> str:
@@ -256,12 +290,7 @@ async def test_validation_error_is_400_with_the_grpc_message(controller: Running
 
 
 async def test_streamed_cloudlet_create_and_delete(controller: Running) -> None:
-    features = cloudlet_pb2.PlatformFeatures(platform_type="fakeccrm", node_type="ccrm")
-
-    def put(txn: Txn) -> None:
-        txn.put(features)
-
-    await controller.daemon.runtime.engine.apply(put)  # what a CCRM registers at start
+    await put_features(controller)
     key = {"organization": unique("oper"), "name": "c1"}
     body = {
         "key": key,
@@ -306,3 +335,55 @@ async def test_streamed_cloudlet_create_and_delete(controller: Running) -> None:
         "Deleted Cloudlet successfully"
     ]
     assert (await controller.post("/show/cloudlet", {"key": key})).text == ""
+
+
+class _Seen(logging.Handler):
+    """Sets `event` when a record containing `text` is logged (same thread, same loop)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if self.text in self.messages[-1]:
+            self.event.set()
+
+
+async def test_a_client_leaving_mid_stream_is_not_a_server_error(
+    start_controller: StartController,
+) -> None:
+    # aiohttp notices the gone client at the next write: the call is cancelled then, and the
+    # departure is logged at INFO instead of aiohttp's "Error handling request" traceback
+    ccrm = FakeCcrm(hang=1.5)  # streams "Creating cloudlet", then takes 1.5 s
+    seen = _Seen("REST client left during")
+    gateway_log = logging.getLogger("services.controller.http.gateway")
+    gateway_log.addHandler(seen)
+    gateway_log.setLevel(logging.INFO)
+    try:
+        async with ccrm_server(ccrm) as ccrm_addr:
+            ctl = await start_controller(platform_service_addrs=(f"ccrm={ccrm_addr}",))
+            await put_features(ctl)
+            body = {
+                "key": {"organization": unique("oper"), "name": "c1"},
+                "location": {"latitude": 1, "longitude": 2},
+                "num_dynamic_ips": 10,
+                "platform_type": "fakeccrm",
+            }
+            async with asyncio.timeout(10):
+                async with aiohttp.ClientSession() as session:
+                    response = await session.post(f"{ctl.url}{PREFIX}/create/cloudlet", json=body)
+                    assert response.status == 200
+                    while True:  # bounded by the timeout: the CCRM answers at once
+                        line = json.loads(await response.content.readline())
+                        if line["result"]["message"] == "Creating cloudlet":
+                            break
+                    assert not ccrm.finished.is_set()  # the create is still running
+                    response.close()  # the client goes away
+                await seen.event.wait()
+    finally:
+        gateway_log.removeHandler(seen)
+        gateway_log.setLevel(logging.NOTSET)
+    assert seen.messages == ["REST client left during /edgeproto.CloudletApi/CreateCloudlet"]
