@@ -312,11 +312,7 @@ def _kubernetes_resources(
 
 
 def manifest_from_app(app: app_pb2.App) -> dict[str, Any]:
-    """The `AppManifest` of a stored App (also of Apps created through the gRPC API).
-
-    Raises:
-        NbiError: 500 when a stored VM App has an image type CAMARA cannot name.
-    """
+    """The `AppManifest` of a stored App (also of Apps created through the gRPC API)."""
     notes = app.app_annotations
     manifest: dict[str, Any] = {
         "name": app.key.name,
@@ -349,7 +345,11 @@ def manifest_from_app(app: app_pb2.App) -> dict[str, Any]:
 
 
 def _package_type(app: app_pb2.App) -> str:
-    """CAMARA's package type; empty for Docker deployments, which CAMARA has no name for."""
+    """CAMARA's package type; empty where CAMARA has no name (Docker, VM images but OVA/QCOW2).
+
+    The original fails the whole `GET /apps` on a VM App of another image type; one such App
+    (made through the gRPC API) should not hide every other App from NBI users.
+    """
     if app.deployment == "kubernetes":
         return "CONTAINER"
     if app.deployment == "helm":
@@ -359,8 +359,6 @@ def _package_type(app: app_pb2.App) -> str:
             return "OVA"
         if app.image_type == app_pb2.IMAGE_TYPE_QCOW:
             return "QCOW2"
-        name = app_pb2.ImageType.Name(app.image_type)
-        raise NbiError(500, f"App {app.key.name}: unsupported image type {name} for the NBI")
     return ""
 
 

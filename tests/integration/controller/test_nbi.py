@@ -318,10 +318,29 @@ async def test_zones_and_clusters(world: World) -> None:
 async def test_apps_made_through_grpc_read_as_manifests(world: World) -> None:
     # a Docker App has no CAMARA package type; ports without ids get <PROTO><port>
     await create_app(world.ctl, world.org, "plain", access_ports="tcp:80,udp:5000:intvis")
+    # VM images: QCOW2 and OVA have CAMARA names, OVF has none (and must not break the list)
+    for name, image_type, ext in [
+        ("vmq", app_pb2.IMAGE_TYPE_QCOW, "qcow2"),
+        ("vmo", app_pb2.IMAGE_TYPE_OVA, "ova"),
+        ("vmf", app_pb2.IMAGE_TYPE_OVF, "ovf"),
+    ]:
+        await create_app(
+            world.ctl,
+            world.org,
+            name,
+            deployment="vm",
+            image_type=image_type,
+            image_path=f"https://images.example.com/{name}.{ext}#md5:{'a' * 32}",
+        )
     status, listed, _ = await call(world, "GET", "/apps")
     assert status == 200
-    [app] = listed
-    assert app["packageType"] == ""
+    assert [(a["name"], a["packageType"]) for a in listed] == [
+        ("plain", ""),
+        ("vmf", ""),
+        ("vmo", "OVA"),
+        ("vmq", "QCOW2"),
+    ]
+    app = listed[0]
     assert app["requiredResources"] is None
     assert app["componentSpec"] == [
         {
