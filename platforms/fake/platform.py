@@ -386,6 +386,8 @@ class FakePlatform(Platform):
     ) -> None:
         entry = (keys.key_string(tpe.key), keys.key_string(cluster_key))
         self._require_site().trust_policy_exceptions.add(entry)
+        # logged so that tests and operators of a CCRM process can see what is open
+        log.info("trust policy exception %s opened on cluster %s", *entry)
 
     @override
     async def delete_trust_policy_exception(
@@ -395,6 +397,7 @@ class FakePlatform(Platform):
     ) -> None:
         entry = (keys.key_string(tpe_key), keys.key_string(cluster_key))
         self._require_site().trust_policy_exceptions.discard(entry)
+        log.info("trust policy exception %s closed on cluster %s", *entry)
 
     def _managed_clusters(self) -> list[cloudlet_pb2.CloudletManagedCluster]:
         if not self.settings.load_managed_clusters:

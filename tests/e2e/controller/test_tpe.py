@@ -1,0 +1,167 @@
+"""A TrustPolicyException end to end: Controller and CCRM processes, the fake platform (issue 4).
+
+An operator's zone, pool, trust policy and fake cloudlet, a developer's trusted App with an
+instance on a dedicated cluster there. Approving the exception must open it on that
+cluster in the fake infrastructure inside the CCRM process, rejecting and deleting it must
+close it again. The fake platform logs each open and close; the test reads the CCRM's log.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from distributed_match_engine import loc_pb2
+from edgeproto import (
+    app_pb2,
+    appinst_pb2,
+    cloudlet_pb2,
+    cloudletkey_pb2,
+    clusterinst_pb2,
+    common_pb2,
+    flavor_pb2,
+    trustpolicy_pb2,
+    trustpolicy_pb2_grpc,
+    trustpolicyexception_pb2,
+    trustpolicyexception_pb2_grpc,
+    zone_pb2,
+    zone_pb2_grpc,
+    zonepool_pb2,
+    zonepool_pb2_grpc,
+)
+
+from edge_cloud.localservers import ServerProcess
+from edge_cloud.objects import keys
+from tests.e2e.support import ControllerApi, Platform, ok, wait_for
+
+TPES = trustpolicyexception_pb2
+FLAVOR = "x1.small"
+TIMEOUT = 30.0
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def api(
+    etcd_server: ServerProcess,
+    redis_server: ServerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ControllerApi]:
+    platform = Platform(
+        etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("tpe")
+    )
+    platform.start()
+    try:
+        with grpc.insecure_channel(platform.api_addr) as channel:
+            stubs = ControllerApi(platform, channel)
+            stubs.registered("fake", 20)
+            stubs.create_flavor(FLAVOR, disk=40)
+            yield stubs
+    finally:
+        platform.stop()
+
+
+def fake_log(api: ControllerApi, verb: str) -> list[tuple[str, str]]:
+    """(TPE key, cluster key) pairs the fake platform in the CCRM logged as `verb`."""
+    found: list[tuple[str, str]] = []
+    prefix = "trust policy exception "
+    for line in api.platform.ccrm.log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        text = str(record.get("msg") or record.get("message") or "")
+        if text.startswith(prefix) and f" {verb} on cluster " in text:
+            tpe, _, cluster = text[len(prefix) :].partition(f" {verb} on cluster ")
+            found.append((tpe, cluster))
+    return found
+
+
+def test_approving_opens_and_rejecting_or_deleting_closes_on_the_cluster(
+    api: ControllerApi,
+) -> None:
+    oper, dev = f"op{uuid.uuid4().hex[:6]}", f"dev{uuid.uuid4().hex[:6]}"
+    channel = api.channel
+    zone = zone_pb2.Zone(key=cloudletkey_pb2.ZoneKey(organization=oper, name="berlin"))
+    zone_pb2_grpc.ZoneApiStub(channel).CreateZone(zone, timeout=10)
+    pool = zonepool_pb2.ZonePool(
+        key=zonepool_pb2.ZonePoolKey(organization=oper, name="pool"), zones=[zone.key]
+    )
+    zonepool_pb2_grpc.ZonePoolApiStub(channel).CreateZonePool(pool, timeout=10)
+    policy = trustpolicy_pb2.TrustPolicy(
+        outbound_security_rules=[
+            trustpolicy_pb2.SecurityRule(
+                protocol="TCP", port_range_min=443, remote_cidr="0.0.0.0/0"
+            )
+        ]
+    )
+    policy.key.organization, policy.key.name = oper, "egress"
+    ok(trustpolicy_pb2_grpc.TrustPolicyApiStub(channel).CreateTrustPolicy(policy, timeout=10))
+
+    cloudlet = cloudlet_pb2.Cloudlet(
+        key=cloudletkey_pb2.CloudletKey(organization=oper, name="c1"),
+        platform_type="fake",
+        location=loc_pb2.Loc(latitude=52.5, longitude=13.4),
+        num_dynamic_ips=10,
+        zone="berlin",
+        trust_policy="egress",
+    )
+    cloudlet.env_var["FAKE_STEP_DELAY"] = "0.01"
+    ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
+
+    app = app_pb2.App(
+        key=app_pb2.AppKey(organization=dev, name="svc", version="1.0"),
+        deployment="docker",
+        image_type=app_pb2.IMAGE_TYPE_DOCKER,
+        image_path="docker.io/library/nginx:latest",
+        access_ports="tcp:80",
+        default_flavor=flavor_pb2.FlavorKey(name=FLAVOR),
+        trusted=True,
+    )
+    api.apps.CreateApp(app, timeout=10)
+    cluster = clusterinst_pb2.ClusterInst(
+        deployment="docker",
+        flavor=flavor_pb2.FlavorKey(name=FLAVOR),
+        ip_access=common_pb2.IP_ACCESS_DEDICATED,
+        cloudlet_key=cloudlet.key,
+    )
+    cluster.key.organization, cluster.key.name = dev, "cl1"
+    ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
+    inst = appinst_pb2.AppInst(app_key=app.key, cluster_key=cluster.key, cloudlet_key=cloudlet.key)
+    inst.key.organization, inst.key.name = dev, "ai1"
+    ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
+
+    tpes = trustpolicyexception_pb2_grpc.TrustPolicyExceptionApiStub(channel)
+    tpe = TPES.TrustPolicyException(
+        key=TPES.TrustPolicyExceptionKey(app_key=app.key, zone_pool_key=pool.key, name="tpe1"),
+        outbound_security_rules=[
+            trustpolicy_pb2.SecurityRule(
+                protocol="udp", port_range_min=53, remote_cidr="8.8.8.8/32"
+            )
+        ],
+    )
+    tpes.CreateTrustPolicyException(tpe, timeout=10)
+    entry = (keys.key_string(tpe.key), keys.key_string(cluster.key))
+
+    def approve(state: int) -> None:
+        update = TPES.TrustPolicyException(key=tpe.key, state=state, fields=["3"])
+        tpes.UpdateTrustPolicyException(update, timeout=10)
+
+    approve(TPES.TRUST_POLICY_EXCEPTION_STATE_ACTIVE)
+    wait_for(lambda: fake_log(api, "opened") == [entry] or None, 20, "the TPE opened")
+
+    approve(TPES.TRUST_POLICY_EXCEPTION_STATE_REJECTED)
+    wait_for(lambda: fake_log(api, "closed") == [entry] or None, 20, "the TPE closed")
+
+    approve(TPES.TRUST_POLICY_EXCEPTION_STATE_ACTIVE)
+    wait_for(lambda: len(fake_log(api, "opened")) == 2 or None, 20, "the TPE opened again")
+    tpes.DeleteTrustPolicyException(TPES.TrustPolicyException(key=tpe.key), timeout=10)
+    wait_for(lambda: len(fake_log(api, "closed")) == 2 or None, 20, "the deleted TPE closed")
+    assert set(fake_log(api, "opened") + fake_log(api, "closed")) == {entry}
+
+    ok(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT))
+    ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
+    ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
