@@ -9,12 +9,17 @@ daemon's own gRPC port, so they need nothing else of the daemon.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import grpc.aio
 from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from edge_cloud.api import channel as open_channel
 from edge_cloud.config import TlsFiles, split_host_port
+from edge_cloud.errors import ConfigError
 from edge_cloud.server import HttpListener
 from services.controller.http.gateway import PREFIX, gateway_app
 from services.controller.http.nbi import make_nbi_app
@@ -43,6 +48,38 @@ def dial_target(api_addr: str, port: int) -> str:
     elif ":" in host:
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+def own_name(cert: Path) -> str | None:
+    """A name the daemon's own certificate is valid for: its first DNS name, else its CN.
+
+    The gateway dials its own API, often at an address the certificate does not name (a
+    wildcard bind dialled on 127.0.0.1); checking the certificate against its own name keeps
+    the chain verified by the CA, where the original's gateway skips verification entirely.
+
+    Args:
+        cert: The daemon's certificate (PEM).
+
+    Returns:
+        The name, or None when the certificate has neither.
+
+    Raises:
+        ConfigError: When the file cannot be read or is not a PEM certificate.
+    """
+    try:
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read --tls-cert {cert}: {err}") from None
+    try:
+        names = loaded.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if names:
+        return names[0]
+    common = loaded.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else None
 
 
 def http_app(
@@ -108,8 +145,12 @@ class ControllerHttp:
         Raises:
             ConfigError: When the address is malformed or cannot be bound.
         """
+        options: list[tuple[str, Any]] = []
+        name = own_name(tls.cert) if tls is not None else None
+        if name:
+            options.append(("grpc.ssl_target_name_override", name))
         # no default deadline: streamed creates run as long as the Controller lets them
-        channel = open_channel(api_target, tls=tls, timeout=None)
+        channel = open_channel(api_target, tls=tls, timeout=None, options=options)
         try:
             app = http_app(channel, services, region=region, app_dns_root=app_dns_root)
             listener = await HttpListener.start(app, addr)

@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,7 @@ from services.controller.daemon import ControllerDaemon
 from services.controller.http.gateway import NO_REST, PATHS, PREFIX, routes, unrouted
 from services.controller.http.server import NBI_ROOT
 from tests.integration.controller.cloudlet_harness import FakeCcrm, ccrm_server
+from tests.unit.edge_cloud.test_api import write_pki
 
 START_TIMEOUT = 20.0
 
@@ -387,3 +389,17 @@ async def test_a_client_leaving_mid_stream_is_not_a_server_error(
         gateway_log.removeHandler(seen)
         gateway_log.setLevel(logging.NOTSET)
     assert seen.messages == ["REST client left during /edgeproto.CloudletApi/CreateCloudlet"]
+
+
+async def test_the_gateway_dials_an_mtls_api_with_the_daemon_certificate(
+    start_controller: StartController, tmp_path: Path
+) -> None:
+    server_tls, _ = write_pki(tmp_path / "pki")
+    ctl = await start_controller(
+        tls_cert=server_tls.cert, tls_key=server_tls.key, tls_ca=server_tls.ca
+    )
+    name = unique("tls")
+    body = {"key": {"name": name}, "ram": "1024", "vcpus": "2", "disk": "10"}
+    assert (await ctl.post("/create/flavor", body)).status == 200
+    reply = await ctl.post("/show/flavor", {"key": {"name": name}})
+    assert [line["result"]["key"]["name"] for line in reply.lines()] == [name]
