@@ -85,6 +85,9 @@ LOCK_KEY: Final = "1/VersionUpgradeLock"
 LOCK_TTL: Final = 10
 LOCK_POLL: Final = 0.5
 _KUBERNETES: Final = frozenset({"kubernetes", "helm"})
+WALK_PARALLEL: Final = 8
+"""Object transactions in flight while walking a type: etcd's commit latency, not CPU, is
+what an upgrade waits on."""
 DEFAULT_NODE_POOL: Final = "defaultpool"
 """The pool the original's 57 makes of a Kubernetes cluster's flavor (`DefaultNodePoolName`)."""
 
@@ -271,35 +274,48 @@ async def _walk(
     tally: Tally,
     step: Step,
     extra_keys: ExtraKeys | None = None,
+    *,
+    parallel: int = WALK_PARALLEL,
 ) -> None:
     """Apply `step` to every object of a type, each in its own guarded transaction.
 
     An object deleted since the listing is skipped; one changed since is rewritten from
-    its new value (the transaction re-reads and runs `step` again).
+    its new value (the transaction re-reads and runs `step` again). Objects are taken in
+    key order by `parallel` workers; steps whose outcome depends on the order (55's
+    renames) walk with one.
     """
     tally.types.append(type_name)
     items, revision = await list_prefix(store, keys.store_prefix(type_name))
-    for listed in items:
-        tally.read += 1
+    tally.read += len(items)
+    queue = iter(items)
+
+    async def one(listed: KeyValue) -> None:
         extra = extra_keys(listed.key, _load(listed.key, listed.value)) if extra_keys else []
         done: list[Op] = []
 
-        def fn(
-            values: Mapping[str, KeyValue | None],
-            listed: KeyValue = listed,
-            done: list[Op] = done,
-        ) -> list[Op]:
+        def fn(values: Mapping[str, KeyValue | None]) -> list[Op]:
             done.clear()
             current = values.get(listed.key)
             if current is None:
                 return []  # deleted meanwhile
-            ops = step(listed.key, _load(listed.key, current.value), values)
-            done.extend(ops)
-            return ops
+            done.extend(step(listed.key, _load(listed.key, current.value), values))
+            return list(done)
 
         initial = None if extra else Snapshot({listed.key: listed}, revision=revision)
         await store.update(list(dict.fromkeys([listed.key, *extra])), fn, initial=initial)
         _count(tally, done, listed.key)
+
+    async def worker() -> None:
+        for listed in queue:  # one iterator shared by the workers: each object once
+            await one(listed)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, parallel))]
+    try:
+        await asyncio.gather(*workers)
+    finally:  # a failure stops the other workers before it propagates
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
 
 
 async def _committed(
@@ -715,10 +731,11 @@ async def instance_keys_region_scoped_name(store: Store, upgrade_id: int) -> Tal
                 changed = True
         return [Put(etcd_key, _dump(data))] if changed else []
 
-    await _walk(store, "ClusterInst", tally, cluster, cluster_names)
-    await _walk(store, "AppInst", tally, app_inst, app_inst_names)
+    # in key order, one at a time: who keeps a clashing name must not depend on timing
+    await _walk(store, "ClusterInst", tally, cluster, cluster_names, parallel=1)
+    await _walk(store, "AppInst", tally, app_inst, app_inst_names, parallel=1)
     await _walk(store, "CloudletRefs", tally, cloudlet_refs)
-    await _walk(store, "ClusterRefs", tally, cluster_refs)
+    await _walk(store, "ClusterRefs", tally, cluster_refs, parallel=1)
     await _walk(store, "AppInstRefs", tally, app_inst_refs)
     await _repair_cluster_refs(store, tally)
     return tally
