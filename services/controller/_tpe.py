@@ -207,9 +207,12 @@ class TpeApplier:
         Returns:
             Whether every run had ended in time.
         """
-        async with asyncio.timeout(timeout):
-            while self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        try:
+            async with asyncio.timeout(timeout):
+                while self._tasks:  # a run may start others (triggers fired by its writes)
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        except TimeoutError:
+            return False
         return True
 
     async def close(self) -> None:

@@ -1,16 +1,20 @@
-"""A TrustPolicyException end to end: Controller and CCRM processes, the fake platform (issue 4).
+"""A TrustPolicyException end to end: Controller, CCRM and CRM processes, the fake platform.
 
 An operator's zone, pool, trust policy and fake cloudlet, a developer's trusted App with an
 instance on a dedicated cluster there. Approving the exception must open it on that
-cluster in the fake infrastructure inside the CCRM process, rejecting and deleting it must
-close it again. The fake platform logs each open and close; the test reads the CCRM's log.
+cluster in the fake infrastructure, rejecting and deleting it must close it again: inside
+the CCRM process for a CCRM-run cloudlet (the Controller calls ApplyTrustPolicyException),
+inside the CRM process for a cloudlet with its CRM on the edge site (the TPEInstanceState
+reaches it over notify). The fake platform logs each open and close; the test reads the
+log of the daemon that runs the platform (issue 4).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -35,7 +39,10 @@ from edgeproto import (
 
 from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys
+from tests.e2e.crm import test_crm_lifecycle as crm_lifecycle
 from tests.e2e.support import ControllerApi, Platform, ok, wait_for
+
+crm_dir = crm_lifecycle.crm_dir  # the fixture: CRMs started in a test stop at its end
 
 TPES = trustpolicyexception_pb2
 FLAVOR = "x1.small"
@@ -64,11 +71,11 @@ def api(
         platform.stop()
 
 
-def fake_log(api: ControllerApi, verb: str) -> list[tuple[str, str]]:
-    """(TPE key, cluster key) pairs the fake platform in the CCRM logged as `verb`."""
+def fake_log(log: Path, verb: str) -> list[tuple[str, str]]:
+    """(TPE key, cluster key) pairs the fake platform logged as `verb` in a daemon's log."""
     found: list[tuple[str, str]] = []
     prefix = "trust policy exception "
-    for line in api.platform.ccrm.log.read_text(errors="replace").splitlines():
+    for line in log.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -80,9 +87,19 @@ def fake_log(api: ControllerApi, verb: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_approving_opens_and_rejecting_or_deleting_closes_on_the_cluster(
+def scenario(
     api: ControllerApi,
+    *,
+    crm_on_edge: bool,
+    onboard: Callable[[cloudlet_pb2.Cloudlet], Path],
 ) -> None:
+    """Build the world, approve, reject, approve again, delete; check the fake's log.
+
+    Args:
+        api: The Controller.
+        crm_on_edge: Whether the cloudlet is run by a CRM on the edge site.
+        onboard: Creates the cloudlet; returns the log of the daemon running its platform.
+    """
     oper, dev = f"op{uuid.uuid4().hex[:6]}", f"dev{uuid.uuid4().hex[:6]}"
     channel = api.channel
     zone = zone_pb2.Zone(key=cloudletkey_pb2.ZoneKey(organization=oper, name="berlin"))
@@ -108,9 +125,12 @@ def test_approving_opens_and_rejecting_or_deleting_closes_on_the_cluster(
         num_dynamic_ips=10,
         zone="berlin",
         trust_policy="egress",
+        crm_on_edge=crm_on_edge,
     )
-    cloudlet.env_var["FAKE_STEP_DELAY"] = "0.01"
-    ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
+    # a CRM that finishes a step within the moment the Controller takes to subscribe to its
+    # reports leaves the caller waiting (see tests/e2e/crm/test_crm_lifecycle.py)
+    cloudlet.env_var["FAKE_STEP_DELAY"] = "0.05" if crm_on_edge else "0.01"
+    log = onboard(cloudlet)
 
     app = app_pb2.App(
         key=app_pb2.AppKey(organization=dev, name="svc", version="1.0"),
@@ -151,17 +171,33 @@ def test_approving_opens_and_rejecting_or_deleting_closes_on_the_cluster(
         tpes.UpdateTrustPolicyException(update, timeout=10)
 
     approve(TPES.TRUST_POLICY_EXCEPTION_STATE_ACTIVE)
-    wait_for(lambda: fake_log(api, "opened") == [entry] or None, 20, "the TPE opened")
+    wait_for(lambda: fake_log(log, "opened") == [entry] or None, 20, "the TPE opened")
 
     approve(TPES.TRUST_POLICY_EXCEPTION_STATE_REJECTED)
-    wait_for(lambda: fake_log(api, "closed") == [entry] or None, 20, "the TPE closed")
+    wait_for(lambda: fake_log(log, "closed") == [entry] or None, 20, "the TPE closed")
 
     approve(TPES.TRUST_POLICY_EXCEPTION_STATE_ACTIVE)
-    wait_for(lambda: len(fake_log(api, "opened")) == 2 or None, 20, "the TPE opened again")
+    wait_for(lambda: len(fake_log(log, "opened")) == 2 or None, 20, "the TPE opened again")
     tpes.DeleteTrustPolicyException(TPES.TrustPolicyException(key=tpe.key), timeout=10)
-    wait_for(lambda: len(fake_log(api, "closed")) == 2 or None, 20, "the deleted TPE closed")
-    assert set(fake_log(api, "opened") + fake_log(api, "closed")) == {entry}
+    wait_for(lambda: len(fake_log(log, "closed")) == 2 or None, 20, "the deleted TPE closed")
+    assert set(fake_log(log, "opened") + fake_log(log, "closed")) == {entry}
 
     ok(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT))
     ok(api.clusters.DeleteClusterInst(cluster, timeout=TIMEOUT))
     ok(api.cloudlets.DeleteCloudlet(cloudlet_pb2.Cloudlet(key=cloudlet.key), timeout=TIMEOUT))
+
+
+def test_through_the_ccrm(api: ControllerApi) -> None:
+    def onboard(cloudlet: cloudlet_pb2.Cloudlet) -> Path:
+        ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
+        return api.platform.ccrm.log
+
+    scenario(api, crm_on_edge=False, onboard=onboard)
+
+
+def test_through_a_crm_on_the_edge_site(api: ControllerApi, crm_dir: Path) -> None:
+    def onboard(cloudlet: cloudlet_pb2.Cloudlet) -> Path:
+        crm, _ = crm_lifecycle.onboard(api, cloudlet, crm_dir)
+        return crm.daemon.log
+
+    scenario(api, crm_on_edge=True, onboard=onboard)

@@ -64,11 +64,14 @@ class TpeCcrm(InstCcrm):
     """The instance CCRM, also recording trust policy exception applications."""
 
     tpe_requests: list[TPES.TPEInstanceState] = field(default_factory=list)
+    tpe_error: str = ""
 
     async def ApplyTrustPolicyException(
         self, request: TPES.TPEInstanceState, context: grpc.aio.ServicerContext[Any, Any]
     ) -> result_pb2.Result:
         self.tpe_requests.append(request)
+        if self.tpe_error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.tpe_error)
         return result_pb2.Result()
 
 
@@ -290,7 +293,7 @@ async def settled(w: World, count: int = 1) -> list[TPES.TPEInstanceState]:
         assert all(not r.owner and not r.run_requested for r in records), records
         return records
 
-    await w.applier.wait_idle(10)
+    assert await w.applier.wait_idle(10)
     return await eventually(check)
 
 
@@ -298,7 +301,7 @@ async def test_instance_states_follow_approval_rejection_and_delete(world: World
     w = world
     inst = await instance(w)
     await w.tpes.CreateTrustPolicyException(w.tpe(), timeout=10)
-    await w.applier.wait_idle(10)
+    assert await w.applier.wait_idle(10)
     assert w.records() == []  # waiting for approval: nothing applied yet
 
     await w.tpes.UpdateTrustPolicyException(w.tpe(state=ACTIVE, fields=["3"]), timeout=10)
@@ -333,7 +336,7 @@ async def test_pool_membership_and_app_inst_changes_reapply(world: World) -> Non
     w = world
     await w.tpes.CreateTrustPolicyException(w.tpe(), timeout=10)
     await w.tpes.UpdateTrustPolicyException(w.tpe(state=ACTIVE, fields=["3"]), timeout=10)
-    await w.applier.wait_idle(10)
+    assert await w.applier.wait_idle(10)
     assert w.records() == []  # no instance yet
 
     inst = await instance(w)  # an AppInst becoming ready is covered at once
@@ -358,6 +361,34 @@ async def test_pool_membership_and_app_inst_changes_reapply(world: World) -> Non
     await settled(w, count=0)
     assert [r.tpe_enable for r in w.ccrm.tpe_requests] == [True, False, True, False]
     assert w.ccrm.tpe_requests[-1].disable_reason.endswith(" not found")
+
+
+async def test_a_cloudlet_losing_its_trust_policy_disables(world: World) -> None:
+    w = world
+    inst = await instance(w)
+    await w.tpes.CreateTrustPolicyException(w.tpe(), timeout=10)
+    await w.tpes.UpdateTrustPolicyException(w.tpe(state=ACTIVE, fields=["3"]), timeout=10)
+    [record] = await settled(w)
+    assert record.tpe_enable
+
+    def untrusted(c: cloudlet_pb2.Cloudlet) -> None:
+        c.trust_policy = ""
+
+    await edit(w.ctl, CLOUDLET, inst.cloudlet_key, untrusted)
+    [record] = await settled(w)
+    assert not record.tpe_enable
+    assert record.disable_reason == "cloudlet has no trust policy"
+
+
+async def test_a_failing_ccrm_is_recorded_on_the_instance(world: World) -> None:
+    w = world
+    await instance(w)
+    w.ccrm.tpe_error = "security group quota reached"
+    await w.tpes.CreateTrustPolicyException(w.tpe(), timeout=10)
+    await w.tpes.UpdateTrustPolicyException(w.tpe(state=ACTIVE, fields=["3"]), timeout=10)
+    [record] = await settled(w)
+    assert record.tpe_enable
+    assert record.error == "security group quota reached"
 
 
 async def test_a_second_trigger_while_running_runs_once_more(world: World) -> None:
