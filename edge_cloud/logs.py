@@ -22,7 +22,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Final, Literal, TextIO
 
-__all__ = ["JsonFormatter", "TextFormatter", "bound", "context", "setup"]
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "bound",
+    "context",
+    "debug_families",
+    "set_debug_families",
+    "setup",
+]
 
 _context: contextvars.ContextVar[Mapping[str, object] | None] = contextvars.ContextVar(
     "edge_cloud.logs.context", default=None
@@ -171,16 +179,48 @@ def setup(
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter(service) if use_json else TextFormatter(service))
     base = logging.getLevelNamesMapping()[level.upper()]
-    families = [f for f in debug_families if f]
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    if families and base > logging.DEBUG:
-        # Records below `base` must reach the handler for the family filter to pick them.
-        root.setLevel(logging.DEBUG)
-        handler.addFilter(_DebugFamilies(base, families))
-    else:
-        root.setLevel(base)
+    _installed[:] = [(handler, base)]
+    set_debug_families(debug_families)
     root.addHandler(handler)
     logging.captureWarnings(True)
     return handler
+
+
+# The handler `setup` installed and its base level; families changed later apply to it.
+_installed: list[tuple[logging.Handler, int]] = []
+_families: list[str] = []
+
+
+def debug_families() -> tuple[str, ...]:
+    """The families whose DEBUG lines are logged now (`-d`, or changed since), sorted."""
+    return tuple(_families)
+
+
+def set_debug_families(families: Iterable[str]) -> tuple[str, ...]:
+    """Log the DEBUG lines of exactly these families from now on (the debug commands).
+
+    Before `setup` (in-process tests) only the names are kept, for `debug_families`.
+
+    Args:
+        families: Family names as `-d` takes them; empty names are ignored.
+
+    Returns:
+        The families now on, sorted.
+    """
+    _families[:] = sorted({f for f in families if f})
+    if not _installed:
+        return debug_families()
+    handler, base = _installed[0]
+    for old in [f for f in handler.filters if isinstance(f, _DebugFamilies)]:
+        handler.removeFilter(old)
+    root = logging.getLogger()
+    if _families and base > logging.DEBUG:
+        # Records below `base` must reach the handler for the family filter to pick them.
+        root.setLevel(logging.DEBUG)
+        handler.addFilter(_DebugFamilies(base, _families))
+    else:
+        root.setLevel(base)
+    return debug_families()

@@ -11,6 +11,8 @@ after every reconnect, since the server forgets a connection's objects when it e
 Messages (`send_message`: Metric, AutoProvCounts, AppInstClient, the original's uncached
 notify messages) go once, in order, while connected; a bounded queue holds them across a
 disconnect and drops the oldest when full (counted in `ClientStats.messages_dropped`).
+Messages from the server (`on_message`: the original's DebugRequest) go to a handler as
+they arrive, never cached.
 
 Every completed send-all (the first sync and each resync after a reconnect, full or delta)
 counts one sync generation: `wait_resynced` waits for the next one, and `on_synced` callbacks
@@ -177,6 +179,8 @@ class SyncInfo:
 
 #: An `on_synced` callback.
 SyncedFn = Callable[[SyncInfo], Awaitable[None]]
+#: An `on_message` handler: called with each message of its type the server sends.
+MessageFn = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -244,6 +248,7 @@ class NotifyClient:
         self._handshake_timeout = handshake_timeout
         self._caches: dict[str, NotifyCache[Any]] = {}
         self._by_url: dict[str, NotifyCache[Any]] = {}  # Any type URL → cache
+        self._message_handlers: dict[str, tuple[type[Message], MessageFn]] = {}
         # upstream: what we have sent (re-sent after each reconnect), and what is pending
         self._upstream: dict[str, dict[str, Message]] = {}
         self._pending: dict[tuple[str, str], tuple[Action, Message]] = {}
@@ -285,6 +290,21 @@ class NotifyClient:
         self._caches[name] = cache
         self._by_url[TYPE_URL_PREFIX + name] = cache
         return cache
+
+    def on_message(self, cls: type[Message], handler: MessageFn) -> None:
+        """Want the uncached message type `cls` from the server, handled by `handler`.
+
+        Messages are not remembered: each is handed over once, as it arrives (a handler
+        that takes long should hand the work to a task, so later notices are not held up).
+
+        Args:
+            cls: The message class, e.g. `debug_pb2.DebugRequest`.
+            handler: `await handler(message)` for each one.
+        """
+        name = type_name(cls)
+        if self._task is not None:
+            raise RuntimeError(f"register the {name} handler before starting the notify client")
+        self._message_handlers[name] = (cls, handler)
 
     def on_synced(self, callback: SyncedFn) -> SyncedFn:
         """Call `await callback(info)` after every completed send-all, first sync included.
@@ -442,7 +462,7 @@ class NotifyClient:
             hello = Notice(
                 action=notice_pb2.VERSION,
                 version=PROTOCOL_VERSION,
-                want_objs=list(self._caches),
+                want_objs=[*self._caches, *self._message_handlers],
                 filter_cloudlet_key=self._filter,
                 tags=tags,
             )
@@ -523,6 +543,7 @@ class NotifyClient:
             if cache is None:
                 cache = self._caches.get(any_type_name(packed))  # another URL prefix
                 if cache is None:
+                    await self._message(action, packed)
                     continue
             obj = cache.cls.FromString(packed.value)
             key = cache._key(obj)
@@ -540,6 +561,14 @@ class NotifyClient:
                 # Changes come in commit order: a higher revision means the last is complete.
                 self._synced_rev = max(self._synced_rev, self._pending_rev)
                 self._pending_rev = notice.mod_rev
+
+    async def _message(self, action: int, packed: Any) -> None:
+        """Hand a server's message (UPDATE of an uncached wanted type) to its handler."""
+        found = self._message_handlers.get(any_type_name(packed))
+        if found is None or action != notice_pb2.UPDATE:
+            return
+        cls, handler = found
+        await _guarded(handler(cls.FromString(packed.value)), type_name(cls))
 
     async def _sendall_end(
         self, notice: Notice, announced: int | None, seen: Mapping[str, set[str]]

@@ -41,7 +41,7 @@ import logging
 import operator
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
@@ -341,6 +341,8 @@ class NotifyServer:
         receive_messages: Uncached message types it accepts too (the original's notify
             "messages": Metric, AutoProvCounts, AppInstClient): handed to `on_receive`
             as UPDATEs but not remembered, so never flushed.
+        send_messages: Uncached message types it may send to clients that want them
+            (the original's DebugRequest), with `send_message`.
         on_receive: Called with each object a client sends.
         on_flush: Called when a client disconnects, with what it had sent.
         cloudlet_filters: Cloudlet-scoped types and how to match them, for clients that
@@ -362,6 +364,7 @@ class NotifyServer:
         send_types: Sequence[type[Message]],
         receive_types: Sequence[type[Message]] = (),
         receive_messages: Sequence[type[Message]] = (),
+        send_messages: Sequence[type[Message]] = (),
         on_receive: ReceiveFn | None = None,
         on_flush: FlushFn | None = None,
         cloudlet_filters: Mapping[str, CloudletFilter] = DEFAULT_CLOUDLET_FILTERS,
@@ -377,6 +380,7 @@ class NotifyServer:
         self._rank = {n: i for i, n in enumerate(self._order)}
         self._receive = {type_name(t): t for t in (*receive_types, *receive_messages)}
         self._messages = frozenset(type_name(t) for t in receive_messages)
+        self._sendable = self._rank.keys() | {type_name(t) for t in send_messages}
         self._on_receive = on_receive
         self._on_flush = on_flush
         self._filters = {n: f for n, f in cloudlet_filters.items() if n in self._rank}
@@ -533,6 +537,27 @@ class NotifyServer:
     def peers(self) -> list[Peer]:
         """The clients connected now."""
         return sorted((c.peer for c in self._conns), key=lambda p: p.notify_id)
+
+    def send_message(self, obj: Message, notify_ids: Collection[int] | None = None) -> int:
+        """Send an uncached message (a `send_messages` type) to the clients that want it.
+
+        It is queued behind what each client has pending, sent once, never re-sent.
+
+        Args:
+            obj: The message; the caller must not modify it afterwards.
+            notify_ids: Only to these connections (their `Peer.notify_id`); None: to all.
+
+        Returns:
+            How many connections it was queued for.
+        """
+        name = type_name(obj)
+        notice = _Built(data_notice(Action.UPDATE, obj))
+        count = 0
+        for conn in self._conns:
+            if name in conn.wants and (notify_ids is None or conn.peer.notify_id in notify_ids):
+                conn.push(notice)
+                count += 1
+        return count
 
     def lookup(self, type_name: str, key: str) -> Message | None:
         """The current object of `type_name` with key string `key`, or None."""
@@ -877,7 +902,7 @@ class NotifyServer:
         peer = Peer(
             next(self._ids), context.peer(), first.tags.get(TAG_NAME, ""), first.filter_cloudlet_key
         )
-        conn = _Conn(peer, frozenset(first.want_objs) & self._rank.keys(), self._queue_limit)
+        conn = _Conn(peer, frozenset(first.want_objs) & self._sendable, self._queue_limit)
         async with self._applying:
             self._open(conn, since)
         tags = {TAG_NAME: self._name}

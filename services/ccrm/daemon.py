@@ -21,10 +21,12 @@ from edgeproto import (
 )
 
 from edge_cloud.crmutil import LocalCrms, LocalCrmSettings
+from edge_cloud.debug import attach as attach_debug
 from edge_cloud.notify import NotifyClient
 from edge_cloud.objects import keys
 from edge_cloud.platform import PlatformCaches
 from edge_cloud.server import Daemon
+from edge_cloud.svcnode import NODE_TYPE_CCRM, my_node
 from services.ccrm import api
 from services.ccrm._cloudlet import set_local_crms
 from services.ccrm._host import PlatformHost, load_platforms
@@ -54,6 +56,7 @@ class CcrmDaemon(Daemon[CcrmConfig]):
         super().__init__(config)
         classes = load_platforms(config.platforms)
         self.notify = NotifyClient(config.notify_addrs, name=self.name, tls=config.tls)
+        self.debug = attach_debug(self.notify, my_node(NODE_TYPE_CCRM, tls=config.tls is not None))
         notify = self.notify
         cloudlets = notify.cache(cloudlet_pb2.Cloudlet)
         caches = PlatformCaches(

@@ -60,6 +60,7 @@ from edgeproto import (
     cloudletnode_pb2,
     clusterinst_pb2,
     common_pb2,
+    debug_pb2,
     device_pb2,
     flavor_pb2,
     metric_pb2,
@@ -69,6 +70,7 @@ from edgeproto import (
     refs_pb2,
     restagtable_pb2,
     settings_pb2,
+    svcnode_pb2,
     trustpolicy_pb2,
     trustpolicyexception_pb2,
     vmpool_pb2,
@@ -89,6 +91,7 @@ from services.controller._inst_ops import receive_app_inst_info, receive_cluster
 from services.controller._progress import stream_key
 from services.controller._tracked import TrackedRuntime
 from services.controller.api.appinstclient import AppInstClients, client_hub
+from services.controller.api.svcnode import NodeReceiver
 
 __all__ = [
     "EDGE_EVENTS_MEASUREMENTS",
@@ -143,6 +146,7 @@ RECEIVE_TYPES: Final[tuple[type[Message], ...]] = (
     alert_pb2.Alert,
     autoprovpolicy_pb2.AutoProvInfo,
     device_pb2.Device,
+    svcnode_pb2.SvcNode,
 )
 """What the Controller accepts from its clients."""
 
@@ -150,6 +154,7 @@ RECEIVE_MESSAGES: Final[tuple[type[Message], ...]] = (
     metric_pb2.Metric,
     autoprovpolicy_pb2.AutoProvCounts,
     appinstclient_pb2.AppInstClient,
+    debug_pb2.DebugReply,
 )
 """Uncached messages the Controller accepts (the original's notify message types)."""
 
@@ -370,6 +375,7 @@ class ControllerNotify:
             receive_messages=RECEIVE_MESSAGES,
             on_receive=self._receive,
             on_flush=self._flush,
+            send_messages=(debug_pb2.DebugRequest,),
         )
         self.register(
             cloudlet_pb2.CloudletInfo,
@@ -388,6 +394,9 @@ class ControllerNotify:
         self.register(metric_pb2.Metric, Handler(self._metric))
         self.register(autoprovpolicy_pb2.AutoProvCounts, Handler(self._autoprov_counts))
         self.register(appinstclient_pb2.AppInstClient, Handler(self._app_inst_client))
+        nodes = NodeReceiver(runtime, self.server)  # SvcNode registry, debug requests
+        self.register(svcnode_pb2.SvcNode, Handler(nodes.update, nodes.delete, nodes.flush))
+        self.register(debug_pb2.DebugReply, Handler(nodes.reply))
 
     async def close(self) -> None:
         """Write the queued metrics, close the InfluxDB connections, stop the alert replay."""

@@ -38,6 +38,7 @@ from edge_cloud.crmutil import (
     field_number,
     info_fields,
 )
+from edge_cloud.debug import attach as attach_debug
 from edge_cloud.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -49,6 +50,7 @@ from edge_cloud.notify import NotifyClient
 from edge_cloud.objects import keys
 from edge_cloud.platform import CRM_COMPATIBILITY_VERSION, InfoSender, PlatformCaches
 from edge_cloud.server import Daemon
+from edge_cloud.svcnode import NODE_TYPE_CRM, my_node
 from services.crm._events import KeyedTasks, ObjectEvents
 from services.crm._host import CrmHost
 from services.crm.config import CrmConfig
@@ -110,6 +112,15 @@ class CrmDaemon(Daemon[CrmConfig]):
             config.notify_addrs, name=f"crm {self.key_string}", filter_cloudlet_key=True,
             tls=config.tls,
         )  # fmt: skip
+        self.debug = attach_debug(
+            notify,
+            my_node(
+                NODE_TYPE_CRM,
+                cloudlet_key=self.key,
+                container_version=config.container_version,
+                tls=config.tls is not None,
+            ),
+        )
         cloudlets = notify.cache(cloudlet_pb2.Cloudlet)
         clusters = notify.cache(clusterinst_pb2.ClusterInst)
         app_insts = notify.cache(appinst_pb2.AppInst)

@@ -23,9 +23,11 @@ from edgeproto import (
     settings_pb2,
 )
 
+from edge_cloud.debug import attach as attach_debug
 from edge_cloud.errors import ConfigError
 from edge_cloud.notify import NotifyClient, SyncInfo, key_string
 from edge_cloud.server import Daemon, HttpListener
+from edge_cloud.svcnode import NODE_TYPE_DME, my_node
 from services.dme._autoprov import AutoProvStats
 from services.dme._calls import DmeCalls
 from services.dme._clients import AppInstClients, Devices
@@ -131,6 +133,7 @@ class DmeDaemon(Daemon[DmeConfig]):
         )
         self.limiter = RateLimitManager(test_mode=config.test_mode)
         self.notify = NotifyClient(config.notify_addrs, name="dme", tls=config.tls, backoff_max=5.0)
+        self.debug = attach_debug(self.notify, my_node(NODE_TYPE_DME, tls=config.tls is not None))
         dme_id = config.scale_id or socket.gethostname()
         self.clients = AppInstClients(self.notify.send_message)
         self.devices = Devices(self.notify.send)

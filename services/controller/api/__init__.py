@@ -23,6 +23,7 @@ from services.controller.api import (
     cloudletnode,
     clusterinst,
     controller,
+    debug,
     device,
     flavor,
     gpudriver,
@@ -35,6 +36,7 @@ from services.controller.api import (
     restagtable,
     settings,
     streamobj,
+    svcnode,
     trustpolicy,
     trustpolicyexception,
     unimplemented,
@@ -77,6 +79,8 @@ _MODULES = (
     ratelimit,
     cloudletmanagedcluster,
     baremetalhost,
+    svcnode,
+    debug,
 )
 
 
