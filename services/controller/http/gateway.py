@@ -16,7 +16,7 @@ Unary replies are the message; server streams (Create/Update/Delete of Cloudlet,
 ClusterInst, AppInst, every Show) are newline-delimited `{"result": ...}` lines written as
 they arrive, ending with grpc-gateway v1's `{"error": ...}` chunk when the call fails (see
 `edge_cloud.restgw`). As in grpc-gateway v1 with the proto error handler: an unknown path is
-404 `{"code": 5, "message": "Not Found"}`, a known path with another HTTP method is 501
+404 with code 5 "Not Found", a known path with another HTTP method is 501
 (UNIMPLEMENTED, "Method Not Allowed"), and a body that does not decode is 400 before any
 call. Request headers reach the gRPC call as grpc-gateway's default matcher forwards them:
 `Grpc-Metadata-<Key>` as `<key>`, `Authorization` as `authorization`, plus
@@ -466,7 +466,7 @@ def unrouted(services: Iterable[str]) -> list[str]:
     """Methods of the registered services with neither a route nor a `NO_REST` entry.
 
     A service added to the Controller without its paths here shows up in this list, which
-    the daemon logs and the tests require to be empty.
+    `gateway_app` logs and the tests require to be empty.
 
     Args:
         services: Full names of the services the Controller registers.

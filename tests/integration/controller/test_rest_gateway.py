@@ -211,6 +211,26 @@ async def test_unknown_path_bad_json_and_outside_the_prefix(controller: Running)
         assert response.status == 404  # only /edgeproto/v1 is the gateway's
 
 
+async def test_grpc_timeout_header_sets_the_deadline(controller: Running) -> None:
+    url = f"{controller.url}{PREFIX}/show/flavor"
+    async with controller.session.post(url, json={}, headers={"Grpc-Timeout": "5x"}) as response:
+        assert response.status == 400
+        assert (await response.json())["message"] == (
+            "invalid grpc-timeout: 5x (want an integer and a unit H, M, S, m, u or n)"
+        )
+    async with controller.session.post(url, json={}, headers={"Grpc-Timeout": "1n"}) as response:
+        assert response.status == 504  # the stream failed before any result
+        error = json.loads(await response.text())["error"]
+        assert (error["grpc_code"], error["http_status"]) == (4, "Gateway Timeout")
+    body = {"key": {"name": unique("late")}, "ram": "1", "vcpus": "1", "disk": "1"}
+    url = f"{controller.url}{PREFIX}/create/flavor"
+    async with controller.session.post(url, json=body, headers={"Grpc-Timeout": "1n"}) as response:
+        assert (response.status, (await response.json())["code"]) == (504, 4)
+    body["key"] = {"name": unique("intime")}
+    async with controller.session.post(url, json=body, headers={"Grpc-Timeout": "10S"}) as response:
+        assert response.status == 200
+
+
 async def test_the_nbi_is_served_on_the_same_port(controller: Running) -> None:
     url = f"{controller.url}{NBI_ROOT}/edge-cloud-zones"
     async with controller.session.get(url) as response:
