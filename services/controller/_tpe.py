@@ -16,7 +16,9 @@ run by a CCRM the Controller calls `ApplyTrustPolicyException` itself after each
 Several triggers may ask for the same instance at once (a TPE update, a pool change, the
 AppInst becoming ready). As the original's `runTPEChange`, one runner owns a record at a
 time (`owner`, taken in an etcd transaction); a second trigger only sets `run_requested`
-and the owner runs once more. An owner that died is taken over after an hour.
+and the owner runs once more. An owner is `<controller id>/<random>`: a record whose
+runner's controller has lost its leased Controller record is taken over at once (when that
+record goes, and when a Controller starts), any other after an hour as in the original.
 
 Unlike the original, a record whose TPE, AppInst, cluster, cloudlet or pool is gone is
 first disabled (one more run with `tpe_enable` false, so the platform closes the rules)
@@ -45,6 +47,7 @@ from edgeproto import (
     cloudletkey_pb2,
     clusterinst_pb2,
     common_pb2,
+    controller_pb2,
     trustpolicyexception_pb2,
     zonepool_pb2,
 )
@@ -58,7 +61,7 @@ from services.controller._engine import Txn
 from services.controller._inst_common import features_of
 from services.controller._runtime import Runtime
 from services.controller._sync import Caches
-from services.controller._tracked import TrackedRuntime
+from services.controller._tracked import CONTROLLER, TrackedRuntime, live_controllers
 
 __all__ = [
     "APPLY_TIMEOUT",
@@ -191,8 +194,39 @@ class TpeApplier:
     # -- triggers ----------------------------------------------------------------------------
 
     def follow(self) -> None:
-        """Re-evaluate on every relevant change the Controller's caches see (see module doc)."""
+        """Re-evaluate on every relevant change the Controller's caches see (see module doc).
+
+        Records a runner of a controller that is gone left owned are taken over now, and
+        whenever a controller's record goes away later.
+        """
         self._rt.engine.sync.subscribe(self._changed)
+        self.apply(self._orphans())
+
+    def _me(self) -> str:
+        """A new runner id: `<controller id>/<random>`, so a dead controller's are known."""
+        rt = self._rt
+        prefix = rt.tracked.controller_id if isinstance(rt, TrackedRuntime) else ""
+        return f"{prefix}/{uuid.uuid4().hex}"
+
+    def _orphaned(self, owner: str, started: int, live: set[str]) -> bool:
+        """Whether a record's runner is presumed dead: too old, or its controller is gone."""
+        if time.time() - started >= STALE_OWNER:
+            return True
+        controller, sep, _ = owner.rpartition("/")
+        return bool(sep and controller) and controller not in live
+
+    def _orphans(self, gone: str | None = None) -> list[Target]:
+        caches = self._rt.engine.caches
+        live = live_controllers(caches)
+        out: list[Target] = []
+        for key, state in caches.items(TPE_INSTANCE):
+            if not state.owner:
+                continue
+            if gone is not None and not state.owner.startswith(f"{gone}/"):
+                continue
+            if self._orphaned(state.owner, state.started_at.seconds, live):
+                out.append(Target(key))
+        return out
 
     def apply(self, targets: Iterable[Target]) -> None:
         """Evaluate each target again, in the background (one runner per record)."""
@@ -249,6 +283,9 @@ class TpeApplier:
         if otype is CLOUDLET:
             c_cls = cloudlet_pb2.Cloudlet
             return self._cloudlet_changed(caches, _as(c_cls, old), _as(c_cls, new))
+        gone = _as(controller_pb2.Controller, old)
+        if otype is CONTROLLER and new is None and gone is not None:
+            return self._orphans(f"{gone.hostname}@{gone.key.addr}")
         return []
 
     @staticmethod
@@ -341,7 +378,7 @@ class TpeApplier:
         Returns at once when another runner owns the record: that one runs again for us.
         """
         engine = self._rt.engine
-        me = uuid.uuid4().hex
+        me = self._me()
         skey = keys.store_key(TPE_INSTANCE.name, target.key)
         key = target.parsed()
 
@@ -350,7 +387,8 @@ class TpeApplier:
             if state is None:
                 state = trustpolicyexception_pb2.TPEInstanceState()
                 state.key.CopyFrom(key)
-            if state.owner and time.time() - state.started_at.seconds < STALE_OWNER:
+            live = live_controllers(engine.caches)
+            if state.owner and not self._orphaned(state.owner, state.started_at.seconds, live):
                 state.run_requested = True  # the owner runs once more
                 txn.put(state)
                 return False

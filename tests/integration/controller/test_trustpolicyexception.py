@@ -8,6 +8,7 @@ would leave them, so each test sets exactly the conditions the original checks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from edgeproto import (
     cloudletkey_pb2,
     clusterinst_pb2,
     common_pb2,
+    controller_pb2,
     result_pb2,
     trustpolicy_pb2,
     trustpolicyexception_pb2,
@@ -389,6 +391,45 @@ async def test_a_failing_ccrm_is_recorded_on_the_instance(world: World) -> None:
     [record] = await settled(w)
     assert record.tpe_enable
     assert record.error == "security group quota reached"
+
+
+async def test_a_dead_controllers_runner_is_taken_over_when_its_record_goes(
+    world: World,
+) -> None:
+    w = world
+    await instance(w)
+    await w.tpes.CreateTrustPolicyException(w.tpe(), timeout=10)
+    await w.tpes.UpdateTrustPolicyException(w.tpe(state=ACTIVE, fields=["3"]), timeout=10)
+    [record] = await settled(w)
+    calls = len(w.ccrm.tpe_requests)
+    other = controller_pb2.Controller(
+        key=controller_pb2.ControllerKey(addr="127.0.0.9:55001"), hostname="gone"
+    )
+
+    def run_left_behind(txn: Txn) -> None:
+        # another controller was running this record when it died
+        txn.put(other)
+        stuck = txn.get(TPE_INSTANCE, record.key)
+        assert stuck is not None
+        stuck.owner = "gone@127.0.0.9:55001/a1b2"
+        stuck.run_requested = True
+        stuck.started_at.seconds = int(time.time())
+        txn.put(stuck)
+
+    await w.ctl.engine.apply(run_left_behind)
+    # a trigger now only asks that (dead) owner to run again
+    w.applier.apply(targets_for_tpe(w.ctl.sync.caches, w.tpe().key))
+    assert await w.applier.wait_idle(10)
+    [stuck] = w.records()
+    assert stuck.owner == "gone@127.0.0.9:55001/a1b2"
+
+    def lease_expired(txn: Txn) -> None:
+        txn.delete(registry.by_class(controller_pb2.Controller), other.key)
+
+    await w.ctl.engine.apply(lease_expired)
+    [record] = await settled(w)
+    assert record.tpe_enable
+    assert len(w.ccrm.tpe_requests) == calls + 1
 
 
 async def test_a_second_trigger_while_running_runs_once_more(world: World) -> None:
