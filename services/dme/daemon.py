@@ -32,7 +32,7 @@ from services.dme._autoprov import AutoProvStats
 from services.dme._calls import DmeCalls
 from services.dme._clients import AppInstClients, Devices
 from services.dme._cookies import TEST_MODE_KEYS, CookieCodec, JwtKeys
-from services.dme._edgeevents import EdgeEvents
+from services.dme._edgeevents import REQUEST_APPINST_LATENCY, EdgeEvents
 from services.dme._operators import StandaloneOperator
 from services.dme._ranking import MatchEngine, SpatialIndex
 from services.dme._ratelimit import RateLimitManager
@@ -153,6 +153,9 @@ class DmeDaemon(Daemon[DmeConfig]):
             autoprov=self.autoprov,
         )
         self.events = EdgeEvents(self.calls, EdgeEventStats())
+        self.debug.add(
+            REQUEST_APPINST_LATENCY, lambda req: self.events.request_latency_command(req.args)
+        )
         self.reporter = Reporter(
             lambda: self.world.settings,
             self.notify.send_message,

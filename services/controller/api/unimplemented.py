@@ -23,7 +23,6 @@ __all__ = ["LATER", "add"]
 
 LATER: Final[dict[str, tuple[str, str]]] = {
     # service: (proto module, slice of the Controller issue that brings it)
-    "AppInstLatencyApi": ("appinst_pb2", "AppInst"),
     "ExecApi": ("exec_pb2", "Cloudlet"),
 }
 
