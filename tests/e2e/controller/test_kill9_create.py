@@ -17,7 +17,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,6 +42,7 @@ from tests.e2e.support import ControllerApi, Platform, ok, run, wait_for
 TS = common_pb2
 DEV = "dev"
 FLAVORS = ("k9.small", "k9.medium", "k9.large")
+FLAVOR_KEY = flavor_pb2.FlavorKey(name=FLAVORS[0])
 STEP_DELAY = "1.0"  # seconds per fake step: a cluster create takes 3 s, an AppInst 2 s
 TIMEOUT = 60.0
 
@@ -87,17 +87,32 @@ def start(call: Iterator[Any]) -> Call:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def platform(
-    etcd_server: ServerProcess, redis_server: ServerProcess, tmp_path: Path
+    etcd_server: ServerProcess,
+    redis_server: ServerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
-    """A Controller and a CCRM of this test's own (the test kills the Controller)."""
-    running = Platform(etcd_server.client_url, redis_server.client_url, tmp_path)
+    """A Controller and a CCRM of this module's own; each test uses cloudlets of its own."""
+    running = Platform(
+        etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("kill9")
+    )
     running.start()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(autouse=True)
+def restarted(platform: Platform) -> Iterator[None]:
+    """A test that fails between its kill and its restart must not break the next one."""
+    yield
+    for daemon in (platform.ccrm, platform.controller):
+        if daemon.process is not None:
+            daemon.process.send_signal(signal.SIGCONT)  # a no-op unless a test stopped it
+            if daemon.process.poll() is not None:
+                daemon.start()
 
 
 def connect(platform: Platform) -> tuple[grpc.Channel, Api]:
@@ -206,7 +221,8 @@ def test_kill9_during_cluster_and_app_inst_creates(platform: Platform) -> None:
 
         wait_for(both_creating, 10, "both creates to be Creating")
         before_kill = list(cluster_call.messages), list(inst_call.messages)
-    platform.controller.kill()
+        # killed before the channel closes: a caller that goes away cancels its create
+        platform.controller.kill()
     for call in (cluster_call, inst_call):
         assert call.done.wait(10)
         assert call.error is not None
@@ -278,7 +294,8 @@ def test_kill9_after_the_commit_before_the_answer(platform: Platform) -> None:
     channel, api = connect(platform)
     with channel:
         api.registered("fake", 20)
-        api.create_flavor(FLAVORS[0], disk=20)
+        if not list(api.flavors.ShowFlavor(flavor_pb2.Flavor(key=FLAVOR_KEY), timeout=5)):
+            api.create_flavor(FLAVORS[0], disk=20)  # unless the other test of the module did
         cloudlet = fake_cloudlet(api, step_delay="0.01")
         # a first create fetches the cloudlet's sizing facts from the CCRM before its commit;
         # later ones find them known and commit before they call the CCRM
@@ -306,5 +323,6 @@ def test_kill9_after_the_commit_before_the_answer(platform: Platform) -> None:
         assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err.details()
         # the original's key-error wording: the key message's name, `Cluster`
         assert err.details() == 'Cluster key {"name":"limbo","organization":"dev"} already exists'
-        shown = [c.key.name for c in api.clusters.ShowClusterInst(clusterinst_pb2.ClusterInst())]
+        on_cloudlet = clusterinst_pb2.ClusterInst(cloudlet_key=cloudlet.key)
+        shown = [c.key.name for c in api.clusters.ShowClusterInst(on_cloudlet, timeout=5)]
         assert sorted(shown) == ["limbo", "warm"]
