@@ -216,6 +216,7 @@ class TpeApplier:
         return bool(sep and controller) and controller not in live
 
     def _orphans(self, gone: str | None = None) -> list[Target]:
+        """Records whose runner is presumed dead (only those of controller `gone` if given)."""
         caches = self._rt.engine.caches
         live = live_controllers(caches)
         out: list[Target] = []
@@ -250,7 +251,11 @@ class TpeApplier:
         return True
 
     async def close(self) -> None:
-        """Cancel the runs in flight (a record left owned is taken over after an hour)."""
+        """Cancel the runs in flight.
+
+        A record left owned is taken over by another Controller once this one's leased
+        Controller record goes (revoked at shutdown, expired after a crash).
+        """
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
