@@ -374,37 +374,48 @@ class _Seen(logging.Handler):
             self.event.set()
 
 
+@pytest.fixture
+async def slow_ccrm() -> AsyncIterator[tuple[FakeCcrm, str]]:
+    """A CCRM that streams "Creating cloudlet", then takes 1.5 s.
+
+    Requested before `start_controller`, it outlives the Controller, which can then finish
+    the operations it still runs at shutdown instead of waiting out its grace period.
+    """
+    ccrm = FakeCcrm(hang=1.5)
+    async with ccrm_server(ccrm) as addr:
+        yield ccrm, addr
+
+
 async def test_a_client_leaving_mid_stream_is_not_a_server_error(
-    start_controller: StartController,
+    slow_ccrm: tuple[FakeCcrm, str], start_controller: StartController
 ) -> None:
     # aiohttp notices the gone client at the next write: the call is cancelled then, and the
     # departure is logged at INFO instead of aiohttp's "Error handling request" traceback
-    ccrm = FakeCcrm(hang=1.5)  # streams "Creating cloudlet", then takes 1.5 s
+    ccrm, ccrm_addr = slow_ccrm
     seen = _Seen("REST client left during")
     gateway_log = logging.getLogger("services.controller.http.gateway")
     gateway_log.addHandler(seen)
     gateway_log.setLevel(logging.INFO)
     try:
-        async with ccrm_server(ccrm) as ccrm_addr:
-            ctl = await start_controller(platform_service_addrs=(f"ccrm={ccrm_addr}",))
-            await put_features(ctl)
-            body = {
-                "key": {"organization": unique("oper"), "name": "c1"},
-                "location": {"latitude": 1, "longitude": 2},
-                "num_dynamic_ips": 10,
-                "platform_type": "fakeccrm",
-            }
-            async with asyncio.timeout(10):
-                async with aiohttp.ClientSession() as session:
-                    response = await session.post(f"{ctl.url}{PREFIX}/create/cloudlet", json=body)
-                    assert response.status == 200
-                    while True:  # bounded by the timeout: the CCRM answers at once
-                        line = json.loads(await response.content.readline())
-                        if line["result"]["message"] == "Creating cloudlet":
-                            break
-                    assert not ccrm.finished.is_set()  # the create is still running
-                    response.close()  # the client goes away
-                await seen.event.wait()
+        ctl = await start_controller(platform_service_addrs=(f"ccrm={ccrm_addr}",))
+        await put_features(ctl)
+        body = {
+            "key": {"organization": unique("oper"), "name": "c1"},
+            "location": {"latitude": 1, "longitude": 2},
+            "num_dynamic_ips": 10,
+            "platform_type": "fakeccrm",
+        }
+        async with asyncio.timeout(10):
+            async with aiohttp.ClientSession() as session:
+                response = await session.post(f"{ctl.url}{PREFIX}/create/cloudlet", json=body)
+                assert response.status == 200
+                while True:  # bounded by the timeout: the CCRM answers at once
+                    line = json.loads(await response.content.readline())
+                    if line["result"]["message"] == "Creating cloudlet":
+                        break
+                assert not ccrm.finished.is_set()  # the create is still running
+                response.close()  # the client goes away
+            await seen.event.wait()
     finally:
         gateway_log.removeHandler(seen)
         gateway_log.setLevel(logging.NOTSET)
