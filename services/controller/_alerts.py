@@ -49,6 +49,7 @@ from edge_cloud.objects import keys, registry
 from edge_cloud.objects.gojson import enum_from_go, enum_go_name
 from services.controller import _clusterinst
 from services.controller._engine import Txn
+from services.controller._sizing import sizer
 from services.controller._sync import Caches
 from services.controller._tracked import TrackedRuntime
 from services.controller._usage import ResLimit, controller_used, resource_limits
@@ -318,8 +319,15 @@ def refresh_in_commit(
     features = txn.get(PLATFORM_FEATURES, cloudlet.platform_type)
     clusters = [c for c in txn.peek_many(CLUSTER_INST, list(refs.cluster_insts)) if c]
     vm_apps = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
-    used = _clusterinst.used_resources(clusters, [a.node_resources for a in vm_apps], features)
-    commit_usage_alerts(txn, runtime, cloudlet, txn.get(CLOUDLET_INFO, refs.key), used)
+    info = txn.get(CLOUDLET_INFO, refs.key)
+    used = _clusterinst.used_resources(
+        clusters,
+        [a.node_resources for a in vm_apps],
+        features,
+        info=info,
+        sizing=sizer(runtime).cached(keys.key_string(refs.key)),
+    )
+    commit_usage_alerts(txn, runtime, cloudlet, info, used)
 
 
 async def refresh_usage_alerts(runtime: TrackedRuntime, key: cloudletkey_pb2.CloudletKey) -> None:
@@ -328,7 +336,7 @@ async def refresh_usage_alerts(runtime: TrackedRuntime, key: cloudletkey_pb2.Clo
     info = runtime.caches.get(CLOUDLET_INFO, keys.key_string(key))
     if cloudlet is None or info is None:
         return
-    used = controller_used(runtime.caches, cloudlet)
+    used = controller_used(runtime.caches, cloudlet, sizer(runtime).cached(keys.key_string(key)))
     warnings = usage_warnings(resource_limits(cloudlet, info), used, infra_used(info))
 
     def write(txn: Txn) -> None:

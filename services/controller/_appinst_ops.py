@@ -77,6 +77,7 @@ from services.controller._inst_common import (
     zone_cloudlets,
 )
 from services.controller._progress import OpStream
+from services.controller._sizing import sizer
 from services.controller._sync import Caches
 from services.controller._tracked import (
     TRANSIENT,
@@ -250,6 +251,9 @@ class AppInstOps(InstOpsBase):
         cloudlets: list[cloudlet_pb2.Cloudlet] = []
         if app.deployment == "vm":
             cloudlets = self._candidate_cloudlets(cctx, inst)
+            if not cctx.ignore_crm:
+                for cl in cloudlets:  # the LB and VM kinds the fit check counts
+                    await sizer(rt).prepare(rt.caches, cl, ("appvm",))
         elif not inst.cluster_key.name:
             if not _has_resources(app):
                 raise InvalidArgument(
@@ -612,9 +616,13 @@ class AppInstOps(InstOpsBase):
                 clusters = [c for c in txn.get_many(CLUSTER_INST, list(refs.cluster_insts)) if c]
                 # members of the guarded refs; a VM app's resources never change
                 vms = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
-                used = _clusterinst.used_resources(clusters, [a.node_resources for a in vms], pf)
-                want: dict[str, int] = {}
-                _clusterinst.add_nodes(want, new.node_resources, 1)
+                sizing = sizer(rt).cached(keys.key_string(cl.key))
+                used = _clusterinst.used_resources(
+                    clusters, [a.node_resources for a in vms], pf, info=info, sizing=sizing
+                )
+                want = _clusterinst.vm_app_resources(
+                    new.node_resources, pf, info=info, sizing=sizing
+                )
                 try:
                     _clusterinst.fit_resources(want, used, _clusterinst.limits(cl, info))
                 except ResourceExhausted as err:

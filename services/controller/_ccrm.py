@@ -41,6 +41,8 @@ from edgeproto import (
     cloudletkey_pb2,
     clusterinst_pb2,
     common_pb2,
+    flavor_pb2,
+    refs_pb2,
     result_pb2,
     trustpolicyexception_pb2,
 )
@@ -356,6 +358,44 @@ class CcrmClients:
             node_type, call, f"getting the manifest of cloudlet {keys.key_string(key)}"
         )
         return manifest
+
+    async def get_root_lb_flavor(
+        self,
+        node_type: str,
+        key: cloudletkey_pb2.CloudletKey,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> flavor_pb2.Flavor:
+        """GetRootLbFlavor: the size of a root LB VM on the cloudlet (empty: none).
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        call: Any = self.cloudlet_api(node_type).GetRootLbFlavor(key, timeout=timeout)
+        doing = f"sizing the root LB of cloudlet {keys.key_string(key)}"
+        flavor: flavor_pb2.Flavor = await self._unary(node_type, call, doing)
+        return flavor
+
+    async def get_cluster_additional_resources(
+        self,
+        node_type: str,
+        key: cloudletkey_pb2.CloudletKey,
+        vms: list[refs_pb2.VMResource],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> dict[str, int]:
+        """GetClusterAdditionalResources: platform counters the VMs add, by resource name.
+
+        Raises:
+            EdgeError: The CCRM's error, unwrapped.
+        """
+        request = ccrm_pb2.ClusterResourcesReq(cloudlet_key=key, vm_resources=vms)
+        call: Any = self.cloudlet_api(node_type).GetClusterAdditionalResources(
+            request, timeout=timeout
+        )
+        doing = f"counting platform resources of cloudlet {keys.key_string(key)}"
+        found: ccrm_pb2.InfraResourceMap = await self._unary(node_type, call, doing)
+        return {name: res.value for name, res in found.infra_resources.items()}
 
     async def get_cloudlet_resources(
         self,

@@ -6,6 +6,7 @@ guarded transactions and unit tests can check every message. Error texts are the
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -657,21 +658,176 @@ def add_nodes(totals: dict[str, int], nodes: resources_pb2.NodeResources, count:
         totals[RES_GPUS] = totals.get(RES_GPUS, 0) + gpus * count
 
 
+@dataclass(frozen=True, slots=True)
+class SiteSizing:
+    """What only the cloudlet's CCRM knows about sizing, fetched before a transaction.
+
+    Attributes:
+        lb_flavor: The infra flavor a root LB VM takes ("" when the platform has none or
+            it is not known, e.g. under a CRM override).
+        extras: Platform counters (`Instances`, `Floating IPs`, ...) one VM of a
+            (node type, infra flavor) adds, from the CCRM's `GetClusterAdditionalResources`.
+    """
+
+    lb_flavor: str = ""
+    extras: Mapping[tuple[str, str], Mapping[str, int]] = dataclasses.field(default_factory=dict)
+
+
+NO_SIZING: Final = SiteSizing()
+RES_EXTERNAL_IPS: Final = "External IPs"
+LB_NODE_TYPES: Final = frozenset({"sharedrootlb", "dedicatedrootlb"})
+PLATFORM_NODE_TYPES: Final = frozenset(
+    {
+        "platformvm",
+        "platformhost",
+        "platform-k8s-cluster-master",
+        "platform-k8s-cluster-primary-node",
+        "platform-k8s-cluster-secondary-node",
+    }
+)
+
+
+class Tally:
+    """The VMs a set of clusters and VM apps take on one cloudlet, summed as §4.1 says.
+
+    Nodes sized by an infra flavor the cloudlet reports count as whole units of that flavor
+    (its full size, or `flavor/<name>` on flavor-counting platforms); other nodes count
+    their requested size. Root LBs and platform VMs take one external IP each; the CCRM's
+    per-VM extras are added per (node type, flavor).
+
+    Args:
+        features: The cloudlet's platform features (None: a plain VM platform).
+        info: The cloudlet's CloudletInfo (None: requested sizes only).
+        sizing: The CCRM's sizing facts for the cloudlet.
+    """
+
+    def __init__(
+        self,
+        features: cloudlet_pb2.PlatformFeatures | None,
+        info: cloudlet_pb2.CloudletInfo | None = None,
+        sizing: SiteSizing = NO_SIZING,
+    ) -> None:
+        self._features = features
+        self._flavors = {f.name: f for f in info.flavors} if info is not None else {}
+        self._sizing = sizing
+        self.values: dict[str, int] = {}
+        self.vms: dict[tuple[str, str], int] = {}
+        self._ips = 0
+
+    @property
+    def managed(self) -> bool:
+        """Whether the platform runs Kubernetes control planes itself (no masters, no LB)."""
+        return self._features is not None and self._features.kubernetes_managed_control_plane
+
+    def nodes(self, nodes: resources_pb2.NodeResources, node_type: str, count: int) -> None:
+        """Count `count` VMs of a requested size (its infra flavor when the cloudlet has it)."""
+        if count <= 0:
+            return
+        flavor = self._flavors.get(nodes.infra_node_flavor)
+        if flavor is None:
+            add_nodes(self.values, nodes, count)
+            self.vms[(node_type, nodes.infra_node_flavor)] = (
+                self.vms.get((node_type, nodes.infra_node_flavor), 0) + count
+            )
+            self._count_ips(node_type)
+            return
+        self.flavor(flavor, node_type, count)
+
+    def flavor(self, flavor: cloudlet_pb2.FlavorInfo, node_type: str, count: int) -> None:
+        """Count `count` VMs of an infra flavor."""
+        if count <= 0:
+            return
+        if self._features is not None and self._features.resource_calc_by_flavor_counts:
+            name = f"flavor/{flavor.name}"
+            self.values[name] = self.values.get(name, 0) + count
+        else:
+            self.values[RES_VCPUS] = self.values.get(RES_VCPUS, 0) + flavor.vcpus * count
+            self.values[RES_RAM] = self.values.get(RES_RAM, 0) + flavor.ram * count
+            self.values[RES_DISK] = self.values.get(RES_DISK, 0) + flavor.disk * count
+            gpus = sum(g.count for g in flavor.gpus)
+            if gpus:
+                self.values[RES_GPUS] = self.values.get(RES_GPUS, 0) + gpus * count
+        self.vms[(node_type, flavor.name)] = self.vms.get((node_type, flavor.name), 0) + count
+        self._count_ips(node_type)
+
+    def _count_ips(self, node_type: str) -> None:
+        # one per group of LB or platform VMs, as the original counts them
+        if node_type in LB_NODE_TYPES or node_type in PLATFORM_NODE_TYPES:
+            self._ips += 1
+
+    def root_lb(self) -> None:
+        """A dedicated root LB, when the platform has one and its flavor is known."""
+        flavor = self._flavors.get(self._sizing.lb_flavor)
+        if flavor is not None and not self.managed:
+            self.flavor(flavor, "dedicatedrootlb", 1)
+
+    def platform_vms(self, info: cloudlet_pb2.CloudletInfo | None) -> None:
+        """The cloudlet's own VMs (CRM, Shepherd, shared LB) its snapshot reports."""
+        if info is None:
+            return
+        for vm in info.resources_snapshot.platform_vms:
+            flavor = self._flavors.get(vm.infraFlavor)
+            if flavor is not None:
+                self.flavor(flavor, vm.type, 1)
+
+    def cluster(self, cluster: ClusterInst) -> None:
+        """A ClusterInst's nodes, masters and dedicated root LB."""
+        if cluster.deployment == "docker":
+            self.nodes(cluster.node_resources, "docker-cluster-node", 1)
+        else:
+            if not self.managed and cluster.num_masters:
+                master = resources_pb2.NodeResources(
+                    vcpus=MASTER_VCPUS,
+                    ram=MASTER_RAM,
+                    disk=MASTER_DISK,
+                    infra_node_flavor=cluster.master_node_flavor,
+                )
+                self.nodes(master, "k8s-cluster-master", cluster.num_masters)
+            for pool in cluster.node_pools:
+                self.nodes(pool.node_resources, "k8s-cluster-node", pool.num_nodes)
+        if cluster.ip_access == TS.IP_ACCESS_DEDICATED:
+            self.root_lb()
+
+    def vm_app(self, nodes: resources_pb2.NodeResources) -> None:
+        """A VM AppInst: its VM and the root LB in front of it."""
+        self.nodes(nodes, "appvm", 1)
+        self.root_lb()
+
+    def totals(self) -> dict[str, int]:
+        """Resource name → amount, external IPs and the CCRM's extras included."""
+        out = dict(self.values)
+        if self._ips:
+            out[RES_EXTERNAL_IPS] = out.get(RES_EXTERNAL_IPS, 0) + self._ips
+        for pair, count in self.vms.items():
+            for name, value in self._sizing.extras.get(pair, {}).items():
+                out[name] = out.get(name, 0) + value * count
+        return out
+
+
 def cluster_resources(
-    cluster: ClusterInst, features: cloudlet_pb2.PlatformFeatures | None = None
+    cluster: ClusterInst,
+    features: cloudlet_pb2.PlatformFeatures | None = None,
+    *,
+    info: cloudlet_pb2.CloudletInfo | None = None,
+    sizing: SiteSizing = NO_SIZING,
 ) -> dict[str, int]:
     """What a cluster takes from its cloudlet (§4.1), by resource name."""
-    totals: dict[str, int] = {}
-    if cluster.deployment == "docker":
-        add_nodes(totals, cluster.node_resources, 1)
-        return totals
-    managed = features is not None and features.kubernetes_managed_control_plane
-    if not managed and cluster.num_masters:
-        master = resources_pb2.NodeResources(vcpus=MASTER_VCPUS, ram=MASTER_RAM, disk=MASTER_DISK)
-        add_nodes(totals, master, cluster.num_masters)
-    for pool in cluster.node_pools:
-        add_nodes(totals, pool.node_resources, pool.num_nodes)
-    return totals
+    tally = Tally(features, info, sizing)
+    tally.cluster(cluster)
+    return tally.totals()
+
+
+def vm_app_resources(
+    nodes: resources_pb2.NodeResources,
+    features: cloudlet_pb2.PlatformFeatures | None = None,
+    *,
+    info: cloudlet_pb2.CloudletInfo | None = None,
+    sizing: SiteSizing = NO_SIZING,
+) -> dict[str, int]:
+    """What a VM AppInst takes from its cloudlet (§4.1): its VM and its root LB."""
+    tally = Tally(features, info, sizing)
+    tally.vm_app(nodes)
+    return tally.totals()
 
 
 def delta_resources(new: Mapping[str, int], old: Mapping[str, int]) -> dict[str, int]:
@@ -687,15 +843,18 @@ def used_resources(
     clusters: Iterable[ClusterInst],
     vm_nodes: Iterable[resources_pb2.NodeResources] = (),
     features: cloudlet_pb2.PlatformFeatures | None = None,
+    *,
+    info: cloudlet_pb2.CloudletInfo | None = None,
+    sizing: SiteSizing = NO_SIZING,
 ) -> dict[str, int]:
-    """The cloudlet's theoretical usage: every cluster regardless of state, every VM app."""
-    totals: dict[str, int] = {}
+    """The cloudlet's theoretical usage (§4.1): platform VMs, clusters in any state, VM apps."""
+    tally = Tally(features, info, sizing)
+    tally.platform_vms(info)
     for cluster in clusters:
-        for name, value in cluster_resources(cluster, features).items():
-            totals[name] = totals.get(name, 0) + value
+        tally.cluster(cluster)
     for nodes in vm_nodes:
-        add_nodes(totals, nodes, 1)
-    return totals
+        tally.vm_app(nodes)
+    return tally.totals()
 
 
 def limits(

@@ -40,6 +40,7 @@ from edge_cloud.objects import fields, keys, registry
 from services.controller import _alerts, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
+from services.controller._clusterinst import NO_SIZING, SiteSizing
 from services.controller._create_undo import gone_check, mark_cancelled, record_and_remove
 from services.controller._engine import Txn
 from services.controller._inst_common import (
@@ -71,6 +72,7 @@ from services.controller._inst_common import (
     zone_cloudlets,
 )
 from services.controller._progress import OpStream
+from services.controller._sizing import sizer
 from services.controller._tracked import (
     TRANSIENT,
     CallContext,
@@ -94,7 +96,10 @@ UPDATABLE_CLUSTER: Final = (
 
 
 def _refit_cluster(
-    txn: Txn, stored: clusterinst_pb2.ClusterInst, merged: clusterinst_pb2.ClusterInst
+    txn: Txn,
+    stored: clusterinst_pb2.ClusterInst,
+    merged: clusterinst_pb2.ClusterInst,
+    sizing: SiteSizing = NO_SIZING,
 ) -> None:
     """Re-resolve and re-fit a kubernetes cluster whose nodes an update changes (§3.8, §4.2).
 
@@ -139,11 +144,20 @@ def _refit_cluster(
     members = [c for c in txn.peek_many(CLUSTER_INST, list(refs.cluster_insts)) if c is not None]
     others = [c for c in members if c.key != stored.key] + [stored]
     vm_apps = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
-    used = _clusterinst.used_resources(others, [a.node_resources for a in vm_apps], pf)
+    vm_nodes = [a.node_resources for a in vm_apps]
+    used = _clusterinst.used_resources(others, vm_nodes, pf, info=info, sizing=sizing)
     growth = _clusterinst.delta_resources(
-        _clusterinst.cluster_resources(merged, pf), _clusterinst.cluster_resources(stored, pf)
+        _clusterinst.cluster_resources(merged, pf, info=info, sizing=sizing),
+        _clusterinst.cluster_resources(stored, pf, info=info, sizing=sizing),
     )
     _clusterinst.fit_resources(growth, used, _clusterinst.limits(cl, info))
+
+
+def _cluster_node_types(cluster: clusterinst_pb2.ClusterInst) -> tuple[str, ...]:
+    """The kinds of VM a cluster adds to its cloudlet, for `SiteSizer.prepare`."""
+    if cluster.deployment == "docker":
+        return ("docker-cluster-node",)
+    return ("k8s-cluster-master", "k8s-cluster-node")
 
 
 class ClusterInstOps(InstOpsBase):
@@ -317,18 +331,16 @@ class ClusterInstOps(InstOpsBase):
                 if c is not None and c.key != new.key
             ]
             vm_apps = [a for a in txn.peek_many(APP_INST, list(refs.vm_app_insts)) if a]
-            used = _clusterinst.used_resources(others, [a.node_resources for a in vm_apps], pf)
+            sizing = sizer(rt).cached(keys.key_string(cl.key))
+            used = _clusterinst.used_resources(
+                others, [a.node_resources for a in vm_apps], pf, info=info, sizing=sizing
+            )
+            required = _clusterinst.cluster_resources(new, pf, info=info, sizing=sizing)
             try:
-                _clusterinst.fit_resources(
-                    _clusterinst.cluster_resources(new, pf),
-                    used,
-                    _clusterinst.limits(cl, info),
-                )
+                _clusterinst.fit_resources(required, used, _clusterinst.limits(cl, info))
             except ResourceExhausted as err:
                 raise NoFit(err.message) from None
-            _alerts.commit_usage_alerts(
-                txn, rt, cl, info, used, _clusterinst.cluster_resources(new, pf)
-            )
+            _alerts.commit_usage_alerts(txn, rt, cl, info, used, required)
             _clusterinst.allocate_ip(new, cl, pf, refs)
             refs.cluster_insts.append(new.key)
             label = ""
@@ -426,6 +438,8 @@ class ClusterInstOps(InstOpsBase):
         committed: tuple[clusterinst_pb2.ClusterInst, int | None] | None = None
         for cl in candidates:
             try:
+                if not cctx.ignore_crm:
+                    await sizer(rt).prepare(rt.caches, cl, _cluster_node_types(cluster))
                 committed = await rt.engine.apply_at(
                     self._commit_fn(cctx, cluster, cl.key, notes, auto_reservable=auto_reservable),
                     reads=self._commit_reads(cluster, cl, auto_reservable=auto_reservable),
@@ -671,8 +685,12 @@ class ClusterInstOps(InstOpsBase):
         current = rt.caches.get(CLUSTER_INST, keys.key_string(key))
         if current is None:
             raise keys.not_found(key)
+        cloudlet_ks = keys.key_string(current.cloudlet_key)
         if not cctx.ignore_crm:
             check_cloudlet_ready(rt.caches, current.cloudlet_key)
+            cloudlet = rt.caches.get(CLOUDLET, cloudlet_ks)
+            if cloudlet is not None:
+                await sizer(rt).prepare(rt.caches, cloudlet, _cluster_node_types(current))
         stream = self._stream(cctx, key, sink)
         notes: list[str] = []
 
@@ -712,7 +730,7 @@ class ClusterInstOps(InstOpsBase):
             if merged.deployment == "kubernetes" and (
                 merged.num_nodes != stored.num_nodes or merged.node_pools != stored.node_pools
             ):
-                _refit_cluster(txn, stored, merged)
+                _refit_cluster(txn, stored, merged, sizer(rt).cached(cloudlet_ks))
             merged.updated_at.CopyFrom(_ids.now_timestamp())
             merged.state = TS.READY if cctx.ignore_crm else TS.UPDATE_REQUESTED
             txn.put(merged)

@@ -41,11 +41,13 @@ from edge_cloud.objects import keys, registry
 from services.controller import _clusterinst
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
+from services.controller._clusterinst import NO_SIZING, SiteSizing
 from services.controller._sync import Caches
 
 __all__ = [
     "ResLimit",
     "cloudlet_gpu_usage",
+    "cloudlet_members",
     "cloudlet_resource_usage",
     "cluster_resource_usage",
     "controller_used",
@@ -114,7 +116,7 @@ def _cloudlet_deps(
     return cloudlet, info
 
 
-def _cloudlet_members(
+def cloudlet_members(
     caches: Caches, cloudlet: cloudlet_pb2.Cloudlet
 ) -> tuple[list[clusterinst_pb2.ClusterInst], list[appinst_pb2.AppInst]]:
     """The ClusterInsts and VM AppInsts the cloudlet's refs hold (what the fit check counts)."""
@@ -134,11 +136,16 @@ def _cloudlet_members(
     return clusters, vm_apps
 
 
-def controller_used(caches: Caches, cloudlet: cloudlet_pb2.Cloudlet) -> dict[str, int]:
+def controller_used(
+    caches: Caches, cloudlet: cloudlet_pb2.Cloudlet, sizing: SiteSizing = NO_SIZING
+) -> dict[str, int]:
     """The Controller's own (theoretical) usage of a cloudlet, exactly as a create counts it."""
-    clusters, vm_apps = _cloudlet_members(caches, cloudlet)
+    clusters, vm_apps = cloudlet_members(caches, cloudlet)
     features = caches.get(PLATFORM_FEATURES, cloudlet.platform_type)
-    return _clusterinst.used_resources(clusters, [a.node_resources for a in vm_apps], features)
+    info = caches.get(CLOUDLET_INFO, keys.key_string(cloudlet.key))
+    return _clusterinst.used_resources(
+        clusters, [a.node_resources for a in vm_apps], features, info=info, sizing=sizing
+    )
 
 
 def resource_limits(
@@ -214,7 +221,10 @@ def resource_score(
 
 
 def cloudlet_resource_usage(
-    caches: Caches, key: cloudletkey_pb2.CloudletKey, infra_usage: bool
+    caches: Caches,
+    key: cloudletkey_pb2.CloudletKey,
+    infra_usage: bool,
+    sizing: SiteSizing = NO_SIZING,
 ) -> cloudlet_pb2.CloudletResourceUsage:
     """GetCloudletResourceUsage: used values against limits, one row per resource.
 
@@ -223,6 +233,7 @@ def cloudlet_resource_usage(
         key: The cloudlet.
         infra_usage: True for what the infra reports (CloudletInfo resources snapshot), False
             for the Controller's own accounting of its ClusterInsts and VM AppInsts.
+        sizing: The CCRM's sizing facts of the cloudlet (root LB flavor, platform counters).
 
     Raises:
         NotFound: The cloudlet or its CloudletInfo does not exist.
@@ -240,7 +251,7 @@ def cloudlet_resource_usage(
             row.description = res.description or row.description
         used = {name: row.value for name, row in rows.items()}
     else:
-        used = controller_used(caches, cloudlet)
+        used = controller_used(caches, cloudlet, sizing)
         for name, value in used.items():
             rows[name] = infraresources_pb2.InfraResource(
                 name=name, value=saturate(value), units=_clusterinst.UNITS.get(name, "")
@@ -275,7 +286,7 @@ def _gpus_used(caches: Caches, cloudlet: cloudlet_pb2.Cloudlet) -> dict[str, int
         for gpu in nodes.gpus:
             counts[gpu.model_id] = counts.get(gpu.model_id, 0) + gpu.count * times
 
-    clusters, vm_apps = _cloudlet_members(caches, cloudlet)
+    clusters, vm_apps = cloudlet_members(caches, cloudlet)
     for cluster in clusters:
         if cluster.deployment == "docker":
             add(cluster.node_resources, 1)

@@ -8,6 +8,7 @@ result. Resource usage and flavor mapping come from `_usage`, the create path's 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from edgeproto import (
 )
 
 from edge_cloud.errors import (
+    EdgeError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -40,8 +42,10 @@ from services.controller._cloudlet_ops import (
     revoke_crm_access_key,
 )
 from services.controller._cloudletinfo import CLOUDLET, apply_info
+from services.controller._clusterinst import NO_SIZING, SiteSizing
 from services.controller._engine import Txn
 from services.controller._runtime import Runtime
+from services.controller._sizing import sizer
 from services.controller._tracked import TrackedRuntime, seconds, streamed_rpc
 
 __all__ = ["CloudletApi", "add"]
@@ -50,6 +54,7 @@ RES_TAG_TABLE: Final = registry.by_class(restagtable_pb2.ResTagTable)
 CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
 APP_INST: Final = registry.by_class(appinst_pb2.AppInst)
 _Ctx = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(__name__)
 
 
 class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
@@ -294,7 +299,22 @@ class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
         self, request: cloudlet_pb2.CloudletResourceUsage, context: _Ctx
     ) -> cloudlet_pb2.CloudletResourceUsage:
         """Used against limits: the infra's report (`infra_usage`) or the Controller's own."""
-        return _usage.cloudlet_resource_usage(self._rt.caches, request.key, request.infra_usage)
+        sizing = await self._sizing(request.key)
+        return _usage.cloudlet_resource_usage(
+            self._rt.caches, request.key, request.infra_usage, sizing
+        )
+
+    async def _sizing(self, key: cloudletkey_pb2.CloudletKey) -> SiteSizing:
+        """The CCRM's sizing facts for a usage report; what is known if it cannot answer."""
+        rt = self._rt
+        cloudlet = rt.caches.get(CLOUDLET, keys.key_string(key))
+        if cloudlet is None or not isinstance(rt, TrackedRuntime):
+            return NO_SIZING
+        try:
+            return await sizer(rt).prepare(rt.caches, cloudlet)
+        except EdgeError as err:
+            log.warning("cloudlet %s: usage without fresh CCRM sizing: %s", cloudlet.key.name, err)
+            return sizer(rt).cached(keys.key_string(key))
 
     async def ShowCloudletResourceUsage(
         self, request: cloudlet_pb2.Cloudlet, context: _Ctx
@@ -307,7 +327,10 @@ class CloudletApi(cloudlet_pb2_grpc.CloudletApiServicer):
         usages = []
         for cloudlet in self._rt.engine.show(request):
             try:
-                usages.append(_usage.cloudlet_resource_usage(self._rt.caches, cloudlet.key, False))
+                sizing = await self._sizing(cloudlet.key)
+                usages.append(
+                    _usage.cloudlet_resource_usage(self._rt.caches, cloudlet.key, False, sizing)
+                )
             except NotFound as err:
                 raise NotFound(
                     f"failed to get cloudlet resource usage for "

@@ -200,8 +200,11 @@ async def ready_cloudlet(
     def fn(txn: Txn) -> None:
         info = txn.get(CLOUDLET_INFO, cloudlet.key)
         assert info is not None
-        info.flavors.append(
-            cloudlet_pb2.FlavorInfo(name="m1.xlarge", vcpus=16, ram=32768, disk=100)
+        info.flavors.extend(
+            [
+                cloudlet_pb2.FlavorInfo(name="m1.large", vcpus=4, ram=8192, disk=80),
+                cloudlet_pb2.FlavorInfo(name="m1.xlarge", vcpus=16, ram=32768, disk=100),
+            ]
         )
         if max_vcpus:
             info.resources_snapshot.info.append(

@@ -268,14 +268,14 @@ async def test_flavor_match_and_flavors_for_zone(
     found = await match("x1.large")
     assert (found.key, found.flavor_name, found.availability_zone) == (
         cloudlet.key,
-        "m1.xlarge",
+        "m1.large",
         "",
     )
     err = await rpc_error(match("x1.huge"))
     assert isinstance(err, NotFound)
     assert err.message == (
         "failed to find flavor match for c1, no suitable infra flavor found for requested node "
-        "resources, 2 with not enough vCPUs"
+        "resources, 3 with not enough vCPUs"
     )
     err = await rpc_error(match("nope"))
     assert isinstance(err, NotFound)

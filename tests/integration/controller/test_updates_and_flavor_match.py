@@ -94,7 +94,8 @@ async def test_cluster_update_checks_fields_and_refits(
     for request in (k8s, docker):
         _, err = await collect(clusters(ctl).CreateClusterInst(request))
         assert err is None, err
-    # master 1 + 1 node x 2 + docker 2 = 5 of 10 vCPUs used
+    # master (1 vCPU asked, its m1.small infra flavor has 2) + 1 node x 2 + docker 2 = 6 of
+    # 10 vCPUs used: a VM takes its whole infra flavor (controller.md §4.1)
 
     async def update(**values: Any) -> tuple[list[str], Exception | None]:
         return await collect(clusters(ctl).UpdateClusterInst(clusterinst_pb2.ClusterInst(**values)))
@@ -106,12 +107,12 @@ async def test_cluster_update_checks_fields_and_refits(
     assert err is None, err
     assert stored_cluster(ctl, k8s).skip_crm_cleanup_on_timeout
 
-    _, err = await update(key=k8s.key, num_nodes=3, fields=["14"])  # +4: 9 of 10
+    _, err = await update(key=k8s.key, num_nodes=3, fields=["14"])  # +4: 10 of 10
     assert err is None, err
-    _, err = await update(key=k8s.key, num_nodes=4, fields=["14"])  # +2 more: 11 of 10
+    _, err = await update(key=k8s.key, num_nodes=4, fields=["14"])  # +2 more: 12 of 10
     assert isinstance(err, ResourceExhausted)
     assert err.message == (
-        "not enough resources available: required vCPUs is 2 but only 1 out of 10 is available"
+        "not enough resources available: required vCPUs is 2 but only 0 out of 10 is available"
     )
     assert stored_cluster(ctl, k8s).num_nodes == 3
     _, err = await update(key=k8s.key, num_nodes=1, fields=["14"])  # shrinking always fits
@@ -121,13 +122,14 @@ async def test_cluster_update_checks_fields_and_refits(
         common_pb2.READY,
     )
 
-    # a bigger pool (+4 vCPUs: 9 of 10) gets a bigger infra flavor, chosen again
-    _, err = await update(key=k8s.key, node_pools=[pool("cpupool", 1, 6, 8192)], fields=["46"])
+    # a bigger pool (m1.large instead of m1.small, +2 vCPUs: 8 of 10) gets its infra
+    # flavor chosen again
+    _, err = await update(key=k8s.key, node_pools=[pool("cpupool", 1, 4, 8192)], fields=["46"])
     assert err is None, err
     grown = stored_cluster(ctl, k8s)
     assert (grown.node_pools[0].node_resources.infra_node_flavor, grown.node_flavor) == (
-        "m1.xlarge",
-        "m1.xlarge",
+        "m1.large",
+        "m1.large",
     )
     assert ccrm.cluster_requests[-1].state == common_pb2.UPDATE_REQUESTED
     _, err = await update(key=k8s.key, node_pools=[pool("p2", 1, 0, 1024)], fields=["46"])
@@ -137,7 +139,7 @@ async def test_cluster_update_checks_fields_and_refits(
     assert isinstance(err, InvalidArgument)
     assert err.message == (
         "failed to select infra flavor for pool cpupool, no suitable infra flavor found for "
-        "requested node resources, 2 with not enough vCPUs"
+        "requested node resources, 3 with not enough vCPUs"
     )
 
     _, err = await update(key=docker.key, enable_ipv6=True, fields=["37"])
@@ -253,7 +255,7 @@ async def test_infra_flavor_matches_gpus_exactly(
     _, err = await collect(clusters(ctl).CreateClusterInst(no_gpu))
     assert isinstance(err, InvalidArgument)
     assert err.message == (
-        "no suitable infra flavor found for requested node resources, 2 with not enough nvidia-t4"
+        "no suitable infra flavor found for requested node resources, 3 with not enough nvidia-t4"
     )
 
     def offer_gpus(info: cloudlet_pb2.CloudletInfo) -> None:
@@ -279,10 +281,10 @@ async def test_infra_flavor_matches_gpus_exactly(
             new_cluster(org, cloudlet, "gpu3", flavor=None, node_resources=three)
         )
     )
-    # as the original, the count is of GPUs missing over all flavors (3 + 3 + 2 + 1)
+    # as the original, the count is of GPUs missing over all flavors (3 + 3 + 3 + 2 + 1)
     assert isinstance(err, InvalidArgument)
     assert err.message == (
-        "no suitable infra flavor found for requested node resources, 9 with not enough nvidia-t4"
+        "no suitable infra flavor found for requested node resources, 12 with not enough nvidia-t4"
     )
 
 
@@ -325,7 +327,7 @@ async def test_infra_flavor_matches_optional_resources(
     _, err = await collect(clusters(ctl).CreateClusterInst(opt_res("pci:2", "pci2")))
     assert isinstance(err, InvalidArgument)
     assert err.message == (
-        "no suitable infra flavor found for requested node resources, 3 with not enough gpu"
+        "no suitable infra flavor found for requested node resources, 4 with not enough gpu"
     )
     _, err = await collect(clusters(ctl).CreateClusterInst(opt_res("vgpu:1", "vgpu1")))
     assert isinstance(err, InvalidArgument)
