@@ -13,9 +13,10 @@ only gathers the inputs from the caches and shapes the answer as the original do
 - `resource_score` is the original's average weighted free amount (vCPUs x1000, RAM MB x1)
   over the resources that have a limit, the maximum uint64 when none has.
 
-What the create path does not count is not reported either: platform VMs, root-LB flavors,
-External IPs, CCRM additional resources and flavor-count platforms (§4.1) are left to the
-accounting itself (TODO(#4, resources): count them there, and these answers follow).
+The accounting (`_clusterinst.Tally`) counts platform VMs, whole infra flavors, root LBs,
+External IPs, flavor-count platforms and the CCRM's per-VM counters (§4.1); the reports pass
+it the cloudlet's CloudletInfo and the CCRM's sizing facts (`_sizing`) as the creates do.
+Placement scores use what is known of those facts without asking the CCRM.
 """
 
 from __future__ import annotations
