@@ -9,6 +9,8 @@ call over the new limit; a stopped DME disappears from the registry.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from edge_cloud.debug import TIMED_OUT
 from edge_cloud.localservers import ServerProcess
 from edge_cloud.notify import NotifyClient
 from edge_cloud.svcnode import SvcNodes, my_node
-from tests.e2e.support import Daemon, clean_env, wait_for
+from tests.e2e.support import ROOT, Daemon, clean_env, wait_for
 
 RL = ratelimit_pb2
 LIMITED_KEY = RL.RateLimitSettingsKey(
@@ -73,7 +75,8 @@ class Region:
             workdir,
         )  # fmt: skip
         ports = self.controller.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{ports['api']}")
+        self.api_addr = f"127.0.0.1:{ports['api']}"
+        self.channel = grpc.insecure_channel(self.api_addr)
         self.nodes = svcnode_pb2_grpc.SvcNodeApiStub(self.channel)
         self.debug = debug_pb2_grpc.DebugApiStub(self.channel)
         self.limits = ratelimit_pb2_grpc.RateLimitSettingsApiStub(self.channel)
@@ -145,10 +148,19 @@ def check_nodes_and_debug_commands(region: Region) -> None:
     ctl_cmds, dme_cmds = (out for _, out in unknown)
     assert ctl_cmds.startswith("Unknown cmd no-such-cmd, cmds are ")
     assert "show-controllers" in ctl_cmds.split(", cmds are ")[1].split(",")
-    assert dme_cmds == (
-        "Unknown cmd no-such-cmd, cmds are disable-debug-levels,dump-stack-trace,"
-        "enable-debug-levels,show-debug-levels"
-    )
+    assert dme_cmds.startswith("Unknown cmd no-such-cmd, cmds are ")
+    listed = dme_cmds.split(", cmds are ")[1].split(",")
+    assert listed == sorted(listed)
+    assert {"disable-debug-levels", "dump-stack-trace", "enable-debug-levels"} < set(listed)
+    assert "show-controllers" not in listed  # the Controller's own command
+    # the same through the CLI, as the README shows it
+    cli = subprocess.run(
+        [sys.executable, "-m", "edge_cloud.cli", "ctl", "debug", "enablelevels",
+         "node.type=dme", "levels=api,notify", "--addr", region.api_addr, "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT, env=clean_env(),
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "enabled debug levels, now api,debug,dmereq,notify" in cli.stdout
     nothing = svcnode_pb2.SvcNodeKey(name="no-such-node")
     assert region.run(region.debug.RunDebug, cmd="show-debug-levels", node=nothing) == []
     (shown,) = region.run(
