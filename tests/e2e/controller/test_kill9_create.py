@@ -35,6 +35,7 @@ from edgeproto import (
     refs_pb2_grpc,
     stream_pb2_grpc,
 )
+from influxdb import InfluxDBClient
 
 from edge_cloud.localservers import ServerProcess
 from tests.e2e.support import ControllerApi, Platform, ok, run, wait_for
@@ -91,12 +92,14 @@ def start(call: Iterator[Any]) -> Call:
 def platform(
     etcd_server: ServerProcess,
     redis_server: ServerProcess,
+    influx_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
     """A Controller and a CCRM of this module's own; each test uses cloudlets of its own."""
     running = Platform(
         etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("kill9")
     )
+    running.controller.args += ["--influx-addr", influx_server.client_url]
     running.start()
     try:
         yield running
@@ -326,3 +329,29 @@ def test_kill9_after_the_commit_before_the_answer(platform: Platform) -> None:
         on_cloudlet = clusterinst_pb2.ClusterInst(cloudlet_key=cloudlet.key)
         shown = [c.key.name for c in api.clusters.ShowClusterInst(on_cloudlet, timeout=5)]
         assert sorted(shown) == ["limbo", "warm"]
+
+
+def test_each_start_puts_the_edge_events_queries_in_influxdb(
+    platform: Platform, influx_server: ServerProcess
+) -> None:
+    """§1.2 step 15 in the process: whichever start came last, the queries are there."""
+
+    def created() -> list[str] | None:
+        client = InfluxDBClient(
+            host="127.0.0.1", port=influx_server.ports["client"], database="edgeevents_metrics"
+        )
+        try:
+            result = client.query("SHOW CONTINUOUS QUERIES")
+            names = sorted(str(q["name"]) for q in result.get_points("edgeevents_metrics"))
+        finally:
+            client.close()
+        return names or None
+
+    assert wait_for(created, 20, "the continuous queries") == [
+        "device-metric-168h0m0s",
+        "device-metric-24h0m0s",
+        "device-metric-672h0m0s",
+        "latency-metric-168h0m0s",
+        "latency-metric-24h0m0s",
+        "latency-metric-672h0m0s",
+    ]
