@@ -16,7 +16,8 @@ only gathers the inputs from the caches and shapes the answer as the original do
 The accounting (`_clusterinst.Tally`) counts platform VMs, whole infra flavors, root LBs,
 External IPs, flavor-count platforms and the CCRM's per-VM counters (§4.1); the reports pass
 it the cloudlet's CloudletInfo and the CCRM's sizing facts (`_sizing`) as the creates do.
-Placement scores use what is known of those facts without asking the CCRM.
+Placement scores (`_inst_common.cloudlet_score`) leave out the CCRM's facts: no root LBs,
+no counters.
 """
 
 from __future__ import annotations
