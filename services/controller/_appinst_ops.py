@@ -572,6 +572,7 @@ class AppInstOps(InstOpsBase):
             cluster: clusterinst_pb2.ClusterInst | None = None
             others: list[appinst_pb2.AppInst] = []
             crefs: refs_pb2.ClusterRefs | None = None
+            member_keys: list[str] = []
             if app.deployment == "vm":
                 assert vm_cloudlet is not None  # noqa: S101 - VM apps get cloudlet targets
                 cloudlet_key = vm_cloudlet
@@ -581,8 +582,10 @@ class AppInstOps(InstOpsBase):
                 cloudlet_key = cluster.cloudlet_key
                 crefs = txn.get(CLUSTER_REFS, cluster.key) or refs_pb2.ClusterRefs(key=cluster.key)
                 # members, unguarded: whatever of them matters here changes only together
-                # with the ClusterRefs read above (create, delete, resource update)
-                others = [o for o in txn.peek_many(APP_INST, list(crefs.apps), shared=True) if o]
+                # with the ClusterRefs read above (create, delete, resource update); their
+                # key strings serve the lookup and the membership test below
+                member_keys = [keys.key_string(k) for k in crefs.apps]
+                others = [o for o in txn.peek_many(APP_INST, member_keys, shared=True) if o]
                 if app.deployment in ("kubernetes", "helm") and not new.namespace:
                     new.namespace = _appinst.default_namespace(new)
                 _appinst.check_duplicate(new, app, others, _app_key_text(app.key))
@@ -689,7 +692,7 @@ class AppInstOps(InstOpsBase):
             air.insts[keys.key_string(new.key)] = 1
             txn.put(air)
             if crefs is not None:
-                if new.key not in crefs.apps:
+                if keys.key_string(new.key) not in set(member_keys):
                     crefs.apps.append(new.key)
                 txn.put(crefs)
             if refs != stored_refs:
