@@ -189,11 +189,11 @@ async def create_continuous_queries(runtime: Runtime, retry_delay: float = CQ_RE
                 queries,
                 int(current.influx_db_downsampled_metrics_retention),
             )
-        except EdgeError as err:
+        except Exception as err:  # a background loop must not end the daemon
             log.warning(
                 "edge-events continuous queries not created yet (retry in %.0fs): %s",
                 retry_delay,
-                err.message,
+                err.message if isinstance(err, EdgeError) else f"{type(err).__name__}: {err}",
             )
         else:
             log.info("edge-events continuous queries in place: %s", [q.name for q in queries])
