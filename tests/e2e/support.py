@@ -8,6 +8,7 @@ helper started, by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -234,6 +235,38 @@ class ControllerApi:
             flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name=name), ram=4096, vcpus=2, disk=disk),
             timeout=10,
         )
+
+
+A = TypeVar("A", bound=ControllerApi)
+
+
+@contextlib.contextmanager
+def serving_platform(
+    api_cls: type[A],
+    etcd_url: str,
+    redis_url: str,
+    workdir: Path,
+    *,
+    platform_type: str = "fake",
+    flavor: str = "",
+    disk: int = 40,
+) -> Iterator[A]:
+    """A started Controller + CCRM whose CCRM has registered `platform_type`; yields stubs.
+
+    With `flavor`, that flavor (2 vCPUs, 4 GiB, `disk` GB) is created first. Both processes
+    stop when the block ends.
+    """
+    platform = Platform(etcd_url, redis_url, workdir)
+    platform.start()
+    try:
+        with grpc.insecure_channel(platform.api_addr) as channel:
+            stubs = api_cls(platform, channel)
+            stubs.registered(platform_type, 20)
+            if flavor:
+                stubs.create_flavor(flavor, disk=disk)
+            yield stubs
+    finally:
+        platform.stop()
 
 
 def run(call: Iterator[Any]) -> tuple[list[str], grpc.RpcError | None]:

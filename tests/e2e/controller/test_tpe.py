@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from distributed_match_engine import loc_pb2
 from edgeproto import (
@@ -40,7 +39,7 @@ from edgeproto import (
 from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys
 from tests.e2e.crm import test_crm_lifecycle as crm_lifecycle
-from tests.e2e.support import ControllerApi, Platform, ok, wait_for
+from tests.e2e.support import ControllerApi, ok, serving_platform, wait_for
 
 crm_dir = crm_lifecycle.crm_dir  # the fixture: CRMs started in a test stop at its end
 
@@ -57,18 +56,14 @@ def api(
     redis_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ControllerApi]:
-    platform = Platform(
-        etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("tpe")
-    )
-    platform.start()
-    try:
-        with grpc.insecure_channel(platform.api_addr) as channel:
-            stubs = ControllerApi(platform, channel)
-            stubs.registered("fake", 20)
-            stubs.create_flavor(FLAVOR, disk=40)
-            yield stubs
-    finally:
-        platform.stop()
+    with serving_platform(
+        ControllerApi,
+        etcd_server.client_url,
+        redis_server.client_url,
+        tmp_path_factory.mktemp("tpe"),
+        flavor=FLAVOR,
+    ) as stubs:
+        yield stubs
 
 
 def fake_log(log: Path, verb: str) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ from edgeproto import (
 )
 
 from edge_cloud.localservers import ServerProcess
-from tests.e2e.support import ControllerApi, Platform, cloudlet_info, ok, run, wait_for
+from tests.e2e.support import ControllerApi, cloudlet_info, ok, run, serving_platform, wait_for
 
 TS = common_pb2
 CS = appcommon_pb2
@@ -55,18 +55,14 @@ def api(
     redis_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    platform = Platform(
-        etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("platform")
-    )
-    platform.start()
-    try:
-        with grpc.insecure_channel(platform.api_addr) as channel:
-            stubs = Api(platform, channel)
-            stubs.registered("fake", 20)
-            stubs.create_flavor(FLAVOR, disk=40)
-            yield stubs
-    finally:
-        platform.stop()
+    with serving_platform(
+        Api,
+        etcd_server.client_url,
+        redis_server.client_url,
+        tmp_path_factory.mktemp("platform"),
+        flavor=FLAVOR,
+    ) as stubs:
+        yield stubs
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from edgeproto import (
 
 from edge_cloud.localservers import ServerProcess, free_port
 from services.controller._engine import Txn
-from tests.e2e.support import ControllerApi, Platform, ok
+from tests.e2e.support import ControllerApi, ok, serving_platform
 from tests.integration.controller.cloudlet_harness import (
     ControllerHarness,
     features,
@@ -59,17 +59,14 @@ def api(
     redis_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    platform = Platform(
-        etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("bmh")
-    )
-    platform.start()
-    try:
-        with grpc.insecure_channel(platform.api_addr) as channel:
-            stubs = Api(platform, channel)
-            stubs.registered("fakebaremetal", 20)
-            yield stubs
-    finally:
-        platform.stop()
+    with serving_platform(
+        Api,
+        etcd_server.client_url,
+        redis_server.client_url,
+        tmp_path_factory.mktemp("bmh"),
+        platform_type="fakebaremetal",
+    ) as stubs:
+        yield stubs
 
 
 def create_cloudlet(api: Api, platform_type: str, org: str = ORG) -> cloudlet_pb2.Cloudlet:

@@ -25,7 +25,7 @@ from edgeproto import (
 )
 
 from edge_cloud.localservers import ServerProcess
-from tests.e2e.support import ControllerApi, Platform, ok, run
+from tests.e2e.support import ControllerApi, ok, run, serving_platform
 
 TIMEOUT = 30.0
 FLAVOR = "x1.small"
@@ -48,18 +48,14 @@ def api(
     redis_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    platform = Platform(
-        etcd_server.client_url, redis_server.client_url, tmp_path_factory.mktemp("cmc")
-    )
-    platform.start()
-    try:
-        with grpc.insecure_channel(platform.api_addr) as channel:
-            stubs = Api(platform, channel)
-            stubs.registered("fake", 20)
-            stubs.create_flavor(FLAVOR, disk=40)
-            yield stubs
-    finally:
-        platform.stop()
+    with serving_platform(
+        Api,
+        etcd_server.client_url,
+        redis_server.client_url,
+        tmp_path_factory.mktemp("cmc"),
+        flavor=FLAVOR,
+    ) as stubs:
+        yield stubs
 
 
 def create_cloudlet(api: Api, *, managed: bool = True) -> cloudlet_pb2.Cloudlet:
