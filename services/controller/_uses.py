@@ -20,7 +20,6 @@ from edgeproto import (
     cloudlet_pb2,
     cloudletkey_pb2,
     clusterinst_pb2,
-    flavor_pb2,
     restagtable_pb2,
     trustpolicy_pb2,
     trustpolicyexception_pb2,
@@ -36,7 +35,6 @@ __all__ = [
     "app_users",
     "autoprov_policy_users",
     "autoscale_policy_users",
-    "flavor_users",
     "res_tag_table_users",
     "trust_policy_users",
     "zone_pool_users",
@@ -50,23 +48,6 @@ CLOUDLET: Final = registry.by_class(cloudlet_pb2.Cloudlet)
 CLUSTER_INST: Final = registry.by_class(clusterinst_pb2.ClusterInst)
 TPE: Final = registry.by_class(trustpolicyexception_pb2.TrustPolicyException)
 ZONE_POOL: Final = registry.by_class(zonepool_pb2.ZonePool)
-
-
-def flavor_users(caches: Caches, flavor: flavor_pb2.Flavor) -> None:
-    """Flavor: ClusterInst, App (default flavor), AppInst, Cloudlet (platform flavor)."""
-    name = flavor.key.name
-    for key, cluster in caches.items(CLUSTER_INST):
-        if cluster.flavor.name == name:
-            raise FailedPrecondition(f"Flavor in use by ClusterInst {key}")
-    for key, app in caches.items(APP):
-        if app.default_flavor.name == name:
-            raise FailedPrecondition(f"Flavor in use by App {key}")
-    for key, inst in caches.items(APP_INST):
-        if inst.flavor.name == name:
-            raise FailedPrecondition(f"Flavor in use by AppInst {key}")
-    for key, cloudlet in caches.items(CLOUDLET):
-        if cloudlet.flavor.name == name:
-            raise FailedPrecondition(f"Flavor in use by Cloudlet {key}")
 
 
 def zone_users(caches: Caches, zone: cloudletkey_pb2.ZoneKey) -> None:
