@@ -19,11 +19,12 @@ changes survive restarts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar
 
 import grpc.aio
 from edgeproto import ratelimit_pb2, ratelimit_pb2_grpc, result_pb2
+from google.protobuf.message import Message
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
 from edge_cloud.objects import fields, keys, registry
@@ -211,14 +212,7 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
         self._enabled("CreateFlowRateLimitSettings")
         keys.validate_key(request)
         new = _RL.FlowRateLimitSettings(key=request.key, settings=request.settings)
-
-        def fn(txn: Txn) -> None:
-            if txn.get(FLOW, new.key) is not None:
-                raise keys.already_exists(new.key)
-            check_flow(new.settings)
-            txn.put(new)
-
-        await self._rt.engine.apply(fn, reads=[keys.object_store_key(new)])
+        await _create(self._rt, FLOW, new, lambda: check_flow(new.settings))
         return result_pb2.Result()
 
     async def UpdateFlowRateLimitSettings(
@@ -227,20 +221,7 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
         """Copy the listed fields onto a stored flow setting and validate the result."""
         self._enabled("UpdateFlowRateLimitSettings")
         keys.validate_key(request)
-        paths = _paths(request)
-
-        def fn(txn: Txn) -> None:
-            current = txn.get(FLOW, request.key)
-            if current is None:
-                raise keys.not_found(request.key)
-            merged = _RL.FlowRateLimitSettings()
-            merged.CopyFrom(current)
-            if not fields.apply_fields(merged, request, paths):
-                return
-            check_flow(merged.settings)
-            txn.put(merged)
-
-        await self._rt.engine.apply(fn, reads=[keys.object_store_key(request)])
+        await _update(self._rt, FLOW, request, request.key, check_flow)
         return result_pb2.Result()
 
     async def DeleteFlowRateLimitSettings(
@@ -270,14 +251,7 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
         self._enabled("CreateMaxReqsRateLimitSettings")
         keys.validate_key(request)
         new = _RL.MaxReqsRateLimitSettings(key=request.key, settings=request.settings)
-
-        def fn(txn: Txn) -> None:
-            if txn.get(MAX_REQS, new.key) is not None:
-                raise keys.already_exists(new.key)
-            check_max_reqs(new.settings)
-            txn.put(new)
-
-        await self._rt.engine.apply(fn, reads=[keys.object_store_key(new)])
+        await _create(self._rt, MAX_REQS, new, lambda: check_max_reqs(new.settings))
         return result_pb2.Result()
 
     async def UpdateMaxReqsRateLimitSettings(
@@ -289,20 +263,7 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
         """
         self._enabled("UpdateMaxReqsRateLimitSettings")
         keys.validate_key(request)
-        paths = _paths(request)
-
-        def fn(txn: Txn) -> None:
-            current = txn.get(MAX_REQS, request.key)
-            if current is None:
-                raise keys.not_found(request.key.rate_limit_key)
-            merged = _RL.MaxReqsRateLimitSettings()
-            merged.CopyFrom(current)
-            if not fields.apply_fields(merged, request, paths):
-                return
-            check_max_reqs(merged.settings)
-            txn.put(merged)
-
-        await self._rt.engine.apply(fn, reads=[keys.object_store_key(request)])
+        await _update(self._rt, MAX_REQS, request, request.key.rate_limit_key, check_max_reqs)
         return result_pb2.Result()
 
     async def DeleteMaxReqsRateLimitSettings(
@@ -324,14 +285,50 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
             yield found
 
 
-def _paths(request: _RL.FlowRateLimitSettings | _RL.MaxReqsRateLimitSettings) -> list[str]:
+_M = TypeVar("_M", _RL.FlowRateLimitSettings, _RL.MaxReqsRateLimitSettings)
+
+
+async def _create(rt: Runtime, otype: Any, new: _M, check: Callable[[], None]) -> None:
+    """Store a new setting in one transaction: refused when the key is taken or it is invalid."""
+
+    def fn(txn: Txn) -> None:
+        if txn.get(otype, new.key) is not None:
+            raise keys.already_exists(new.key)
+        check()
+        txn.put(new)
+
+    await rt.engine.apply(fn, reads=[keys.object_store_key(new)])
+
+
+async def _update(
+    rt: Runtime, otype: Any, request: _M, missing: Message, check: Callable[[Any], None]
+) -> None:
+    """Copy the listed fields onto a stored setting and validate the result, in one txn.
+
+    Args:
+        rt: The runtime.
+        otype: The setting's object type.
+        request: The update, with its `fields` mask.
+        missing: The key named when nothing is stored (the original names different keys
+            for the two kinds).
+        check: Validates the merged `settings`.
+    """
     paths = list(request.fields)
     if not paths:
         raise InvalidArgument("nothing specified to update")
-    return paths
 
+    def fn(txn: Txn) -> None:
+        current = txn.get(otype, request.key)
+        if current is None:
+            raise keys.not_found(missing)
+        merged = type(request)()
+        merged.CopyFrom(current)
+        if not fields.apply_fields(merged, request, paths):
+            return
+        check(merged.settings)
+        txn.put(merged)
 
-_M = TypeVar("_M", _RL.FlowRateLimitSettings, _RL.MaxReqsRateLimitSettings)
+    await rt.engine.apply(fn, reads=[keys.object_store_key(request)])
 
 
 def _filter(request: _M) -> _M:
