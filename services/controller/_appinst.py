@@ -49,8 +49,13 @@ DNS_LABEL_MAX_LEN: Final = 63
 AppInst = appinst_pb2.AppInst
 
 
-def precheck_create(inst: AppInst) -> None:
+def precheck_create(inst: AppInst, *, autoprov: bool = False) -> None:
     """Pre-checks of §3.9 (fills Static liveness).
+
+    Args:
+        inst: The requested instance.
+        autoprov: The caller is auto-provisioning (`_autoprov.current_intent()`): only it
+            may use the reserved `autoprov-` prefix, whose names it derives per App and zone.
 
     Raises:
         InvalidArgument: With the original's text.
@@ -71,7 +76,7 @@ def precheck_create(inst: AppInst) -> None:
         raise InvalidArgument(
             f"invalid namespace: {inst.namespace!r} is not a valid DNS-1123 label"
         )
-    if inst.key.name.startswith("autoprov-"):
+    if inst.key.name.startswith("autoprov-") and not autoprov:
         raise InvalidArgument(
             "AppInst name prefix autoprov- is reserved for auto-provisioned instances, "
             "please choose a different name"

@@ -42,7 +42,7 @@ from edge_cloud.errors import (
     ResourceExhausted,
 )
 from edge_cloud.objects import fields, keys, registry
-from services.controller import _alerts, _app, _appinst, _clusterinst, _ids
+from services.controller import _alerts, _app, _appinst, _autoprov, _clusterinst, _ids
 from services.controller._cloudlet import zone_key
 from services.controller._cloudletinfo import CLOUDLET, CLOUDLET_INFO
 from services.controller._create_undo import gone_check, mark_cancelled, record_and_remove
@@ -219,13 +219,18 @@ class AppInstOps(InstOpsBase):
         cctx = CallContext()
         inst = copy_msg(request)
         cctx.take_override(inst)
-        _appinst.precheck_create(inst)
+        intent = _autoprov.current_intent()  # set for auto-prov callers (`_autoprov`)
+        _appinst.precheck_create(inst, autoprov=intent is not None)
+        if intent is not None and intent.checked:
+            inst.liveness = common_pb2.LIVENESS_AUTOPROV
         app = rt.caches.get(APP, keys.key_string(inst.app_key))
         if app is None:
             raise keys.not_found(inst.app_key)
         if app.delete_prepare:
             raise keys.being_deleted(inst.app_key)
         _appinst.vm_cluster_checks(inst, app)
+        if intent is not None:
+            _autoprov.check_create_cached(rt.caches, inst, intent)
         if app.access_type == app_pb2.ACCESS_TYPE_DIRECT:
             raise InvalidArgument(
                 "Direct Access Apps are no longer supported, please re-create App as "
@@ -555,6 +560,7 @@ class AppInstOps(InstOpsBase):
     ) -> Callable[[Txn], appinst_pb2.AppInst]:
         rt = self._rt
         cfg = rt.config
+        intent = _autoprov.current_intent()  # read here: the commit may run in another task
 
         def commit(txn: Txn) -> appinst_pb2.AppInst:
             new = copy_msg(inst)
@@ -601,6 +607,8 @@ class AppInstOps(InstOpsBase):
             zk = zone_key(cl)
             if zk is not None:
                 new.zone_key.CopyFrom(zk)
+            if intent is not None:
+                _autoprov.check_create(txn, app, new, intent)
             stored_refs = txn.get(CLOUDLET_REFS, cl.key)
             refs = copy_msg(stored_refs) if stored_refs else refs_pb2.CloudletRefs(key=cl.key)
             if app.deployment == "vm":
@@ -835,16 +843,20 @@ class AppInstOps(InstOpsBase):
         if not (cctx.ignore_crm or cctx.undo or cctx.skip_cloudlet_ready_check):
             check_cloudlet_ready(rt.caches, current.cloudlet_key, deleting=True)
         stream = self._stream(cctx, key, sink)
+        intent = _autoprov.current_intent()
 
         def mark(txn: Txn) -> appinst_pb2.AppInst:
             inst = txn.get(APP_INST, key)
             if inst is None:
                 raise keys.not_found(key)
             validate_delete_state(cctx, "AppInst", inst.state)
-            if txn.get(APP, inst.app_key) is None:
+            app = txn.get(APP, inst.app_key)
+            if app is None:
                 raise NotFound(f"For AppInst, {keys.not_found(inst.app_key).message}")
             if inst.cluster_key.name and txn.get(CLUSTER_INST, inst.cluster_key) is None:
                 raise NotFound(f"For AppInst, {keys.not_found(inst.cluster_key).message}")
+            if intent is not None:
+                _autoprov.check_delete(txn, app, inst, intent)
             inst.state = TS.DELETE_REQUESTED
             txn.put(inst)
             air = txn.get(APP_INST_REFS, inst.app_key)

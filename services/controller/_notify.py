@@ -21,9 +21,10 @@ Upstream messages (uncached, `NotifyServer(receive_messages=...)`):
 - Metric: one InfluxDB point (measurement = name, tags, typed fields, its timestamp) in
   `metrics`, or in `edgeevents_metrics` for the DME's edge-events measurements
   (aux_services.md §1.13).
-- AutoProvCounts: counts without `process_now` become `auto-prov-counts` points in
-  `metrics` (tags `apporg`, `app`, `ver`, `zoneorg`, `zone`, `dmeid`; field `count`);
-  `process_now` ones are logged until AutoProv runs in-process.
+- AutoProvCounts: a message of one count with `process_now` creates the App's instance
+  in that zone at once (`_autoprov.ProcessNow`, the original's `deployImmediate`); other
+  counts become `auto-prov-counts` points in `metrics` (tags `apporg`, `app`, `ver`,
+  `zoneorg`, `zone`, `dmeid`; field `count`).
 - AppInstClient: kept in a ring of the latest `max_tracked_dme_clients` per App (latest per
   unique id) and handed to the ShowAppInstClient watches (`api.appinstclient`).
 
@@ -84,8 +85,11 @@ from edge_cloud.influx import InfluxV1Writer, Point
 from edge_cloud.notify import Action, EtcdNotifySource, NotifyServer, Peer, type_name
 from edge_cloud.objects import codec, fields, keys, registry
 from edge_cloud.store import Store
+from services.controller import _autoprov
 from services.controller._alerts import alert_hub
+from services.controller._appinst_ops import AppInstOps
 from services.controller._cloudletinfo import ALL_FIELDS, CLOUDLET_INFO, apply_info, mark_offline
+from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._engine import Txn
 from services.controller._inst_ops import receive_app_inst_info, receive_cluster_inst_info
 from services.controller._progress import stream_key
@@ -367,6 +371,8 @@ class ControllerNotify:
         self.alerts = alert_hub(runtime)
         self.alerts.lease_id = lease_id  # alerts live under the lease, replayed on a new one
         self.alerts.region = region
+        self._app_insts: AppInstOps | None = None
+        self.process_now = _autoprov.ProcessNow(self._app_inst_create)
         self.server = NotifyServer(
             EtcdNotifySource(store, SEND_TYPES),
             name=name,
@@ -400,6 +406,7 @@ class ControllerNotify:
 
     async def close(self) -> None:
         """Write the queued metrics, close the InfluxDB connections, stop the alert replay."""
+        await self.process_now.close()
         await self.metrics.close()
         await self.alerts.close()
 
@@ -567,21 +574,27 @@ class ControllerNotify:
         database = EDGE_EVENTS_DB if metric.name in EDGE_EVENTS_MEASUREMENTS else METRICS_DB
         self.metrics.add(database, point)
 
+    def _app_inst_create(self) -> _autoprov.CreateFn:
+        """The API's AppInst create, built on first use (the runtime is attached by then)."""
+        if self._app_insts is None:
+            self._app_insts = AppInstOps(self._rt, ClusterInstOps(self._rt))
+        return self._app_insts.create
+
     async def _autoprov_counts(self, peer: Peer, counts: autoprovpolicy_pb2.AutoProvCounts) -> None:
+        if len(counts.counts) == 1 and counts.counts[0].process_now:
+            target = counts.counts[0]
+            log.info(
+                "auto-provisioning demand from %s for %s in zone %s: %d (process now)",
+                counts.dme_node_name,
+                keys.key_string(target.app_key),
+                keys.key_string(target.zone_key),
+                target.count,
+            )
+            self.process_now.request(target.app_key, target.zone_key)
+            return
         stamp = counts.timestamp
         when = stamp.seconds * 10**9 + stamp.nanos if stamp.seconds or stamp.nanos else None
         for count in counts.counts:
-            if count.process_now:
-                # TODO(#4, autoprov): create the AppInst in-process ("dme-process-now").
-                log.info(
-                    "auto-provisioning demand from %s for %s in zone %s/%s: %d (process now)",
-                    counts.dme_node_name,
-                    keys.key_string(count.app_key),
-                    count.zone_key.organization,
-                    count.zone_key.name,
-                    count.count,
-                )
-                continue
             self.metrics.add(
                 METRICS_DB,
                 Point(

@@ -1,7 +1,9 @@
 """AppInstApi: application instances on clusters and cloudlets (controller.md §3.9).
 
 Create, update, refresh and delete are long-running and server-streaming (`_appinst_ops`);
-Show is answered from the caches.
+Show is answered from the caches. Creates and deletes from the AutoProv service carry its
+intent as gRPC metadata (`caller-auto-prov`, `auto-prov-reason`, `auto-prov-policy-name`);
+the call's operation runs with it as the current intent (`_autoprov.INTENT`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 import grpc.aio
 from edgeproto import appinst_pb2, appinst_pb2_grpc, result_pb2
 
-from edge_cloud.errors import Unimplemented
+from edge_cloud.errors import Unavailable, Unimplemented
+from services.controller import _autoprov
 from services.controller._appinst_ops import AppInstOps
 from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._runtime import Runtime
-from services.controller._tracked import TrackedRuntime, streamed_rpc
+from services.controller._tracked import TrackedRuntime, streamed, streamed_rpc
 
 __all__ = ["AppInstApi", "add"]
 
@@ -34,11 +37,35 @@ class AppInstApi(appinst_pb2_grpc.AppInstApiServicer):
             else None
         )
 
-    CreateAppInst = streamed_rpc(
-        "create", "Create an instance; progress lines until it is Ready (or undone)."
-    )
+    def _operations(self) -> AppInstOps:
+        if self._ops is None:
+            raise Unavailable("this Controller runs without Redis progress tracking")
+        return self._ops
 
-    DeleteAppInst = streamed_rpc("delete", "Delete an instance; progress lines until it is gone.")
+    async def CreateAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Create an instance; progress lines until it is Ready (or undone).
+
+        An AutoProv caller's metadata makes it an auto-provisioned instance, checked
+        against the caller's intent (`_autoprov.check_create`).
+        """
+        create = self._operations().create
+        intent = _autoprov.intent_from_metadata(context.invocation_metadata())
+        async for result in streamed(lambda sink: _autoprov.run_as(intent, create(request, sink))):
+            yield result
+
+    async def DeleteAppInst(
+        self, request: appinst_pb2.AppInst, context: _Ctx
+    ) -> AsyncIterator[result_pb2.Result]:
+        """Delete an instance; progress lines until it is gone.
+
+        An AutoProv caller's delete is checked against its intent (`_autoprov.check_delete`).
+        """
+        delete = self._operations().delete
+        intent = _autoprov.intent_from_metadata(context.invocation_metadata())
+        async for result in streamed(lambda sink: _autoprov.run_as(intent, delete(request, sink))):
+            yield result
 
     UpdateAppInst = streamed_rpc("update", "Change the listed fields; the worker applies them.")
 
