@@ -148,8 +148,12 @@ class Health:
 class HttpListener:
     """An aiohttp application on its own port, started and stopped like the gRPC ones.
 
-    Used for `/metrics`; a daemon can use it for its own HTTP (the DME's REST API) and
-    report `port` through `Daemon.extra_ports`.
+    Used for `/metrics`; a daemon can use it for its own HTTP (the DME's REST API, the
+    Controller's REST gateway) and report `port` through `Daemon.extra_ports`.
+
+    A client that disconnects cancels its handler at once (aiohttp's `handler_cancellation`),
+    as a gRPC server cancels a call whose client went away: a handler waiting on a long gRPC
+    stream would otherwise only learn of it at its next write, and keep that call running.
 
     Attributes:
         port: The port actually bound.
@@ -170,7 +174,11 @@ class HttpListener:
             host, port = split_host_port(addr)
         except ValueError as err:
             raise ConfigError(f"bad listen address {addr!r}: {err}") from None
-        runner = web.AppRunner(app, access_log=None)  # scrapes every few seconds are noise
+        runner = web.AppRunner(
+            app,
+            access_log=None,  # scrapes every few seconds are noise
+            handler_cancellation=True,
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, host or None, port).start()
