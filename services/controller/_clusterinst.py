@@ -85,12 +85,26 @@ TS = common_pb2
 # --- pre-checks and defaults ----------------------------------------------------------------
 
 
-def precheck_user_create(cluster: ClusterInst) -> None:
+def precheck_user_create(cluster: ClusterInst, *, registering: bool = False) -> None:
     """The user-facing create's extra checks; also forces `auto` off.
 
+    Args:
+        cluster: The requested cluster.
+        registering: The create comes from RegisterCloudletManagedCluster, the only caller
+            that may set the cloudlet-managed-cluster fields: a cluster with them skips node
+            sizing and the resource check, so a user setting them would bypass quotas.
+
     Raises:
-        InvalidArgument: Reserved name prefixes.
+        InvalidArgument: Reserved name prefixes; cloudlet managed cluster fields set by a
+            plain create.
     """
+    if not registering and (
+        cluster.cloudlet_managed_cluster_id or cluster.cloudlet_managed_cluster_name
+    ):
+        raise InvalidArgument(
+            "cloudlet managed cluster fields are set by RegisterCloudletManagedCluster, "
+            "not CreateClusterInst"
+        )
     if cluster.key.name.startswith(RESERVABLE_PREFIX):
         raise InvalidArgument(
             'Invalid cluster name, prefix "reservable" is reserved for internal use'

@@ -163,10 +163,16 @@ def _cluster_node_types(cluster: clusterinst_pb2.ClusterInst) -> tuple[str, ...]
 class ClusterInstOps(InstOpsBase):
     """ClusterInst create, update and delete (§3.8)."""
 
-    async def create(self, request: clusterinst_pb2.ClusterInst, sink: Sink) -> None:
-        """CreateClusterInst: user pre-checks, then the internal create."""
+    async def create(
+        self, request: clusterinst_pb2.ClusterInst, sink: Sink, *, registering: bool = False
+    ) -> None:
+        """CreateClusterInst: user pre-checks, then the internal create.
+
+        `registering` marks RegisterCloudletManagedCluster's create, the one allowed to set
+        the cloudlet-managed-cluster fields.
+        """
         cluster = copy_msg(request)
-        _clusterinst.precheck_user_create(cluster)
+        _clusterinst.precheck_user_create(cluster, registering=registering)
         await self.create_internal(CallContext(), cluster, sink)
 
     def _candidates(

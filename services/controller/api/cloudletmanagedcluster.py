@@ -185,7 +185,7 @@ class CloudletManagedClusterApi(cloudlet_pb2_grpc.CloudletManagedClusterApiServi
         )
         if not cluster.key.name:
             cluster.key.name = request.key.name
-        async for line in streamed(lambda sink: ops.create(cluster, sink)):
+        async for line in streamed(lambda sink: ops.create(cluster, sink, registering=True)):
             yield line
 
     async def DeregisterCloudletManagedCluster(
