@@ -29,7 +29,7 @@ async def test_concurrent_creates_share_revisions_and_all_land(etcd_store: EtcdS
         assert got is not None
         assert got.value == f"v{i}".encode()
         assert got.mod_revision == result.revision  # each caller learns its own revision
-    # two go alone, the rest wait and go together: fewer revisions than transactions
+    # a few go alone, the rest wait and go together: fewer revisions than transactions
     assert len({r.revision for r in results}) < CONCURRENT
 
 
