@@ -120,6 +120,7 @@ def controller(srv: Servers, name: str = "controller") -> tuple[Daemon, str]:
             "--api-addr", f"127.0.0.1:{api_port}",
             "--notify-addr", f"127.0.0.1:{notify_port}",
             "--metrics-addr", "",
+            "--http-addr", "127.0.0.1:0",
             "--redis-standalone-addr", srv.redis.client_url,
             "--test-mode",
             "--shutdown-grace", "2",

@@ -82,9 +82,9 @@ class ControllerConfig(SecretsConfig):
         parse=host_port,
     )
     http_addr: str | None = option(
-        None,
-        "REST gateway (/edgeproto/v1) listen address, the original's 127.0.0.1:8901; "
-        "empty disables (the default, so several Controllers on one host never clash)",
+        "127.0.0.1:8901",
+        "REST gateway (/edgeproto/v1) and CAMARA NBI listen address, as the original; empty "
+        "disables; give port 0 (or empty) where several Controllers share a host",
         go="httpAddr",
         parse=host_port,
     )

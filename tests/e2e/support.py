@@ -160,6 +160,7 @@ class Platform:
                 "--api-addr", f"127.0.0.1:{self.api_port}",
                 "--notify-addr", f"127.0.0.1:{self.notify_port}",
                 "--metrics-addr", "",
+                "--http-addr", "127.0.0.1:0",
                 "--redis-standalone-addr", redis_url,
                 "--platform-service-addrs", f"ccrm=127.0.0.1:{self.ccrm_port}",
                 "--etcd-namespace", self.namespace,

@@ -52,6 +52,7 @@ def controller_addr(
             "--notify-addr", "127.0.0.1:0",
             "--redis-standalone-addr", redis_server.client_url,
             "--metrics-addr", "",
+            "--http-addr", "127.0.0.1:0",
             "--etcd-namespace", f"/e2e/{uuid.uuid4().hex[:12]}/",
             "--ready-file", str(ready),
             "--shutdown-grace", "5",

@@ -84,6 +84,7 @@ class ControllerProcess:
                 "--api-addr", f"127.0.0.1:{self.api_port}",
                 "--notify-addr", f"127.0.0.1:{self.notify_port}",
                 "--metrics-addr", "",
+                "--http-addr", "127.0.0.1:0",
                 "--redis-standalone-addr", self.redis,
                 "--platform-service-addrs", f"ccrm={self.ccrm}",
                 "--etcd-namespace", self.namespace,

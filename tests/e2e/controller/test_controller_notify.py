@@ -43,6 +43,7 @@ def controller(
             "--api-addr", "127.0.0.1:0",
             "--notify-addr", "127.0.0.1:0",
             "--metrics-addr", "",
+            "--http-addr", "127.0.0.1:0",
             "--redis-standalone-addr", redis_server.client_url,
             "--platform-service-addrs", "ccrm=127.0.0.1:1",
             "--etcd-namespace", f"/e2e/{uuid.uuid4().hex[:12]}/",
@@ -73,8 +74,8 @@ async def test_notify_client_receives_flavors(
     controller: tuple[subprocess.Popen[bytes], dict[str, int], Path],
 ) -> None:
     process, ports, tmp = controller
-    assert set(ports) == {"api", "notify"}
-    assert ports["notify"] != ports["api"]
+    assert set(ports) == {"api", "notify", "http"}  # the ready file names the REST gateway's
+    assert len({ports["api"], ports["notify"], ports["http"]}) == 3
     client = NotifyClient(
         [f"127.0.0.1:{ports['notify']}"], name="dme", backoff_initial=0.05, backoff_max=0.5
     )
@@ -123,6 +124,7 @@ def test_unreachable_redis_fails_the_start(etcd_server: ServerProcess, tmp_path:
         [
             sys.executable, "-m", "services.controller",
             "--api-addr", "127.0.0.1:0", "--notify-addr", "127.0.0.1:0", "--metrics-addr", "",
+            "--http-addr", "127.0.0.1:0",
             "--etcd-namespace", f"/e2e/{uuid.uuid4().hex[:12]}/",
             "--redis-standalone-addr", f"127.0.0.1:{port}",
         ],

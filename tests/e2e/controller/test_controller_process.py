@@ -60,6 +60,7 @@ def controller(
             "--notify-addr", "127.0.0.1:0",
             "--redis-standalone-addr", redis_server.client_url,
             "--metrics-addr", "",
+            "--http-addr", "127.0.0.1:0",
             "--etcd-namespace", f"/e2e/{uuid.uuid4().hex[:12]}/",
             "--ready-file", str(ready),
             "--shutdown-grace", "5",
@@ -169,6 +170,7 @@ def test_unreachable_etcd_fails_the_start(tmp_path: Path) -> None:
         [
             sys.executable, "-m", "services.controller",
             "--api-addr", "127.0.0.1:0", "--metrics-addr", "",
+            "--http-addr", "127.0.0.1:0",
             "--etcd-urls", "http://127.0.0.1:9", "--etcd-timeout", "1",
         ],
         cwd=ROOT, env=env, capture_output=True, timeout=60, check=False,

@@ -53,6 +53,7 @@ async def test_dme_api_metric_reaches_influxdb_through_the_controller(
         "--api-addr", "127.0.0.1:0",
         "--notify-addr", "127.0.0.1:0",
         "--metrics-addr", "",
+        "--http-addr", "127.0.0.1:0",
         "--redis-standalone-addr", redis_server.client_url,
         "--influx-addr", influx_server.client_url,
         "--platform-service-addrs", "ccrm=127.0.0.1:1",

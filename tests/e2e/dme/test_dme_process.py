@@ -161,6 +161,7 @@ async def test_with_a_real_controller(
         "--api-addr", "127.0.0.1:0",
         "--notify-addr", "127.0.0.1:0",
         "--metrics-addr", "",
+        "--http-addr", "127.0.0.1:0",
         "--redis-standalone-addr", redis_server.client_url,
         "--platform-service-addrs", "ccrm=127.0.0.1:1",
         "--etcd-namespace", f"/e2e/{uuid.uuid4().hex[:12]}/",

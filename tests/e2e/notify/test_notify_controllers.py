@@ -114,6 +114,7 @@ class Controller:
                 "--api-addr", self.api,
                 "--notify-addr", self.notify,
                 "--metrics-addr", "",
+                "--http-addr", "127.0.0.1:0",
                 "--redis-standalone-addr", self.redis,
                 "--platform-service-addrs", f"ccrm={self.ccrm}",
                 "--etcd-namespace", self.namespace,

@@ -261,6 +261,7 @@ async def _start_controller(
         "--api-addr", "127.0.0.1:0",
         "--notify-addr", "127.0.0.1:0",
         "--metrics-addr", "",
+        "--http-addr", "127.0.0.1:0",
         "--redis-standalone-addr", redis_server.client_url,
         "--etcd-namespace", namespace,
         "--shutdown-grace", "0",
