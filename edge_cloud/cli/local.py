@@ -102,6 +102,7 @@ def _free_port_flags() -> dict[str, list[str]]:
         "controller": [
             f"--api-addr=127.0.0.1:{ctl_api}",
             f"--notify-addr={notify}",
+            "--http-addr=127.0.0.1:0",  # the demo reads the bound port from the ready file
             f"--platform-service-addrs=ccrm=127.0.0.1:{ccrm}",
         ],
         "ccrm": [f"--api-addr=127.0.0.1:{ccrm}", f"--notify-addrs={notify}"],
@@ -231,7 +232,9 @@ def cmd_up(args: Any) -> int:
             if "controller" in by_name and "dme" in by_name:
                 controller = f"127.0.0.1:{by_name['controller'].ports['api']}"
                 dme = f"127.0.0.1:{by_name['dme'].ports['api']}"
-                if not demo.run(args.demo, controller, dme, console):
+                http = by_name["controller"].ports.get("http")  # absent with --http-addr ''
+                rest = f"127.0.0.1:{http}" if http else None
+                if not demo.run(args.demo, controller, dme, console, rest=rest):
                     console.print("[red]the demo did not complete; the services keep running[/]")
             else:
                 console.print("the demo needs the Controller and the DME; skipped")

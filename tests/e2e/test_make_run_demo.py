@@ -43,6 +43,14 @@ def test_local_up_loads_the_demo_and_finds_the_nearest_instance(tmp_path: Path) 
         assert "FindCloudlet from (52.3906, 13.0645), Potsdam: FIND_FOUND" in output
         assert "berlin" in output.split("FIND_FOUND", 1)[1].splitlines()[0]
         assert 'AppInst {"name":"hello-berlin","organization":"demo-dev"}: created' in output
+        # then the same world read back over the Controller's HTTP listener, from the ready file
+        rest = f"http://127.0.0.1:{endpoints['controller']['http']}"
+        flavors = _line(output, f"REST POST {rest}/edgeproto/v1/show/flavor: ")
+        assert "x1.small 2vcpu/2048MB/20GB" in flavors.split(", ")
+        zones = _line(
+            output, f"REST GET {rest}/edge-application-management/vwip/edge-cloud-zones: "
+        )
+        assert zones.split(", ") == ["central-europe (active)", "west-europe (active)"]
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -52,3 +60,10 @@ def test_local_up_loads_the_demo_and_finds_the_nearest_instance(tmp_path: Path) 
             process.wait()
     assert process.returncode == 0, log.read_text()
     assert "stopped" in log.read_text()
+
+
+def _line(output: str, prefix: str) -> str:
+    """What follows `prefix` on the one line of `output` that starts with it."""
+    found = [line.removeprefix(prefix) for line in output.splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, f"no single line starting {prefix!r} in:\n{output}"
+    return found[0]
