@@ -5,7 +5,9 @@ every API on a loopback gRPC port, on the real etcd, for the whole module. It ru
 event loop in a background thread so the hypothesis tests can stay synchronous and call it
 over a plain gRPC channel, exactly as a client would.
 
-Each Create/Update/Delete/Show (and CloudletInfo inject) RPC of the issue-4 objects gets
+Each Create/Update/Delete/Show (and CloudletInfo inject) RPC of the issue-4 objects, and
+every RPC of the services added later (organizations, rate limits, trust policy exceptions,
+cloudlet managed clusters, bare-metal hosts, AppInst latency, service nodes, debug), gets
 random messages built from its request descriptor: random unicode strings (empty, huge),
 integers at their limits, enum numbers the proto does not define, nested messages, maps,
 repeated fields, and update field masks drawn from the message's real field paths mixed
@@ -37,18 +39,24 @@ from edgeproto import (
     appinst_pb2,
     autoprovpolicy_pb2,
     autoscalepolicy_pb2,
+    baremetalhost_pb2,
     cloudlet_pb2,
     cloudlet_pb2_grpc,
     cloudletkey_pb2,
     cluster_pb2,
     clusterinst_pb2,
     common_pb2,
+    debug_pb2,
     flavor_pb2,
     network_pb2,
     operatorcode_pb2,
+    org_pb2,
+    ratelimit_pb2,
     restagtable_pb2,
     settings_pb2,
+    svcnode_pb2,
     trustpolicy_pb2,
+    trustpolicyexception_pb2,
     vmpool_pb2,
     zone_pb2,
     zonepool_pb2,
@@ -96,8 +104,24 @@ SERVICES = [
     vmpool_pb2.DESCRIPTOR.services_by_name["VMPoolApi"],
     network_pb2.DESCRIPTOR.services_by_name["NetworkApi"],
 ]
+# Services whose every RPC is fuzzed, whatever its verb (Register, RunDebug, ...).
+WHOLE_SERVICES = [
+    org_pb2.DESCRIPTOR.services_by_name["OrganizationApi"],
+    ratelimit_pb2.DESCRIPTOR.services_by_name["RateLimitSettingsApi"],
+    trustpolicyexception_pb2.DESCRIPTOR.services_by_name["TrustPolicyExceptionApi"],
+    cloudlet_pb2.DESCRIPTOR.services_by_name["CloudletManagedClusterApi"],
+    baremetalhost_pb2.DESCRIPTOR.services_by_name["BareMetalHostApi"],
+    appinst_pb2.DESCRIPTOR.services_by_name["AppInstLatencyApi"],
+    svcnode_pb2.DESCRIPTOR.services_by_name["SvcNodeApi"],
+    debug_pb2.DESCRIPTOR.services_by_name["DebugApi"],
+]
 PREFIXES = ("Create", "Update", "Delete", "Show", "Inject")
-_ALL = [m for s in SERVICES for m in s.methods if m.name.startswith(PREFIXES)]
+_ALL = [m for s in SERVICES for m in s.methods if m.name.startswith(PREFIXES)] + [
+    m for s in WHOLE_SERVICES for m in s.methods
+]
+# Calls that only read, or ask the (absent) DMEs and child nodes: fewer examples, the time
+# goes to the calls that change things.
+READ_ONLY = ("Show", "OrganizationInUse", "RequestAppInstLatency", "RunDebug")
 # Deletes last, dependents first, so updates and dependents find the seeded objects.
 METHODS: list[MethodDescriptor] = [m for m in _ALL if not m.name.startswith("Delete")] + [
     m for m in reversed(_ALL) if m.name.startswith("Delete")
@@ -116,6 +140,11 @@ SECOND = 1_000_000_000
 CLOUDLET_KEY = cloudletkey_pb2.CloudletKey(organization="oper", name="x1")
 APP_KEY = app_pb2.AppKey(organization="dev", name="x1", version="1.0")
 POLICY_KEY = {"organization": "dev", "name": "x1"}
+RL_KEY = ratelimit_pb2.RateLimitSettingsKey(
+    api_name="FindCloudlet",
+    api_endpoint_type=ratelimit_pb2.DME,
+    rate_limit_target=ratelimit_pb2.PER_IP,
+)
 
 # A flavor at the uint64 limits, referable by the random keys: sums of resources must not overflow.
 HUGE_FLAVOR = flavor_pb2.Flavor(
@@ -165,6 +194,34 @@ TEMPLATES: dict[str, Message] = {
         key=POLICY_KEY,
         deploy_client_count=1,
         deploy_interval_count=1,  # type: ignore[arg-type]
+    ),
+    "FlowRateLimitSettings": ratelimit_pb2.FlowRateLimitSettings(
+        key=ratelimit_pb2.FlowRateLimitSettingsKey(flow_settings_name="x1", rate_limit_key=RL_KEY),
+        settings=ratelimit_pb2.FlowSettings(
+            flow_algorithm=ratelimit_pb2.TOKEN_BUCKET_ALGORITHM, reqs_per_second=10, burst_size=5
+        ),
+    ),
+    "MaxReqsRateLimitSettings": ratelimit_pb2.MaxReqsRateLimitSettings(
+        key=ratelimit_pb2.MaxReqsRateLimitSettingsKey(
+            max_reqs_settings_name="x1", rate_limit_key=RL_KEY
+        ),
+        settings=ratelimit_pb2.MaxReqsSettings(
+            max_reqs_algorithm=ratelimit_pb2.FIXED_WINDOW_ALGORITHM,
+            max_requests=10,
+            interval=SECOND,
+        ),
+    ),
+    "TrustPolicyException": trustpolicyexception_pb2.TrustPolicyException(
+        key=trustpolicyexception_pb2.TrustPolicyExceptionKey(
+            app_key=APP_KEY,
+            zone_pool_key=zonepool_pb2.ZonePoolKey(organization="oper", name="x1"),
+            name="x1",
+        ),
+        outbound_security_rules=[
+            trustpolicy_pb2.SecurityRule(
+                protocol="tcp", port_range_min=443, port_range_max=443, remote_cidr="10.0.0.0/8"
+            )
+        ],
     ),
     "AlertPolicy": alertpolicy_pb2.AlertPolicy(
         key=POLICY_KEY,  # type: ignore[arg-type]
@@ -370,8 +427,7 @@ def test_random_requests_get_clean_codes(served: Served, method: MethodDescripto
     """Every object RPC answers OK or a clean refusal, whatever the field values."""
     cls = GetMessageClass(method.input_type)
     seen: set[grpc.StatusCode] = set()
-    # Shows only filter: fewer examples, the time goes to the calls that change things.
-    examples = FUZZ.max_examples // 5 if method.name.startswith("Show") else FUZZ.max_examples
+    examples = FUZZ.max_examples // 5 if method.name.startswith(READ_ONLY) else FUZZ.max_examples
 
     @settings(FUZZ, max_examples=examples)
     @given(request=requests(cls))
