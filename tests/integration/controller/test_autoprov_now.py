@@ -8,6 +8,7 @@ as gRPC metadata and are checked against the current state (aux_services.md §3.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from edgeproto import (
@@ -185,10 +186,33 @@ async def test_autoprov_service_intent_is_checked(
     assert err.message == "Create would exceed max instances 1 of policy p1"
     assert [i.key for i in instances_of(ctl, app)] == [first.key]
 
+    # with a minimum of 1 the one online instance is both the minimum and the maximum
+    policy.min_active_instances = 1
+    policy.fields[:] = ["6"]
+    await autoprovpolicy_pb2_grpc.AutoProvPolicyApiStub(ctl.channel).UpdateAutoProvPolicy(
+        policy, timeout=10
+    )
+    gone = appinst_pb2.AppInst(key=first.key)
+    minmax_md = autoprov_metadata("minmax", "p1")
+    refusals = [
+        (stub.CreateAppInst, second, minmax_md, "Create to satisfy min already met, ignoring"),
+        (
+            stub.DeleteAppInst,
+            gone,
+            demand_md,
+            "Delete would violate min active instances 1 of policy p1",
+        ),
+        (stub.DeleteAppInst, gone, minmax_md, "Delete to satisfy max already met, ignoring"),
+    ]
+    for rpc, request, metadata, message in refusals:  # one at a time
+        _, err = await collect(rpc(request, metadata=metadata, timeout=30))
+        assert isinstance(err, FailedPrecondition)
+        assert err.message == message
+    assert [i.key for i in instances_of(ctl, app)] == [first.key]
+
     # an orphan delete of an instance whose zone is still in the App's policy is refused;
     # a plain delete goes through
     orphaned = autoprov_metadata("orphaned", "p1")
-    gone = appinst_pb2.AppInst(key=first.key)
     _, err = await collect(stub.DeleteAppInst(gone, metadata=orphaned, timeout=30))
     assert isinstance(err, FailedPrecondition)
     assert err.message == (
@@ -197,3 +221,42 @@ async def test_autoprov_service_intent_is_checked(
     _, err = await collect(stub.DeleteAppInst(gone, timeout=30))
     assert err is None, err
     assert instances_of(ctl, app) == []
+
+
+async def test_racing_autoprov_creates_leave_one_instance_per_zone(
+    harness: ControllerHarness, ccrm: InstCcrm
+) -> None:
+    ctl = await harness.start()
+    operator, dev = unique_org(), unique_org()
+    await zone_with_cloudlet(ctl, operator, "z1")
+    await put_flavor(ctl)
+    app = await create_app(ctl, dev)
+    site = cloudletkey_pb2.CloudletKey(organization=operator, name="site-z1")
+    md = autoprov_metadata("demand", "p1")
+
+    async def create(name: str) -> Exception | None:
+        # named by cloudlet: the early zone check has no zone, the commit decides
+        request = appinst_pb2.AppInst(
+            key=appinst_pb2.AppInstKey(name=name, organization=dev),
+            app_key=app.key,
+            cloudlet_key=site,
+        )
+        _, err = await collect(app_insts(ctl).CreateAppInst(request, metadata=md, timeout=30))
+        return err
+
+    async with asyncio.timeout(60):
+        errors = await asyncio.gather(*(create(f"autoprov-race{i}") for i in range(3)))
+    refused = [e for e in errors if e is not None]
+    assert len(refused) == 2, errors
+    for err in refused:
+        assert isinstance(err, FailedPrecondition)
+        assert err.message.startswith("already an AppInst on Zone ")
+    [winner] = instances_of(ctl, app)
+    assert winner.liveness == common_pb2.LIVENESS_AUTOPROV
+    assert winner.state == common_pb2.READY
+
+    async def losers_cleaned_up() -> None:
+        auto = [c for _, c in ctl.sync.caches.items(CLUSTER_INST) if c.reserved_by == dev]
+        assert [c.key for c in auto] == [winner.cluster_key]
+
+    await eventually(losers_cleaned_up, within=20)
