@@ -20,6 +20,7 @@ from edgeproto import (
     app_pb2_grpc,
     appinst_pb2,
     appinst_pb2_grpc,
+    ccrm_pb2,
     ccrm_pb2_grpc,
     cloudlet_pb2,
     cluster_pb2,
@@ -132,6 +133,13 @@ class InstCcrm(
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> result_pb2.Result:
         return result_pb2.Result(message=f"kubeconfig of {request.key.name}")
+
+    async def GetClusterAdditionalResources(
+        self,
+        request: ccrm_pb2.ClusterResourcesReq,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ccrm_pb2.InfraResourceMap:
+        return ccrm_pb2.InfraResourceMap()  # a platform without counters of its own
 
 
 @contextlib.asynccontextmanager

@@ -107,12 +107,14 @@ async def test_cloudlet_usage_follows_clusters_and_vm_apps(
     _, err = await collect(clusters(ctl).CreateClusterInst(new_cluster(org, cloudlet)))
     assert err is None, err
     after_cluster = await usage_of(ctl, cloudlet.key)
+    # the node takes its whole infra flavor, m1.small (2 vCPUs, 4096 MB, 40 GB), not the
+    # 1024 MB / 10 GB the x1.small flavor asks for (controller.md §4.1)
     assert rows(after_cluster) == [
-        ("Disk", 10, 0, 0, "GB"),
-        ("RAM", 1024, 16384, 8192, "MB"),
+        ("Disk", 40, 0, 0, "GB"),
+        ("RAM", 4096, 16384, 8192, "MB"),
         ("vCPUs", 2, 8, 0, ""),
     ]
-    assert after_cluster.resource_score == (6000 + 7168) // 2
+    assert after_cluster.resource_score == (6000 + 4096) // 2
 
     # an AppInst on the cluster takes from the cluster, not the cloudlet; a VM takes from both
     app = await create_app(ctl, org)
@@ -133,8 +135,8 @@ async def test_cloudlet_usage_follows_clusters_and_vm_apps(
     _, err = await collect(app_insts(ctl).CreateAppInst(vm_inst))
     assert err is None, err
     assert rows(await usage_of(ctl, cloudlet.key)) == [
-        ("Disk", 20, 0, 0, "GB"),
-        ("RAM", 2048, 16384, 8192, "MB"),
+        ("Disk", 80, 0, 0, "GB"),
+        ("RAM", 8192, 16384, 8192, "MB"),
         ("vCPUs", 4, 8, 0, ""),
     ]
     _, err = await collect(app_insts(ctl).DeleteAppInst(appinst_pb2.AppInst(key=vm_inst.key)))
