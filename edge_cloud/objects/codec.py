@@ -6,6 +6,11 @@ fields in field-number order, map entries sorted by key, so equal objects give e
 and a rewrite of an unchanged object is visibly a no-op. Decoding ignores unknown fields and
 enum values, so a controller can read what a newer one wrote.
 
+Decoding also reads what the original Controller stored (controller.md §2.3: Go
+`encoding/json` of its structs, with CamelCase enum names, `Udec64` numbers, RFC 3339
+timestamps, duration text and nulls), so a database the original wrote loads as it is; what
+we write does not change.
+
 `to_dict`/`from_dict` are the same mapping for humans: `from_dict` also accepts Go duration
 strings ("15m") for the duration fields of objects.md §1.4, as the original's YAML does.
 """
@@ -16,15 +21,23 @@ import copy
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
 from google.protobuf import json_format, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from edge_cloud.errors import EdgeError, InvalidArgument
 from edge_cloud.objects.durations import format_duration, is_duration_field, parse_duration
+from edge_cloud.objects.gojson import (
+    enum_from_go,
+    enum_go_name,
+    enum_json_name,
+    timestamp_from_go,
+    udec64_from_go,
+)
 from edge_cloud.objects.registry import ObjectType, descriptor_of
 
 __all__ = ["decode", "encode", "from_dict", "to_dict"]
@@ -89,9 +102,14 @@ def _decode_new(cls: type[M], data: bytes | str) -> M:
     msg = cls()
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        fast = _fast_build(cls, text)
-        if fast is not None:
-            return fast
+        loaded = _load_object(text)
+        if loaded is not None:
+            fast = _fast_from(cls, loaded)
+            if fast is not None:
+                return fast
+            go = _go_build(cls, text, loaded)  # the original's encoding, or json_format's
+            if go is not None:
+                return go
         json_format.Parse(text, msg, ignore_unknown_fields=True)
     except (json_format.ParseError, UnicodeDecodeError) as err:
         raise EdgeError(f"cannot decode stored {descriptor_of(cls).full_name}: {err}") from err
@@ -230,12 +248,25 @@ class _Unsupported(Exception):
 
 def _fast_build(cls: type[M], text: str) -> M | None:
     """The message encoded by `text` if it is in the subset `encode` writes; else None."""
+    data = _load_object(text)
+    return None if data is None else _fast_from(cls, data)
+
+
+def _load_object(text: str) -> dict[str, Any] | None:
+    """The JSON object `text` holds; None for anything else (json_format reports it)."""
     try:
         data = json.loads(text)
     except ValueError:
-        return None  # json_format reports it
-    if type(data) is not dict:
         return None
+    return data if type(data) is dict else None
+
+
+def _fast_from(cls: type[M], data: dict[str, Any]) -> M | None:
+    """`_fast_build` from the decoded JSON object.
+
+    When it refuses, `data` may be partly converted for the constructor; the pass can run on
+    it again (each step takes its own output), which `_go_build` relies on.
+    """
     try:
         _check(cls.DESCRIPTOR)(data)
         return cls(**data)
@@ -341,8 +372,8 @@ def _timestamp_step(name: str) -> _Check:
 
     def timestamp(data: dict[str, Any]) -> None:
         value = _present(data, name)
-        if value is None:
-            return
+        if value is None or type(value) is timestamp_pb2.Timestamp:
+            return  # unset, or converted by an earlier pass over the same object
         if type(value) is not str:
             raise _Unsupported
         stamp = timestamp_pb2.Timestamp()
@@ -578,3 +609,226 @@ def _finite(value: Any) -> Any:
     if math.isfinite(value):
         return value
     raise _Unsupported  # "NaN", "Infinity", "-Infinity": json_format
+
+
+# --- the original's encoding -> proto3 JSON ---------------------------------------------------
+#
+# The original Controller stores Go `encoding/json` of its structs (controller.md §2.3). That
+# differs from proto3 JSON in a few value forms only: enums by CamelCase name with the common
+# prefix trimmed ("Docker"), `Udec64` as a number or decimal string (4, "0.5"), its
+# `distributed_match_engine.Timestamp` as RFC 3339 text ("" when zero), gogo's
+# `google.protobuf.Timestamp` as a {"seconds","nanos"} object, durations as Go text
+# ("30m0s") and null for empty lists and maps. The fast path refuses all of these; then
+# `_from_go` rewrites them, in place, into the proto3 JSON forms and the fast path (or, for
+# anything else it refuses, json_format) reads the result. A value that is neither form is
+# left as it is, for json_format to report.
+
+_Fix = Callable[[Any], Any]
+"""One value's rewrite: the new value, `_SAME` (nothing to change) or `_DROP` (unset)."""
+_SAME: Final = object()
+_DROP: Final = object()
+_DECIMAL: Final = re.compile(r"[+-]?[0-9]+")
+
+
+def _go_build(cls: type[M], text: str, data: dict[str, Any]) -> M | None:
+    """The message `text` encodes if it holds forms of the original's; else None.
+
+    `data` is `text` loaded, as the refused fast pass left it. None means json_format
+    decides alone (nothing needed rewriting), so its errors stay what they were.
+    """
+    desc = descriptor_of(cls)
+    try:
+        if not _from_go(desc, data):
+            return None
+        fast = _fast_from(cls, data)
+        if fast is not None:
+            return fast
+        data = json.loads(text)  # the refused attempt may have converted part of it
+        _from_go(desc, data)
+    except RecursionError:
+        return None
+    msg = cls()
+    json_format.ParseDict(data, msg, ignore_unknown_fields=True)
+    return msg
+
+
+def _from_go(desc: Descriptor, data: dict[str, Any]) -> bool:
+    """Rewrite the original's value forms in one JSON object of `desc`; whether any were."""
+    fixes = _go_fixes(desc)
+    changed = False
+    for name, value in list(data.items()):
+        fix = fixes.get(name)
+        if fix is None or value is None:
+            # a name this version does not know (json_format would skip it), or Go's nil
+            # slice, map or pointer (the field is unset): the constructor takes neither
+            del data[name]
+            changed = True
+            continue
+        new = fix(value)
+        if new is _SAME:
+            continue
+        changed = True
+        if new is _DROP:
+            del data[name]
+        else:
+            data[name] = new
+    return changed
+
+
+@functools.cache
+def _go_fixes(desc: Descriptor) -> dict[str, _Fix]:
+    """Each field's rewrite, under its proto and its lowerCamel JSON name."""
+    fixes: dict[str, _Fix] = {}
+    for field in desc.fields:
+        fix = _go_field_fix(field)
+        fixes[field.name] = fixes[field.json_name] = fix
+    return fixes
+
+
+def _go_field_fix(field: FieldDescriptor) -> _Fix:
+    mt = field.message_type
+    if mt is not None and mt.GetOptions().map_entry:
+        value_fix = _go_value_fix(mt.fields_by_name["value"])
+        return _keep if value_fix is _keep else _each_value(value_fix)
+    fix = _go_value_fix(field)
+    if field.is_repeated:
+        return _keep if fix is _keep else _each_item(fix)
+    return fix
+
+
+def _go_value_fix(field: FieldDescriptor) -> _Fix:
+    """The rewrite of one value of a field (an element, for lists and maps)."""
+    mt = field.message_type
+    if mt is not None:
+        if mt.full_name == "edgeproto.Udec64":
+            return _udec64
+        if mt.full_name == "distributed_match_engine.Timestamp":
+            return _dme_timestamp
+        if mt.full_name == "google.protobuf.Timestamp":
+            return _google_timestamp
+        if mt.full_name.startswith("google.protobuf."):
+            return _keep
+        return _message_fix(mt)
+    if field.enum_type is not None:
+        return _enum_fix(field.enum_type)
+    if is_duration_field(field):
+        return _duration
+    return _keep
+
+
+def _keep(value: Any) -> Any:
+    return _SAME
+
+
+def _message_fix(desc: Descriptor) -> _Fix:
+    def message(value: Any) -> Any:
+        # looked up per call, not while building: message types may nest themselves
+        if type(value) is dict and _from_go(desc, value):
+            return value
+        return _SAME
+
+    return message
+
+
+def _each_item(fix: _Fix) -> _Fix:
+    def items(value: Any) -> Any:
+        if type(value) is not list:
+            return _SAME
+        changed = False
+        for i, item in enumerate(value):
+            new = _SAME if item is None else fix(item)
+            if new is not _SAME:
+                value[i] = {} if new is _DROP else new  # a list keeps its length
+                changed = True
+        return value if changed else _SAME
+
+    return items
+
+
+def _each_value(fix: _Fix) -> _Fix:
+    def values(value: Any) -> Any:
+        if type(value) is not dict:
+            return _SAME
+        changed = False
+        for key, item in value.items():
+            new = _SAME if item is None else fix(item)
+            if new is not _SAME:
+                value[key] = {} if new is _DROP else new
+                changed = True
+        return value if changed else _SAME
+
+    return values
+
+
+def _enum_fix(enum: EnumDescriptor) -> _Fix:
+    """CamelCase names ("LoadBalancer", "ImageTypeDocker") and "7" → the number.
+
+    Proto names stay as they are; a name neither form knows is left for json_format,
+    which skips it (a newer version's value).
+    """
+    proto_names = frozenset(enum.values_by_name)
+    spelled: dict[str, int] = {}
+    for value in enum.values:
+        spelled.setdefault(enum_json_name(enum, value.number), value.number)
+        spelled.setdefault(enum_go_name(enum, value.number), value.number)
+
+    def enum_value(value: Any) -> Any:
+        if type(value) is not str or value in proto_names:
+            return _SAME
+        number = spelled.get(value)
+        if number is not None:
+            return number
+        try:
+            return enum_from_go(enum, value)  # other spellings the original's parser takes
+        except ValueError:
+            pass
+        if _DECIMAL.fullmatch(value):
+            return int(value)  # how Go writes a value its enum does not define
+        return _SAME
+
+    return enum_value
+
+
+def _udec64(value: Any) -> Any:
+    if type(value) is dict:
+        return _SAME
+    try:
+        whole, nanos = udec64_from_go(value)
+    except ValueError:
+        return _SAME
+    return {"whole": whole, "nanos": nanos}
+
+
+def _dme_timestamp(value: Any) -> Any:
+    if type(value) is not str:
+        return _SAME  # {"seconds","nanos"}: the proto3 form, which Go also reads
+    try:
+        stamp = timestamp_from_go(value)
+    except ValueError:
+        return _SAME
+    if stamp is None:
+        return _DROP
+    return {"seconds": stamp[0], "nanos": stamp[1]}
+
+
+def _google_timestamp(value: Any) -> Any:
+    """Read a Timestamp gogo wrote: it has no JSON marshaler, so Go writes the struct."""
+    if type(value) is str:
+        return _DROP if not value.strip() else _SAME
+    if type(value) is not dict or not set(value) <= {"seconds", "nanos"}:
+        return _SAME
+    seconds, nanos = value.get("seconds", 0), value.get("nanos", 0)
+    try:
+        stamp = timestamp_pb2.Timestamp(seconds=_to_int(seconds), nanos=_to_int(nanos))
+        return stamp.ToJsonString()
+    except (_Unsupported, ValueError, TypeError, OverflowError):
+        return _SAME
+
+
+def _duration(value: Any) -> Any:
+    if type(value) is not str or _DECIMAL.fullmatch(value):
+        return _SAME
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return _SAME

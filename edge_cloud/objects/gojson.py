@@ -10,10 +10,17 @@ each other's data. This module holds the three Go behaviours that decide those b
   generators (Go struct field names; enum value names);
 - `enum_go_name` / `enum_json_name` / `enum_from_go`: the original's enum spellings, which are
   CamelCase strings with the enum's common prefix trimmed (`IMAGE_TYPE_DOCKER` -> `Docker`).
+
+It also reads the two value forms the original's custom JSON marshalers write into stored
+objects (controller.md §2.3), so that an etcd written by the original can be loaded:
+`udec64_from_go` (`Udec64`: a number, or a decimal string when it has a fraction) and
+`timestamp_from_go` (`distributed_match_engine.Timestamp`: RFC 3339 text, "" for unset).
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import functools
 import re
 from typing import Final
@@ -28,6 +35,8 @@ __all__ = [
     "go_camel_case",
     "go_field_name",
     "go_quote",
+    "timestamp_from_go",
+    "udec64_from_go",
 ]
 
 # encoding/json escapes these ASCII characters (HTML escaping is on in json.Marshal), plus
@@ -232,7 +241,7 @@ def enum_from_go(enum: EnumDescriptor, text: str | int) -> int:
         if text in enum.values_by_number:
             return text
         raise ValueError(f"Invalid {enum.name} value {text}")
-    by_name = {go_camel_case(v.name): v.number for v in enum.values}
+    by_name = _camel_values(enum)
     camel = go_camel_case(text)
     if camel in by_name:
         return by_name[camel]
@@ -242,6 +251,103 @@ def enum_from_go(enum: EnumDescriptor, text: str | int) -> int:
     if re.fullmatch(r"[+-]?[0-9]+", text) and int(text) in enum.values_by_number:
         return int(text)
     raise ValueError(f"Invalid {enum.name} value {_go_q(text)}")
+
+
+@functools.cache
+def _camel_values(enum: EnumDescriptor) -> dict[str, int]:
+    """The original's `<Enum>_CamelValue` map; cached, as stored objects parse many enums."""
+    return {go_camel_case(v.name): v.number for v in enum.values}
+
+
+# Go's time.RFC3339Nano as time.Parse reads it: the fraction may have any number of digits
+# (beyond nine they are dropped) and a comma for the point; the zone is Z or ±hh:mm.
+_RFC3339: Final = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_EPOCH_DAY: Final = datetime.date(1970, 1, 1).toordinal()
+_UDEC64: Final = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
+_UINT64_MAX: Final = (1 << 64) - 1
+_NANOS_DIGITS: Final = 9
+
+
+def timestamp_from_go(text: str) -> tuple[int, int] | None:
+    """Read a `distributed_match_engine.Timestamp` as the original's `ParseTimestamp` does.
+
+    The original's Timestamp marshals to RFC 3339 text with nanoseconds in the writer's
+    local zone ("2023-04-14T16:25:35.1680809-07:00"), and to "" when zero, so stored
+    `created_at` values look like that; the instant is what matters, the zone is dropped.
+
+    Args:
+        text: The JSON string; surrounding white space is ignored, as Go trims it.
+
+    Returns:
+        (seconds, nanos) since the Unix epoch, nanos in 0..999999999; None for "" (unset).
+
+    Raises:
+        ValueError: Not RFC 3339 with a zone, or a date or time that does not exist.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid RFC3339 timestamp {_go_q(text)}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, sign, zone_hours, zone_minutes = match.groups()[6:]
+    try:
+        days = datetime.date(year, month, day).toordinal() - _EPOCH_DAY
+    except ValueError:
+        raise ValueError(f"invalid RFC3339 timestamp {_go_q(text)}: no such date") from None
+    offset = 0
+    if sign is not None:
+        offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
+        if int(zone_hours) > 23 or int(zone_minutes) > 59:
+            raise ValueError(f"invalid RFC3339 timestamp {_go_q(text)}: zone out of range")
+        if sign == "-":
+            offset = -offset
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"invalid RFC3339 timestamp {_go_q(text)}: time out of range")
+    nanos = int((fraction or "")[:_NANOS_DIGITS].ljust(_NANOS_DIGITS, "0"))
+    return days * 86400 + hour * 3600 + minute * 60 + second - offset, nanos
+
+
+def udec64_from_go(value: object) -> tuple[int, int]:
+    """Read a `Udec64` as the original's `UnmarshalJSON` does, plus fractional numbers.
+
+    The original writes a whole value as a JSON number (`4`) and one with a fraction as a
+    decimal string (`"0.5"`, nine decimals at most); it reads both. A JSON number with a
+    fraction (`1.5`), which hand-written data may hold, is read by its shortest decimal
+    text instead of being refused as Go would.
+
+    Args:
+        value: The decoded JSON value: an int, a float, or a string.
+
+    Returns:
+        (whole, nanos), nanos in billionths.
+
+    Raises:
+        ValueError: Negative, above the uint64 range, more than nine decimals, or not a
+            number at all (booleans included).
+    """
+    if type(value) is int:
+        text = str(value)
+    elif type(value) is float:
+        text = format(decimal.Decimal(repr(value)), "f") if value == value else "NaN"
+    elif type(value) is str:
+        text = value
+    else:
+        raise ValueError(f"invalid unsigned decimal {value!r}")
+    match = _UDEC64.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid unsigned decimal {_go_q(text)}")
+    whole_text, fraction = match.groups()
+    if fraction is not None and len(fraction) > _NANOS_DIGITS:
+        raise ValueError(f"invalid unsigned decimal {_go_q(text)}: more than 9 decimals")
+    whole = int(whole_text)
+    if whole > _UINT64_MAX:
+        raise ValueError(f"invalid unsigned decimal {_go_q(text)}: out of range")
+    return whole, int((fraction or "").ljust(_NANOS_DIGITS, "0"))
 
 
 def _go_q(text: str) -> str:
