@@ -16,6 +16,12 @@ file, metrics) serving `CreateFlavor` with a handler that only returns. It is ca
 as the Controller is, so "no-op/raw" is the upper bound any gRPC create can reach here, and
 `1 / no-op rate` is the server CPU that gRPC and Python cost per call before any work.
 
+Server-streaming no-op ceiling: the same server's `CreateAppInst`, a server-streaming call
+like the Controller's, answering with as many `Result` messages as the Controller's
+CreateAppInst (IGNORE_CRM) sent per call in this run (two if that phase did not run), and
+doing nothing else. It is the bound for the AppInst shape of call; run after the
+Controller phases, with the Controller stopped.
+
 Setup: a throwaway etcd and Redis, a Controller process (`python -m services.controller`),
 no CCRM. The platform features are written into etcd before the Controller starts; the
 cloudlets (IGNORE_CRM) and their clusters (IGNORE_CRM) are created through the API, and a
@@ -92,12 +98,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     parser.add_argument("--serve-noop", metavar="LOG", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--noop-results", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.count = QUICK_COUNT
-    if min(args.count, args.concurrency, args.cloudlets) < 1 or args.max_seconds <= 0:
+    if (
+        min(args.count, args.concurrency, args.cloudlets, args.noop_results) < 1
+        or args.max_seconds <= 0
+    ):
         parser.error("--count, --concurrency, --cloudlets and --max-seconds must be positive")
     return args
 
@@ -214,10 +224,30 @@ class NoopFlavors(flavor_pb2_grpc.FlavorApiServicer):
         return result_pb2.Result()
 
 
-async def serve_noop(log_file: Path) -> None:
+class NoopAppInsts(appinst_pb2_grpc.AppInstApiServicer):
+    """CreateAppInst that only streams `results` empty Results: the server-streaming bound.
+
+    Args:
+        results: How many Result messages each call answers with.
+    """
+
+    def __init__(self, results: int) -> None:
+        self._results = results
+
+    async def CreateAppInst(
+        self,
+        request: appinst_pb2.AppInst,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[result_pb2.Result]:
+        for _ in range(self._results):
+            yield result_pb2.Result()
+
+
+async def serve_noop(log_file: Path, results: int) -> None:
     """The no-op server (child side): print its port, serve until the parent closes stdin."""
     server = new_server("noop")
     flavor_pb2_grpc.add_FlavorApiServicer_to_server(NoopFlavors(), server)
+    appinst_pb2_grpc.add_AppInstApiServicer_to_server(NoopAppInsts(results), server)
     port = bind(server, "127.0.0.1:0")
     await server.start()
     try:
@@ -229,13 +259,13 @@ async def serve_noop(log_file: Path) -> None:
         logging.getLogger().handlers[0].flush()
 
 
-def run_noop_server(log_file: Path) -> int:
+def run_noop_server(log_file: Path, results: int) -> int:
     """Logging and event loop as `run_daemon` sets them up for a daemon, then `serve_noop`."""
     import uvloop
 
     with log_file.open("a") as out:
         logs.setup("noop", "info", "json", stream=out)
-        uvloop.run(serve_noop(log_file))
+        uvloop.run(serve_noop(log_file, results))
     return 0
 
 
@@ -275,6 +305,50 @@ async def noop_ceiling(
     return rate, used.get("noop", 0.0)
 
 
+async def noop_stream_ceiling(
+    srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Namespace, results: int
+) -> tuple[float, float]:
+    """Server-streaming no-op: CreateAppInst answering `results` Results, called like the real.
+
+    Returns:
+        The rate, and the no-op server's CPU per call in microseconds.
+    """
+    cpus = None if plan is None else plan.server
+    log_file = srv.tmp / "noop-stream.log"
+    async with common.children() as spawned:
+        child = await common.Child.spawn(
+            "noop-stream",
+            Path(__file__),
+            ["--serve-noop", str(log_file), "--noop-results", str(results)],
+            cpus,
+        )
+        spawned.append(child)
+        (port,) = await child.expect("port", within=60)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            insts = appinst_pb2_grpc.AppInstApiStub(channel)
+
+            async def one(i: int) -> None:
+                inst = appinst_pb2.AppInst(
+                    key=appinst_pb2.AppInstKey(name=f"noop{i:06d}", organization=ctl.ORG_DEV),
+                    crm_override=common_pb2.IGNORE_CRM,
+                )
+                got = await drain(insts.CreateAppInst(inst, timeout=CALL_TIMEOUT))
+                if got != results:
+                    raise RuntimeError(f"the no-op stream sent {got} Results, not {results}")
+
+            await timed_all(min(args.count, 200), args.concurrency, args.max_seconds, one)  # warm
+            pids = {"noop": child.pid}
+            before = cpu_snapshot(pids)
+            measured = await timed_all(args.count, args.concurrency, args.max_seconds, one)
+            rate = rate_line(
+                f"gRPC no-op CreateAppInst stream ({results} Result{'s' * (results != 1)},"
+                " same wrapping, pinned)",
+                *measured,
+            )
+            used = cpu_line(pids, before, measured[0])
+    return rate, used.get("noop", 0.0)
+
+
 @contextlib.asynccontextmanager
 async def profiled(args: argparse.Namespace, pid: int | None, phase: str) -> AsyncIterator[None]:
     """Run `py-spy record` on the Controller while the body runs, when asked to."""
@@ -297,9 +371,12 @@ async def profiled(args: argparse.Namespace, pid: int | None, phase: str) -> Asy
         print(f"py-spy stacks of {phase}: {out}")
 
 
-async def drain(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+async def drain(call: grpc.aio.UnaryStreamCall) -> int:  # type: ignore[type-arg]
+    """Read a server stream to its end; returns how many messages it sent."""
+    got = 0
     async for _ in call:
-        pass
+        got += 1
+    return got
 
 
 async def setup_world(
@@ -388,6 +465,7 @@ async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Na
                 )
 
             flavor = inst = 0.0
+            per_call = args.noop_results
             flavor_us: dict[str, float] = {}
             inst_us: dict[str, float] = {}
             pid = None if daemon.process is None else daemon.process.pid
@@ -403,6 +481,8 @@ async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Na
                 flavor = rate_line("CreateFlavor", *measured)
                 flavor_us = cpu_line(pids, before, measured[0])
 
+            results = [0]  # Result messages of all successful CreateAppInst calls
+
             async def create_inst(i: int) -> None:
                 cluster = clusters[i % len(clusters)]
                 inst = appinst_pb2.AppInst(
@@ -412,7 +492,7 @@ async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Na
                     cloudlet_key=cluster.cloudlet_key,
                     crm_override=common_pb2.IGNORE_CRM,
                 )
-                await drain(insts.CreateAppInst(inst, timeout=CALL_TIMEOUT))
+                results[0] += await drain(insts.CreateAppInst(inst, timeout=CALL_TIMEOUT))
 
             if args.only in (None, "appinst"):
                 before = cpu_snapshot(pids)
@@ -422,8 +502,11 @@ async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Na
                     )
                 inst = rate_line("CreateAppInst (IGNORE_CRM)", *measured)
                 inst_us = cpu_line(pids, before, measured[0])
+                if measured[0]:
+                    per_call = max(1, round(results[0] / measured[0]))
     finally:
         daemon.stop()
+    stream, stream_us = await noop_stream_ceiling(srv, plan, args, per_call)
     raw_after = await raw_etcd(srv.etcd.client_url, "bench/raw-b/", args)
     raw = (raw_before + raw_after) / 2
     print(f"raw baseline (mean of before and after): {raw:.0f}/s")
@@ -434,17 +517,23 @@ async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Na
         if raw > 0
         else "no raw baseline"
     )
-    for name, rate, used in (
-        ("CreateFlavor", flavor, flavor_us),
-        ("CreateAppInst", inst, inst_us),
+    if raw > 0:
+        print(
+            f"ratio gRPC no-op stream ceiling/raw: {common.ratio(stream, raw)}"
+            f" (a no-op stream of {per_call} Result{'s' * (per_call != 1)} costs its server"
+            f" {stream_us:.0f} us of CPU)"
+        )
+    for name, rate, used, ceiling, ceiling_us, shape in (
+        ("CreateFlavor", flavor, flavor_us, noop, noop_us, "no-op"),
+        ("CreateAppInst", inst, inst_us, stream, stream_us, "no-op stream"),
     ):
         if not rate:
             continue
         ctl_us = used.get("controller", 0.0)
         print(
-            f"ratio {name}/no-op: {common.ratio(rate, noop)}"
-            f" (Controller CPU per create {ctl_us:.0f} us = {common.ratio(ctl_us, noop_us)}"
-            " of a no-op call)"
+            f"ratio {name}/{shape}: {common.ratio(rate, ceiling)}"
+            f" (Controller CPU per create {ctl_us:.0f} us = {common.ratio(ctl_us, ceiling_us)}"
+            f" of a {shape} call)"
         )
         verdict = "meets" if rate >= 0.5 * raw else "misses"
         print(f"ratio {name}/raw: {common.ratio(rate, raw)} ({verdict} the goal of 0.50x)")
@@ -453,7 +542,7 @@ async def bench(srv: ctl.Servers, plan: common.CpuPlan | None, args: argparse.Na
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_noop is not None:
-        return run_noop_server(args.serve_noop)
+        return run_noop_server(args.serve_noop, args.noop_results)
     plan = common.plan_cpus(not args.no_pin)
     print(common.environment_line(plan, count=args.count, concurrency=args.concurrency))
     ctl.pin_self(plan)
