@@ -86,7 +86,8 @@ def decode(objtype: ObjectType[M] | type[M], data: bytes | str) -> M:
 
     Args:
         objtype: The object type or message class.
-        data: What `encode` wrote (or a newer version's encoding).
+        data: What `encode` wrote (or a newer version's encoding), or what the original
+            Controller stored for the same type (Go `encoding/json`).
 
     Returns:
         A new message; unknown fields and enum names are skipped.
