@@ -538,20 +538,24 @@ def test_our_encoding_is_unchanged_and_takes_the_fast_path(obj: Message) -> None
 
 
 def test_the_originals_values_decode_at_a_useful_speed() -> None:
-    """Loading an etcd the original wrote goes through the tolerant path for every object."""
+    """Loading an etcd the original wrote goes through the tolerant path for every object.
+
+    Measured: ours ~21 µs an object, the original's ~39 µs, json_format ~140 µs; the bound
+    (CPU time, best of five, so other processes hardly matter) fails if the original's
+    values fell back to json_format.
+    """
     values = [(registry.by_name(t), v) for name in NEWEST + OLDER for t, _, v in records(name)]
     ours = [(t, encode(decode(t, v))) for t, v in values]
-    for batch in (values, ours):  # warm the per-type caches
-        for objtype, value in batch:
-            decode(objtype, value)
 
-    def seconds(batch: list[Any]) -> float:
-        start = time.perf_counter()
-        for _ in range(3):
+    def cpu_seconds(batch: list[Any]) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.process_time()
             for objtype, value in batch:
                 decode(objtype, value)
-        return time.perf_counter() - start
+            best = min(best, time.process_time() - start)
+        return best
 
-    go_time, our_time = seconds(values), seconds(ours)
-    assert go_time < 20 * our_time + 0.05, (go_time, our_time)
+    go_time, our_time = cpu_seconds(values), cpu_seconds(ours)
+    assert go_time < 4 * our_time + 0.002, (go_time, our_time)
     assert len(values) > 200
