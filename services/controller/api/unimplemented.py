@@ -23,7 +23,7 @@ __all__ = ["LATER", "add"]
 
 LATER: Final[dict[str, tuple[str, str]]] = {
     # service: (proto module, slice of the Controller issue that brings it)
-    "ExecApi": ("exec_pb2", "Cloudlet"),
+    "ExecApi": ("exec_pb2", "EdgeTurn console and shell relay"),
 }
 
 
