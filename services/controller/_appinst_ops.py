@@ -102,6 +102,28 @@ def _app_key_text(key: app_pb2.AppKey) -> str:
     return keys.key_string(key)
 
 
+#: AppInstKey fields `_inst_key_text` caches by; a new key field must join them.
+_INST_KEY_FIELDS: Final = ("name", "organization")
+if tuple(f.name for f in appinst_pb2.AppInstKey.DESCRIPTOR.fields) != _INST_KEY_FIELDS:
+    raise RuntimeError("AppInstKey gained fields: extend _inst_key_text's cache key")
+
+
+def _inst_key_text(key: appinst_pb2.AppInstKey) -> str:
+    """`keys.key_string` of an AppInstKey, remembered by its fields.
+
+    Why: an AppInst create needs the key strings of every instance on its cluster (the
+    ClusterRefs members) for the cache lookups and the membership test; computing each
+    again (Go-style JSON in Python) was the largest item of the commit function, and the
+    members are mostly the same from one create to the next.
+    """
+    return _key_text_of(key.name, key.organization)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_text_of(name: str, organization: str) -> str:
+    return keys.key_string(appinst_pb2.AppInstKey(name=name, organization=organization))
+
+
 def _cluster_fit(
     inst: appinst_pb2.AppInst,
     cluster: clusterinst_pb2.ClusterInst,
@@ -590,7 +612,7 @@ class AppInstOps(InstOpsBase):
                 # members, unguarded: whatever of them matters here changes only together
                 # with the ClusterRefs read above (create, delete, resource update); their
                 # key strings serve the lookup and the membership test below
-                member_keys = [keys.key_string(k) for k in crefs.apps]
+                member_keys = [_inst_key_text(k) for k in crefs.apps]
                 others = [o for o in txn.peek_many(APP_INST, member_keys, shared=True) if o]
                 if app.deployment in ("kubernetes", "helm") and not new.namespace:
                     new.namespace = _appinst.default_namespace(new)
@@ -696,20 +718,18 @@ class AppInstOps(InstOpsBase):
             new.revision = app.revision
             new.state = TS.READY if cctx.ignore_crm else TS.CREATE_REQUESTED
             del new.errors[:]
+            new_key_text = _inst_key_text(new.key)
             air = txn.get(APP_INST_REFS, app.key) or refs_pb2.AppInstRefs(key=app.key)
-            air.insts[keys.key_string(new.key)] = 1
+            air.insts[new_key_text] = 1
             txn.put(air)
             if crefs is not None:
-                if keys.key_string(new.key) not in set(member_keys):
+                if new_key_text not in member_keys:
                     crefs.apps.append(new.key)
                 txn.put(crefs)
             if refs != stored_refs:
                 # unchanged (no shared-LB port, not a VM app): no write, fewer conflicts
                 txn.put(refs)
-            txn.put_key(
-                _appinst.APP_INST_ID_PREFIX + new.unique_id,
-                keys.key_string(new.key).encode(),
-            )
+            txn.put_key(_appinst.APP_INST_ID_PREFIX + new.unique_id, new_key_text.encode())
             txn.put_key(
                 _clusterinst.cloudlet_object_label_key(keys.key_string(cl.key), new.dns_label),
                 new.dns_label.encode(),
