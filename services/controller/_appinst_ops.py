@@ -530,6 +530,7 @@ class AppInstOps(InstOpsBase):
             on_error=on_error,
             cleanup_on_error=gone_check(rt, APP_INST, stored.key),
             subscribe=on_edge and not cctx.ignore_crm,
+            defer=cctx.ignore_crm,  # nothing to wait for: the stream is written once, at the end
         )
 
     def _commit_plan(

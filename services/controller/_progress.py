@@ -101,14 +101,17 @@ if #first > 0 then
 end
 redis.call('DEL', KEYS[1])
 redis.call('XADD', KEYS[1], '*', ARGV[5], '', ARGV[6], ARGV[1], ARGV[4], ARGV[3])
-for i = 7, #ARGV do
+for i = 9, #ARGV do
   redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i], ARGV[6], ARGV[1])
+end
+if ARGV[7] ~= '' then
+  redis.call('XADD', KEYS[1], '*', ARGV[7], ARGV[8], ARGV[6], ARGV[1])
 end
 return 1
 """
 """Reset a stream for an operation: KEYS[1] the stream; ARGV: op id, message field, mod rev,
-mod-rev field, start field, id field, buffered lines... Returns 0 when a newer operation's
-start marker is there (nothing written)."""
+mod-rev field, start field, id field, end field ('' for none), end value, buffered lines...
+Returns 0 when a newer operation's start marker is there (nothing written)."""
 _INFO_END_SCRIPT: Final = """
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #first == 0 then return 0 end
@@ -415,17 +418,24 @@ class Progress:
         return start
 
     async def _restart(
-        self, name: str, op_id: str, mod_rev: int, lines: Sequence[str] = ()
+        self,
+        name: str,
+        op_id: str,
+        mod_rev: int,
+        lines: Sequence[str] = (),
+        end: tuple[str, str] | None = None,
     ) -> bool:
         """Reset the stream for an operation committed at `mod_rev`, then append `lines`.
 
-        One atomic script: the start marker check, the reset and the buffered lines cost
-        one round trip.
+        One atomic script: the start marker check, the reset, the buffered lines and, for
+        an operation that is over already, its end (`(END, "")`) or error marker cost one
+        round trip.
 
         Returns:
             False when a newer operation owns the stream (nothing written).
         """
-        args = [op_id, MESSAGE, str(mod_rev), MOD_REV, START, ID, *lines]
+        end_field, end_value = end if end is not None else ("", "")
+        args = [op_id, MESSAGE, str(mod_rev), MOD_REV, START, ID, end_field, end_value, *lines]
         written = await self._restart_script(keys=[name], args=args)
         return bool(int(written))
 
@@ -575,11 +585,17 @@ class _Reader:
 class OpStream:
     """The progress of one operation on one object: to its caller, and to Redis.
 
+    A deferred stream (`start(..., defer=True)`, for operations that wait for nothing
+    outside this call, such as IGNORE_CRM creates) keeps buffering after `start` and writes
+    its start marker, its lines and its end marker in one round trip (`finish`, or `stop`
+    on failure) instead of one for the start and one per later line and marker.
+
     Attributes:
         name: The stream (and channel) name.
         op_id: The operation's id (`<controller id>#<random>`).
         mod_rev: The etcd revision the stream was started for (0 until started).
         subscription: The object's pub/sub channel, opened by `start`.
+        deferred: Started, but nothing written to Redis until `finish` or `stop`.
     """
 
     progress: Progress
@@ -591,13 +607,15 @@ class OpStream:
     invalid: bool = False
     is_copy: bool = False
     subscription: Subscription | None = None
+    deferred: bool = False
+    ended: bool = False
     _buffer: list[str] = field(default_factory=list)
 
     async def send(self, message: str) -> None:
         """One progress line: to the caller now, to Redis once started (buffered before)."""
         if self.sink is not None:
             self.sink(message)
-        if not self.started:
+        if not self.started or self.deferred:
             self._buffer.append(message)
             return
         await self._write({MESSAGE: message})
@@ -611,12 +629,15 @@ class OpStream:
             # losing a progress line must not fail the operation (the original's rule)
             log.warning("could not write progress to %s: %s", self.name, err)
 
-    async def start(self, mod_rev: int, *, subscribe: bool = True) -> None:
+    async def start(self, mod_rev: int, *, subscribe: bool = True, defer: bool = False) -> None:
         """Bind the stream to the operation's commit, flush buffered lines, subscribe.
 
         Args:
             mod_rev: The etcd revision of the operation's first commit.
             subscribe: Also open the object's pub/sub channel (for waiting on reports).
+            defer: Write nothing yet: `finish` (or `stop`) writes the start marker, the
+                lines and the end together. Ignored with `subscribe` (an operation that
+                waits for reports shows its progress as it goes).
 
         Raises:
             Unavailable: Redis cannot be reached or did not confirm the subscription.
@@ -624,6 +645,9 @@ class OpStream:
         if self.started:
             return
         self.mod_rev = mod_rev
+        if defer and not subscribe:
+            self.started = self.deferred = True
+            return
         buffered, self._buffer = self._buffer, []
         try:
             self.invalid = not await self.progress._restart(
@@ -637,8 +661,45 @@ class OpStream:
         if subscribe:
             self.subscription = await self.progress.subscribe(self.name)
 
+    async def finish(self) -> None:
+        """End a deferred stream that succeeded: start marker, lines and end in one trip.
+
+        Called at the end of the operation's work, where a failure to start the stream
+        used to surface: like `start`, it raises, and the operation fails (and is undone)
+        as it did when Redis could not be reached at its start. Does nothing for a stream
+        that is not deferred (or a copy: the operation that started it ends it).
+
+        Raises:
+            Unavailable: Redis cannot be reached.
+        """
+        if not self.deferred or self.is_copy:
+            return
+        await self._write_deferred((END, ""), raise_errors=True)
+
+    async def _write_deferred(self, end: tuple[str, str], *, raise_errors: bool) -> None:
+        """The one write of a deferred stream; afterwards it is an ended, started stream."""
+        buffered, self._buffer = self._buffer, []
+        self.deferred = False
+        self.ended = True
+        try:
+            self.invalid = not await self.progress._restart(
+                self.name, self.op_id, self.mod_rev, buffered, end
+            )
+        except (RedisError, OSError) as err:
+            if raise_errors:
+                # as a failed `start`: nothing more is written for this operation
+                self.started = False
+                raise Unavailable(f"cannot start progress stream {self.name}: {err}") from err
+            log.warning("could not write progress to %s: %s", self.name, err)
+            return
+        if self.invalid:
+            log.info("progress stream %s belongs to a newer operation", self.name)
+
     def copy(self, sink: Callable[[str], None] | None = None) -> OpStream:
-        """The same stream for a nested operation (undo): it never ends or resets it."""
+        """The same stream for a nested operation (undo): it never ends or resets it.
+
+        A copy of a deferred stream buffers into the same lines, in order.
+        """
         return OpStream(
             self.progress,
             self.name,
@@ -649,6 +710,8 @@ class OpStream:
             self.invalid,
             is_copy=True,
             subscription=self.subscription,
+            deferred=self.deferred,
+            _buffer=self._buffer if self.deferred else [],
         )
 
     async def stop(self, error: BaseException | None, *, cleanup: bool = False) -> None:
@@ -667,10 +730,11 @@ class OpStream:
             self.subscription = None
         if not self.started or self.invalid:
             return
-        if error is None:
-            await self._write({END: ""})
-        else:
-            await self._write({ERROR: _describe(error)})
+        end = (END, "") if error is None else (ERROR, _describe(error))
+        if self.deferred:
+            await self._write_deferred(end, raise_errors=False)
+        elif not self.ended:
+            await self._write(dict([end]))
         if cleanup:
             try:
                 await self.progress._remove_if_owned(self.name, self.op_id, self.mod_rev)

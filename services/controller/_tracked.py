@@ -589,18 +589,22 @@ class TrackedOps:
         cleanup_on_success: bool = False,
         cleanup_on_error: Callable[[], Awaitable[bool]] | None = None,
         subscribe: bool = False,
+        defer: bool = False,
     ) -> None:
         """Start the stream at `revision`, run `work`, handle failure, end the stream.
 
         Cancellation (the caller went away) runs `on_error` shielded, so the object still
-        reaches a terminal state.
+        reaches a terminal state. With `defer` (work that waits for nothing outside this
+        call), the stream is written once, after the work: one Redis round trip instead of
+        one per line and marker (`OpStream.finish`).
         """
         services = self._rt.tracked
         with services.operation(stream):
             error: BaseException | None = None
             try:
-                await stream.start(revision or 0, subscribe=subscribe)
+                await stream.start(revision or 0, subscribe=subscribe, defer=defer)
                 await work()
+                await stream.finish()
             except asyncio.CancelledError as err:
                 error = err
                 await asyncio.shield(on_error(err))
