@@ -23,16 +23,22 @@ import pytest
 from edgeproto import (
     app_pb2,
     appinst_pb2,
+    autoprovpolicy_pb2,
+    autoscalepolicy_pb2,
     cloudlet_pb2,
+    cloudletkey_pb2,
     cluster_pb2,
     clusterinst_pb2,
     common_pb2,
     decimal_pb2,
     device_pb2,
+    flavor_pb2,
+    network_pb2,
     resources_pb2,
     settings_pb2,
     vmpool_pb2,
     zone_pb2,
+    zonepool_pb2,
 )
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -312,6 +318,54 @@ def test_tracked_state_liveness_health_and_cloudlet_enums() -> None:
         cloudlet_pb2.DIRECT_ACCESS,
         cloudlet_pb2.RESTRICTED_ACCESS,
     }
+
+
+def composed() -> list[tuple[str, Message]]:
+    """Objects of the current set with the messages we composed them from."""
+    gpu = flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name="ec.large.gpu"), ram=32768, vcpus=8)
+    gpu.disk = 200
+    gpu.opt_res_map["gpu"] = "pci:2"
+    gpu.gpus.add(model_id="nvidia-t4", count=1, vendor="nvidia", memory=16)
+    pool = zonepool_pb2.ZonePool(
+        key=zonepool_pb2.ZonePoolKey(organization="tidewater", name="coastal")
+    )
+    for site in ("harbor-east", "quarry-2"):
+        pool.zones.add(organization="tidewater", name=site)
+    when = datetime.datetime(2025, 8, 8, 6, 8, 8, tzinfo=datetime.UTC)  # 08:08:08+02:00
+    pool.created_at.seconds, pool.created_at.nanos = int(when.timestamp()), 808_000_000
+    policy = autoprovpolicy_pb2.AutoProvPolicy(
+        key=autoscalepolicy_pb2.PolicyKey(organization="kestrelworks", name="kestrelworks-spread"),
+        deploy_client_count=4,
+        deploy_interval_count=2,
+        min_active_instances=1,
+        max_instances=3,
+    )
+    for operator in ("tidewater", "granitenet", "bluefjord"):
+        policy.zones.add(organization=operator, name="harbor-east")
+    network = network_pb2.Network(
+        key=network_pb2.NetworkKey(
+            cloudlet_key=cloudletkey_pb2.CloudletKey(organization="tidewater", name="harbor-east"),
+            name="backhaul",
+        ),
+        connection_type=network_pb2.CONNECT_TO_CLUSTER_NODES,
+    )
+    network.routes.add(destination_cidr="10.99.0.0/16", next_hop_ip="10.0.0.1")
+    return [
+        ('1/Flavor/{"name":"ec.large.gpu"}', gpu),
+        ('1/ZonePool/{"organization":"tidewater","name":"coastal"}', pool),
+        ('1/AutoProvPolicy/{"organization":"kestrelworks","name":"kestrelworks-spread"}', policy),
+        (
+            '1/Network/{"cloudlet_key":{"organization":"tidewater","name":"harbor-east"},'
+            '"name":"backhaul"}',
+            network,
+        ),
+    ]
+
+
+def test_objects_equal_the_messages_they_were_composed_from() -> None:
+    current = samples.current()
+    for key, want in composed():
+        assert decode(type(want), sample(current, key)) == want, key
 
 
 def test_google_timestamps_as_gogo_writes_them() -> None:
