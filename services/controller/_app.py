@@ -60,6 +60,7 @@ from edge_cloud.errors import EdgeError, FailedPrecondition, InvalidArgument
 from edge_cloud.objects import keys, registry
 from edge_cloud.objects.fields import FieldSet, apply_fields, field_paths
 from services.controller import _validate
+from services.controller._clusterinst import node_from_flavor
 from services.controller._dns import dns_sanitize, numbered_labels, sanitize_trunc
 from services.controller._engine import Txn
 from services.controller._ports import (
@@ -1279,7 +1280,7 @@ def resolve_resources(app: App, refs: References) -> None:
         else:
             if app.HasField("node_resources"):
                 raise InvalidArgument("cannot specify both flavor and NodeResources")
-            _node_from_flavor(app.node_resources, flavor)
+            node_from_flavor(app.node_resources, flavor)
     if kube:
         if app.HasField("node_resources"):
             raise InvalidArgument("cannot specify node resources for Kubernetes deployment")
@@ -1316,15 +1317,6 @@ def resolve_resources(app: App, refs: References) -> None:
             raise InvalidArgument(f"invalid NodeResources gpu, {err.message}") from None
     # the resources are the truth from now on; a kept flavor would drift from them
     app.ClearField("default_flavor")
-
-
-def _node_from_flavor(nodes: resources_pb2.NodeResources, flavor: flavor_pb2.Flavor) -> None:
-    nodes.SetInParent()
-    nodes.vcpus, nodes.ram, nodes.disk = flavor.vcpus, flavor.ram, flavor.disk
-    del nodes.gpus[:]
-    nodes.gpus.extend(flavor.gpus)
-    nodes.opt_res_map.clear()
-    nodes.opt_res_map.update(flavor.opt_res_map)
 
 
 def _kubernetes_from_flavor(

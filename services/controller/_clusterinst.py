@@ -61,6 +61,9 @@ RESERVABLE_PREFIX: Final = "reservable"
 DEFAULT_CLUST_PREFIX: Final = "defaultclust"
 MAX_NAME_LEN: Final = 40
 DEFAULT_POOL: Final = "cpupool"
+"""The pool an autocluster gets from an App's Kubernetes CPU resources."""
+FLAVOR_POOL: Final = "defaultpool"
+"""The pool a cluster created from a flavor gets (the original's `DefaultNodePoolName`)."""
 DNS_LABEL_MAX_LEN: Final = 63
 MAX_RESERVABLE_IDS: Final = 64
 OBJECT_LABEL_PREFIX: Final = "1/CloudletObjectDnsLabel/"
@@ -192,8 +195,8 @@ def resolve_node_resources(cluster: ClusterInst, flavor: flavor_pb2.Flavor | Non
             if cluster.node_pools:
                 raise InvalidArgument("cannot specify both flavor and node pools")
             nodes = cluster.num_nodes or 1
-            pool = cluster.node_pools.add(Name=DEFAULT_POOL, num_nodes=nodes)
-            _node_from_flavor(pool.node_resources, flavor)
+            pool = cluster.node_pools.add(Name=FLAVOR_POOL, num_nodes=nodes)
+            node_from_flavor(pool.node_resources, flavor)
             cluster.num_nodes = nodes
         elif not cluster.node_pools:
             raise InvalidArgument("missing flavor or node pools")
@@ -205,7 +208,7 @@ def resolve_node_resources(cluster: ClusterInst, flavor: flavor_pb2.Flavor | Non
     if flavor is not None:
         if cluster.node_resources.vcpus:
             raise InvalidArgument("cannot specify both flavor and node resources")
-        _node_from_flavor(cluster.node_resources, flavor)
+        node_from_flavor(cluster.node_resources, flavor)
     elif not cluster.node_resources.vcpus:
         raise InvalidArgument("missing flavor or node resources")
 
@@ -225,12 +228,14 @@ def check_pools(cluster: ClusterInst) -> None:
             raise InvalidArgument(f"pool {pool.Name} missing vcpus")
 
 
-def _node_from_flavor(nodes: resources_pb2.NodeResources, flavor: flavor_pb2.Flavor) -> None:
-    nodes.vcpus = flavor.vcpus
-    nodes.ram = flavor.ram
-    nodes.disk = flavor.disk
-    for name, value in flavor.opt_res_map.items():
-        nodes.opt_res_map[name] = value
+def node_from_flavor(nodes: resources_pb2.NodeResources, flavor: flavor_pb2.Flavor) -> None:
+    """A node's size from a flavor: vCPUs, RAM, disk, GPUs and optional resources."""
+    nodes.SetInParent()
+    nodes.vcpus, nodes.ram, nodes.disk = flavor.vcpus, flavor.ram, flavor.disk
+    del nodes.gpus[:]
+    nodes.gpus.extend(flavor.gpus)
+    nodes.opt_res_map.clear()
+    nodes.opt_res_map.update(flavor.opt_res_map)
 
 
 def check_cloudlet_support(

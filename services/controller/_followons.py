@@ -350,10 +350,7 @@ async def update_default_mt_cluster(
             await rt.engine.create(policy, plain=True)
         cluster.auto_scale_policy = key.name
     flavor = largest_cpu_flavor(rt.caches)
-    pool = cluster.node_pools.add(Name=_clusterinst.DEFAULT_POOL, num_nodes=3)
-    pool.node_resources.vcpus = flavor.vcpus
-    pool.node_resources.ram = flavor.ram
-    pool.node_resources.disk = flavor.disk
-    pool.node_resources.opt_res_map.update(flavor.opt_res_map)
+    pool = cluster.node_pools.add(Name=_clusterinst.FLAVOR_POOL, num_nodes=3)
+    _clusterinst.node_from_flavor(pool.node_resources, flavor)
     with contextlib.suppress(AlreadyExists):
         await ops.create_internal(CallContext(), cluster, lambda _line: None)

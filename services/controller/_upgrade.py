@@ -88,8 +88,6 @@ _KUBERNETES: Final = frozenset({"kubernetes", "helm"})
 WALK_PARALLEL: Final = 8
 """Object transactions in flight while walking a type: etcd's commit latency, not CPU, is
 what an upgrade waits on."""
-DEFAULT_NODE_POOL: Final = "defaultpool"
-"""The pool the original's 57 makes of a Kubernetes cluster's flavor (`DefaultNodePoolName`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1078,8 +1076,6 @@ async def node_pools_feature(store: Store, upgrade_id: int) -> Tally:
         except InvalidArgument as err:
             raise InvalidArgument(f"{key}: {err.message}") from None
         if ci.deployment == "kubernetes":
-            for pool in ci.node_pools:
-                pool.Name = DEFAULT_NODE_POOL  # the original's name for a flavor's pool
             data["node_pools"] = [_encoded(pool) for pool in ci.node_pools]
             data["num_nodes"] = ci.num_nodes
         else:

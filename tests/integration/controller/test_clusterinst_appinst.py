@@ -553,7 +553,7 @@ async def test_kubernetes_instances_and_namespaces(
     assert err is None, err
     stored = ctl.sync.caches.get(CLUSTER_INST, keys.key_string(k8s.key))
     assert stored is not None
-    assert [(p.Name, p.num_nodes) for p in stored.node_pools] == [("cpupool", 2)]
+    assert [(p.Name, p.num_nodes) for p in stored.node_pools] == [("defaultpool", 2)]
     assert stored.num_masters == 1
     app = await create_app(ctl, org, deployment="kubernetes")
     first = new_app_inst(org, app, "ai1", cluster=k8s.key)

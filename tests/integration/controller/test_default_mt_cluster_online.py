@@ -90,7 +90,7 @@ async def test_created_when_the_cloudlet_comes_online_and_deleted_with_it(
     cluster = await ready_cluster(ctl, key)
     assert cluster.multi_tenant
     assert cluster.cloudlet_key == cloudlet.key
-    assert [(p.Name, p.num_nodes) for p in cluster.node_pools] == [("cpupool", 3)]
+    assert [(p.Name, p.num_nodes) for p in cluster.node_pools] == [("defaultpool", 3)]
     assert creates_of(ccrm, key) == 1
 
     # a cloudlet without the setting: nothing to do when it comes online

@@ -388,7 +388,7 @@ async def test_default_serverless_cluster_follows_the_cloudlet_setting(
     assert cluster.cloudlet_key == cloudlet.key
     assert cluster.auto_scale_policy == key.name
     [pool] = cluster.node_pools
-    assert (pool.Name, pool.num_nodes, pool.node_resources.vcpus) == ("cpupool", 3, 8)
+    assert (pool.Name, pool.num_nodes, pool.node_resources.vcpus) == ("defaultpool", 3, 8)
     policy = ctl.engine.get(
         registry.by_class(autoscalepolicy_pb2.AutoScalePolicy),
         autoscalepolicy_pb2.PolicyKey(organization="edgecloudorg", name=key.name),

@@ -111,11 +111,19 @@ def test_node_resources_from_flavor() -> None:
     k8s = cluster(deployment="kubernetes", num_nodes=3)
     ci.resolve_node_resources(k8s, FLAVOR)
     assert [(p.Name, p.num_nodes, p.node_resources.vcpus) for p in k8s.node_pools] == [
-        ("cpupool", 3, 2)
+        ("defaultpool", 3, 2)
     ]
     docker = cluster(deployment="docker")
     ci.resolve_node_resources(docker, FLAVOR)
     assert docker.node_resources.ram == 2048
+    # a GPU flavor's GPUs reach the nodes (the infra flavor match is exact on GPUs)
+    gpu_flavor = flavor_pb2.Flavor(key=flavor_pb2.FlavorKey(name="g"), vcpus=4, ram=8192, disk=40)
+    gpu_flavor.gpus.add(model_id="nvidia-t4", count=1)
+    gpu = cluster(deployment="kubernetes")
+    ci.resolve_node_resources(gpu, gpu_flavor)
+    assert [(g.model_id, g.count) for g in gpu.node_pools[0].node_resources.gpus] == [
+        ("nvidia-t4", 1)
+    ]
     assert message(ci.resolve_node_resources, cluster(deployment="docker"), None) == (
         "missing flavor or node resources"
     )
