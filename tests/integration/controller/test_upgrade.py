@@ -1,13 +1,18 @@
 """Data-model version check and upgrades on a real etcd (controller.md §2.8, §10.1-2).
 
-The old-format objects below are written as the original stored them (its upgrade test
-files `pkg/controller/upgrade_testfiles/*_pre.etcd`, trimmed to the fields that matter).
+Every stored object below is composed here, in the format controller.md §2.3 describes for
+the original Controller's etcd (Go JSON, snake_case members), with our own organizations,
+cloudlets and values, trimmed to the fields each upgrade reads or writes. The expected
+results follow from what `services/controller/_upgrade.py` documents for each upgrade;
+where a name depends on a cloudlet-key hash, the test computes it from the documented
+formula (sha256 of `name::organization`, first 8 hex digits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import uuid
@@ -41,24 +46,36 @@ MISMATCH = (
     "and autoUpgrade is not enabled"
 )
 
+# --- a made-up upgrade list for the runner -----------------------------------------------------
+
+REGISTRY_IDS = (0, 3, 5, 6, 9, 14, 15, 16, 19, 22, 27, 31, 35)
+"""Ids with gaps; 0, 5, 15, 16 and 22 carry no function (they only move the version)."""
+WITH_FN = frozenset({3, 6, 9, 14, 19, 27, 31, 35})
+ALL_FNS = sorted(WITH_FN)
+TARGET = {"Hash": "h35", "ID": 35}
+BROKEN = '1/Gadget/{"name":"bent-antenna"} has no serial number'
+
 
 def recording_registry(done: list[int], *, fail_at: int | None = None) -> list[Upgrade]:
-    """The original's TestCheckAndUpgrade list: functions at 10,12,20,21,30,40,51-54."""
+    """Our list ending at 35 whose functions record their id (or fail at `fail_at`).
+
+    Hashes are `h<id>` and names `Step<id>`, so a message shows which of the two it took.
+    """
 
     def record(upgrade_id: int) -> UpgradeFn:
         async def fn(store: Store, given: int) -> Tally:
             assert given == upgrade_id
             if upgrade_id == fail_at:
-                raise InvalidArgument("object 1/Thing/x is broken")
+                raise InvalidArgument(BROKEN)
             done.append(given)
             await asyncio.sleep(0.01)  # gives a concurrent upgrader the chance to interleave
             return Tally(read=1)
 
         return fn
 
-    with_fn = {10, 12, 20, 21, 30, 40, 51, 52, 53, 54}
-    ids = [0, 10, 11, 12, 20, 21, 22, 23, 24, 28, 30, 40, 50, 51, 52, 53, 54]
-    return [Upgrade(i, str(i), str(i), record(i) if i in with_fn else None) for i in ids]
+    return [
+        Upgrade(i, f"h{i}", f"Step{i}", record(i) if i in WITH_FN else None) for i in REGISTRY_IDS
+    ]
 
 
 async def stored_version(store: Store) -> dict[str, Any]:
@@ -68,8 +85,12 @@ async def stored_version(store: Store) -> dict[str, Any]:
     return data
 
 
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 async def put_json(store: Store, key: str, value: dict[str, Any]) -> None:
-    await store.put(key, json.dumps(value, separators=(",", ":")).encode())
+    await store.put(key, compact(value).encode())
 
 
 async def dump(store: Store, prefix: str = "1/") -> dict[str, tuple[dict[str, Any], int]]:
@@ -114,7 +135,7 @@ async def test_empty_database_gets_the_target_and_runs_nothing(etcd_store: EtcdS
     done: list[int] = []
     await check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
     assert done == []
-    assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
+    assert await stored_version(etcd_store) == TARGET
     await check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
     assert done == []  # and a matching version is left alone
 
@@ -125,93 +146,93 @@ async def test_empty_database_gets_the_compiled_version(etcd_store: EtcdStore) -
 
 
 async def test_legacy_version_is_read_as_id_0(etcd_store: EtcdStore) -> None:
-    await etcd_store.put(LEGACY_VERSION_KEY, b"myhash")
+    await etcd_store.put(LEGACY_VERSION_KEY, b"3f9c0d7e")
     with pytest.raises(FailedPrecondition) as err:
         await check_version(etcd_store, upgrades=recording_registry([]))
-    assert err.value.message == MISMATCH.format(target="54", stored="myhash")
+    assert err.value.message == MISMATCH.format(target="h35", stored="3f9c0d7e")
     assert await etcd_store.get(VERSION_KEY) is None  # refusing writes nothing
 
     done: list[int] = []
     await check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
-    assert done == [10, 12, 20, 21, 30, 40, 51, 52, 53, 54]  # id 0: everything above it
-    assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
+    assert done == ALL_FNS  # id 0: every function above it
+    assert await stored_version(etcd_store) == TARGET
 
 
 @pytest.mark.parametrize(
     ("start", "expected"),
     [
-        (54, []),
-        (53, [54]),
-        (52, [53, 54]),
-        (40, [51, 52, 53, 54]),
-        (23, [30, 40, 51, 52, 53, 54]),
-        (20, [21, 30, 40, 51, 52, 53, 54]),
-        (0, [10, 12, 20, 21, 30, 40, 51, 52, 53, 54]),
+        (35, []),
+        (31, [35]),
+        (19, [27, 31, 35]),
+        (16, [19, 27, 31, 35]),  # an entry without a function
+        (12, [14, 19, 27, 31, 35]),  # an id the list does not have
+        (5, [6, 9, 14, 19, 27, 31, 35]),
+        (0, ALL_FNS),
     ],
 )
 async def test_upgrades_above_the_stored_id_run_in_order(
     etcd_store: EtcdStore, start: int, expected: list[int]
 ) -> None:
-    await etcd_store.put(VERSION_KEY, version_value(str(start), start))
+    await etcd_store.put(VERSION_KEY, version_value(f"h{start}", start))
     done: list[int] = []
     await check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
     assert done == expected
-    assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
+    assert await stored_version(etcd_store) == TARGET
 
 
 async def test_mismatch_without_auto_upgrade_refuses_with_the_originals_message(
     etcd_store: EtcdStore,
 ) -> None:
-    await etcd_store.put(VERSION_KEY, version_value("0123", 20))
+    await etcd_store.put(VERSION_KEY, version_value("a1b2c3", 41))
     with pytest.raises(FailedPrecondition) as err:
         await check_version(etcd_store)
-    assert err.value.message == MISMATCH.format(target=VERSION_HASH, stored="0123")
-    assert await stored_version(etcd_store) == {"Hash": "0123", "ID": 20}
+    assert err.value.message == MISMATCH.format(target=VERSION_HASH, stored="a1b2c3")
+    assert await stored_version(etcd_store) == {"Hash": "a1b2c3", "ID": 41}
 
 
 async def test_a_newer_database_is_refused_even_with_auto_upgrade(etcd_store: EtcdStore) -> None:
-    await etcd_store.put(VERSION_KEY, version_value("future", 70))
-    with pytest.raises(FailedPrecondition, match=r"future \(70\), not older than"):
+    await etcd_store.put(VERSION_KEY, version_value("tomorrow", 63))
+    with pytest.raises(FailedPrecondition, match=r"tomorrow \(63\), not older than"):
         await check_version(etcd_store, auto_upgrade=True)
 
 
 async def test_a_failed_upgrade_stops_and_keeps_the_last_completed_id(
     etcd_store: EtcdStore,
 ) -> None:
-    await etcd_store.put(VERSION_KEY, version_value("20", 20))
+    await etcd_store.put(VERSION_KEY, version_value("h9", 9))
     done: list[int] = []
     with pytest.raises(FailedPrecondition) as err:
         await check_version(
-            etcd_store, auto_upgrade=True, upgrades=recording_registry(done, fail_at=30)
+            etcd_store, auto_upgrade=True, upgrades=recording_registry(done, fail_at=19)
         )
-    assert done == [21]
+    assert done == [14]
     assert err.value.message == (
-        "upgrade 30 30 failed: object 1/Thing/x is broken; the database stays at data model "
-        "version 28, fix the data and start again with --auto-upgrade"
-    )
-    assert await stored_version(etcd_store) == {"Hash": "28", "ID": 28}
+        f"upgrade 19 Step19 failed: {BROKEN}; the database stays at data model version 16, "
+        "fix the data and start again with --auto-upgrade"
+    )  # 15 and 16 have no function but were recorded: the version is the one before 19
+    assert await stored_version(etcd_store) == {"Hash": "h16", "ID": 16}
     assert await etcd_store.get(LOCK_KEY) is None  # the lock went with the failure
 
-    done.clear()  # the next start resumes after 28
+    done.clear()  # the next start resumes after 16
     await check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
-    assert done == [30, 40, 51, 52, 53, 54]
+    assert done == [19, 27, 31, 35]
 
 
 async def test_two_auto_upgrading_controllers_run_each_upgrade_once(
     etcd_store: EtcdStore,
 ) -> None:
-    await etcd_store.put(VERSION_KEY, version_value("20", 20))
+    await etcd_store.put(VERSION_KEY, version_value("h9", 9))
     done: list[int] = []
     registry = recording_registry(done)
     await asyncio.wait_for(
         asyncio.gather(
-            check_version(etcd_store, auto_upgrade=True, upgrades=registry, holder="one"),
-            check_version(etcd_store, auto_upgrade=True, upgrades=registry, holder="two"),
+            check_version(etcd_store, auto_upgrade=True, upgrades=registry, holder="ctrl-a"),
+            check_version(etcd_store, auto_upgrade=True, upgrades=registry, holder="ctrl-b"),
         ),
         timeout=20,
     )
-    assert done == [21, 30, 40, 51, 52, 53, 54]
-    assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
+    assert done == [14, 19, 27, 31, 35]
+    assert await stored_version(etcd_store) == TARGET
     assert await etcd_store.get(LOCK_KEY) is None
 
 
@@ -220,9 +241,10 @@ async def test_an_upgrade_waits_for_the_lock_holder(
     etcd_store: EtcdStore, holder_finished: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=_upgrade.__name__)
-    await etcd_store.put(VERSION_KEY, version_value("20", 20))
+    await etcd_store.put(VERSION_KEY, version_value("h9", 9))
     other = await etcd_store.grant(10)
-    await etcd_store.put(LOCK_KEY, b"other@10.0.0.2:55001", lease=other)
+    holder = "ctrl-west@192.0.2.17:55101"
+    await etcd_store.put(LOCK_KEY, holder.encode(), lease=other)
     done: list[int] = []
     task = asyncio.create_task(
         check_version(etcd_store, auto_upgrade=True, upgrades=recording_registry(done))
@@ -231,17 +253,17 @@ async def test_an_upgrade_waits_for_the_lock_holder(
         await asyncio.sleep(0.3)
         assert not task.done()
         assert done == []
-        assert "waiting for other@10.0.0.2:55001 to finish upgrading" in caplog.text
+        assert f"waiting for {holder} to finish upgrading" in caplog.text
         if holder_finished:
-            await etcd_store.put(VERSION_KEY, version_value("54", 54))
+            await etcd_store.put(VERSION_KEY, version_value("h35", 35))
         await etcd_store.revoke(other)  # finished, or died: its lease goes either way
         await asyncio.wait_for(task, timeout=10)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert done == ([] if holder_finished else [21, 30, 40, 51, 52, 53, 54])
-    assert await stored_version(etcd_store) == {"Hash": "54", "ID": 54}
+    assert done == ([] if holder_finished else [14, 19, 27, 31, 35])
+    assert await stored_version(etcd_store) == TARGET
 
 
 # --- the controller flags ------------------------------------------------------------------------
@@ -293,13 +315,13 @@ async def test_controller_start_refuses_a_mismatch_unless_told_to_skip_the_check
     namespace = f"/test/{uuid.uuid4().hex[:12]}/"
     async with await EtcdStore.connect(etcd_server.client_url, namespace=namespace) as store:
         try:
-            await store.put(VERSION_KEY, version_value("0123", 20))
+            await store.put(VERSION_KEY, version_value("a1b2c3", 41))
             with pytest.raises(FailedPrecondition) as err:
                 await _start_controller(etcd_server, redis_server, namespace)
-            assert err.value.message == MISMATCH.format(target=VERSION_HASH, stored="0123")
+            assert err.value.message == MISMATCH.format(target=VERSION_HASH, stored="a1b2c3")
 
             await _start_controller(etcd_server, redis_server, namespace, "-skipVersionCheck")
-            assert await stored_version(store) == {"Hash": "0123", "ID": 20}  # untouched
+            assert await stored_version(store) == {"Hash": "a1b2c3", "ID": 41}  # untouched
         finally:
             await store.delete_prefix("")
 
@@ -311,8 +333,8 @@ async def test_controller_started_with_auto_upgrade_upgrades_then_serves(
     async with await EtcdStore.connect(etcd_server.client_url, namespace=namespace) as store:
         try:
             await store.put(VERSION_KEY, version_value(UPGRADES[7].hash, 57))
-            app = '1/App/{"organization":"zern","name":"a","version":"1.0"}'
-            app_key = {"organization": "zern", "name": "a", "version": "1.0"}
+            app_key = {"organization": "ferncastle", "name": "tideclock", "version": "3.2"}
+            app = f"1/App/{compact(app_key)}"
             await put_json(store, app, {"key": app_key, "deployment": "docker"})
             await _start_controller(etcd_server, redis_server, namespace, "-autoUpgrade")
             assert await stored_version(store) == {"Hash": VERSION_HASH, "ID": VERSION_ID}
@@ -323,312 +345,358 @@ async def test_controller_started_with_auto_upgrade_upgrades_then_serves(
             await store.delete_prefix("")
 
 
-# --- the upgrade functions on the original's old formats -----------------------------------
+# --- the upgrade functions on old formats ------------------------------------------------------
+
+HARBOR = {"organization": "tidewater", "name": "harbor-east"}
+LAKESIDE = {"organization": "tidewater", "name": "lakeside"}
+FQDN = "shared.harbor-east-tidewater.mec.example.org"
 
 
-CLOUDLET1 = {"organization": "oper1", "name": "cloudlet1"}
-CLOUDLET4 = {"organization": "oper1", "name": "cloudlet4"}
+def etcd_key(type_name: str, key: dict[str, Any]) -> str:
+    return f"1/{type_name}/{compact(key)}"
 
 
 async def test_53_upgrade_crm_on_edge(etcd_store: EtcdStore) -> None:
-    cloudlet = '1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}'
-    done = '1/Cloudlet/{"organization":"oper1","name":"done"}'
-    app_inst = '1/AppInst/{"name":"ai","organization":"dev"}'
-    cluster = '1/ClusterInst/{"name":"ci","organization":"dev"}'
-    await put_json(etcd_store, cloudlet, {"key": CLOUDLET1, "platform_type": "fake"})
-    await put_json(etcd_store, done, {"key": {"name": "done"}, "obj_id": "X"})
-    await put_json(etcd_store, app_inst, {"key": {"name": "ai"}, "cloudlet_key": CLOUDLET1})
-    await put_json(etcd_store, cluster, {"key": {"name": "ci"}, "created_at": ""})
+    cloudlet = etcd_key("Cloudlet", HARBOR)
+    done = etcd_key("Cloudlet", {"organization": "tidewater", "name": "pier-4"})
+    app_inst = etcd_key("AppInst", {"name": "gauge-feed", "organization": "kestrelworks"})
+    cluster = etcd_key("ClusterInst", {"name": "tide-k8s", "organization": "kestrelworks"})
+    await put_json(etcd_store, cloudlet, {"key": HARBOR, "platform_type": "openstack"})
+    await put_json(etcd_store, done, {"key": {"name": "pier-4"}, "obj_id": "P4"})
+    await put_json(etcd_store, app_inst, {"key": {"name": "gauge-feed"}, "cloudlet_key": HARBOR})
+    await put_json(etcd_store, cluster, {"key": {"name": "tide-k8s"}, "created_at": ""})
 
     after = await run_twice(etcd_store, _upgrade.upgrade_crm_on_edge, 53)
     assert after[cloudlet]["crm_on_edge"] is True
     assert len(after[cloudlet]["obj_id"]) == 26
-    assert after[cloudlet]["platform_type"] == "fake"
-    assert after[done] == {"key": {"name": "done"}, "obj_id": "X"}  # already upgraded
+    assert after[cloudlet]["platform_type"] == "openstack"
+    assert after[done] == {"key": {"name": "pier-4"}, "obj_id": "P4"}  # already upgraded
     assert len(after[app_inst]["obj_id"]) == 26
-    assert after[app_inst]["cloudlet_key"] == CLOUDLET1  # a field our AppInst key lacks
+    assert after[app_inst]["cloudlet_key"] == HARBOR  # a field our AppInst key lacks
     assert len(after[cluster]["obj_id"]) == 26
 
 
 async def test_54_add_static_fqdn(etcd_store: EtcdStore) -> None:
-    cloudlet = '1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}'
-    cluster = '1/ClusterInst/{"name":"ci","organization":"dev"}'
-    app_inst = '1/AppInst/{"name":"ai","organization":"dev"}'
-    no_uri = '1/AppInst/{"name":"none","organization":"dev"}'
-    fqdn = "shared.cloudlet1-oper1.local.mobiledgex.net"
-    await put_json(etcd_store, cloudlet, {"key": CLOUDLET1, "root_lb_fqdn": fqdn})
-    await put_json(etcd_store, cluster, {"key": {"name": "ci"}, "fqdn": "ci." + fqdn})
-    await put_json(etcd_store, app_inst, {"key": {"name": "ai"}, "uri": fqdn})
-    await put_json(etcd_store, no_uri, {"key": {"name": "none"}})
+    cloudlet = etcd_key("Cloudlet", HARBOR)
+    cluster = etcd_key("ClusterInst", {"name": "tide-k8s", "organization": "kestrelworks"})
+    app_inst = etcd_key("AppInst", {"name": "gauge-feed", "organization": "kestrelworks"})
+    no_uri = etcd_key("AppInst", {"name": "batch-only", "organization": "kestrelworks"})
+    await put_json(etcd_store, cloudlet, {"key": HARBOR, "root_lb_fqdn": FQDN})
+    await put_json(etcd_store, cluster, {"key": {"name": "tide-k8s"}, "fqdn": "tide-k8s." + FQDN})
+    await put_json(etcd_store, app_inst, {"key": {"name": "gauge-feed"}, "uri": FQDN})
+    await put_json(etcd_store, no_uri, {"key": {"name": "batch-only"}})
 
     after = await run_twice(etcd_store, _upgrade.add_static_fqdn, 54)
-    assert after[cloudlet]["static_root_lb_fqdn"] == fqdn
-    assert after[cluster]["static_fqdn"] == "ci." + fqdn
-    assert after[app_inst]["static_uri"] == fqdn
-    assert after[no_uri] == {"key": {"name": "none"}}
+    assert after[cloudlet]["static_root_lb_fqdn"] == FQDN
+    assert after[cluster]["static_fqdn"] == "tide-k8s." + FQDN
+    assert after[app_inst]["static_uri"] == FQDN
+    assert after[no_uri] == {"key": {"name": "batch-only"}}
 
 
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _documented_hash(cloudlet: dict[str, str]) -> str:
+    """The hash `_upgrade.cloudlet_key_hash` documents, computed here independently."""
+    text = f"{cloudlet['name']}::{cloudlet['organization']}"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def test_cloudlet_key_hash_is_the_originals() -> None:
-    # the suffix the original's 55 gave the 7th clashing "conflict" (its upgrade test data)
-    assert _upgrade.cloudlet_key_hash({"organization": "oper1", "name": "cloudlet7"}) == (
-        "132bad5b"
-    )
+@pytest.mark.parametrize(
+    "cloudlet",
+    [HARBOR, {"organization": "bluefjord", "name": "skerry-11"}, {"organization": "x", "name": ""}],
+)
+def test_cloudlet_key_hash_follows_the_documented_formula(cloudlet: dict[str, str]) -> None:
+    assert _upgrade.cloudlet_key_hash(cloudlet) == _documented_hash(cloudlet)
+    assert len(_upgrade.cloudlet_key_hash(cloudlet)) == 8
+    swapped = {"organization": cloudlet["name"], "name": cloudlet["organization"]}
+    if swapped != cloudlet:
+        assert _upgrade.cloudlet_key_hash(swapped) != _upgrade.cloudlet_key_hash(cloudlet)
+
+
+CLUSTER_DEV = "orchardlabs"
+APP_DEV = "kestrelworks"
+PLATFORM_ORG = "edgecloudorg"
+"""Reservable clusters belong to the platform organization (controller.md §3.8)."""
+SPREAD = [
+    {"organization": "tidewater", "name": name}
+    for name in ("anchor-bay", "breakwater", "cove-3", "dockside", "estuary", "fjordline", "gull")
+]
+"""Seven cloudlets in key order: the first keeps a clashing name, five get 1-5, the last a hash."""
+SHARED_SITE = {"organization": "granitenet", "name": "quarry-2"}
+
+
+def _old_cluster_key(name: str, cloudlet: dict[str, str], org: str = CLUSTER_DEV) -> dict[str, Any]:
+    return {"cluster_key": {"name": name, "organization": org}, "cloudlet_key": cloudlet}
+
+
+def _old_app_inst_key(name: str, cloudlet: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "organization": APP_DEV, "cloudlet_key": cloudlet}
+
+
+async def _put_region_scoped_fixture(store: Store) -> dict[str, str]:
+    """Old-format instances whose names clash across cloudlets, and the refs naming them.
+
+    On every cloudlet of SPREAD: a cluster `edge-cache` and a VM AppInst `ingest`; on the
+    first only, also `solo-db` and `ledger` (unique region-wide). Their CloudletRefs list
+    them, ClusterRefs of `solo-db` and of the last `edge-cache` exist in the old keyed form,
+    and an AppInstRefs names the last `ingest` by its old key. On SHARED_SITE: reservable
+    clusters, one old-format, one a broken earlier build of 55 renamed, a cluster-key-v1
+    ClusterRefs of a reservable cluster that is gone and two AppInsts that still point at
+    it. Returns the etcd keys the assertions need.
+    """
+    obj = 0
+    for cluster_name, app_name, on in [
+        ("solo-db", "ledger", SPREAD[:1]),
+        ("edge-cache", "ingest", SPREAD),
+    ]:
+        for cloudlet in on:
+            obj += 1
+            ck = _old_cluster_key(cluster_name, cloudlet)
+            await put_json(store, etcd_key("ClusterInst", ck), {"key": ck, "obj_id": f"c{obj}"})
+            ak = _old_app_inst_key(app_name, cloudlet)
+            await put_json(store, etcd_key("AppInst", ak), {"key": ak, "obj_id": f"a{obj}"})
+    for cloudlet in SPREAD:
+        first = cloudlet == SPREAD[0]
+        clusters = ["solo-db", "edge-cache"] if first else ["edge-cache"]
+        apps = ["ledger", "ingest"] if first else ["ingest"]
+        await put_json(
+            store,
+            etcd_key("CloudletRefs", cloudlet),
+            {
+                "key": cloudlet,
+                "cluster_insts": [{"name": n, "organization": CLUSTER_DEV} for n in clusters],
+                "vm_app_insts": [{"name": n, "organization": APP_DEV} for n in apps],
+            },
+        )
+    for cluster_name, app_name, cloudlet in [
+        ("solo-db", "ledger", SPREAD[0]),
+        ("edge-cache", "ingest", SPREAD[-1]),
+    ]:
+        rk = _old_cluster_key(cluster_name, cloudlet)
+        await put_json(
+            store,
+            etcd_key("ClusterRefs", rk),
+            {"key": rk, "apps": [{"name": app_name, "organization": APP_DEV}]},
+        )
+    # a cluster-key-v1 refs record (organization beside the cluster key) of a cluster gone
+    v1 = {"cluster_key": {"name": "reservable1"}, "cloudlet_key": SHARED_SITE,
+          "organization": PLATFORM_ORG}  # fmt: skip
+    await put_json(store, etcd_key("ClusterRefs", v1), {"key": v1, "apps": [{"stale": True}]})
+    agent = _old_app_inst_key("metrics-agent", SPREAD[0])
+    await put_json(store, etcd_key("AppInst", agent), {
+        "key": agent, "obj_id": "agent",
+        "cluster_key": {"name": "solo-db", "organization": CLUSTER_DEV}})  # fmt: skip
+    for name in ("nightly-a", "nightly-b"):
+        ak = _old_app_inst_key(name, SHARED_SITE)
+        await put_json(store, etcd_key("AppInst", ak), {
+            "key": ak, "obj_id": name,
+            "cluster_key": {"name": "reservable1", "organization": PLATFORM_ORG}})  # fmt: skip
+    old_res = _old_cluster_key("reservable2", SHARED_SITE, PLATFORM_ORG)
+    await put_json(store, etcd_key("ClusterInst", old_res),
+                   {"key": old_res, "reservable": True, "obj_id": "res2"})  # fmt: skip
+    bad = {"name": "reservable42", "organization": PLATFORM_ORG}
+    await put_json(store, etcd_key("ClusterInst", bad), {
+        "key": bad, "cloudlet_key": SHARED_SITE, "reservable": True, "obj_id": "res4",
+        "annotations": {"cloudlet-scoped-name": "reservable4"}})  # fmt: skip
+    await put_json(store, etcd_key("CloudletRefs", SHARED_SITE),
+                   {"key": SHARED_SITE, "cluster_insts": [bad]})  # fmt: skip
+    app_refs = etcd_key("AppInstRefs", {"organization": APP_DEV, "name": "ingest-app",
+                                        "version": "2.1"})  # fmt: skip
+    old_inst = compact(_old_app_inst_key("ingest", SPREAD[-1]))
+    await put_json(store, app_refs, {"key": {"name": "ingest-app"}, "insts": {old_inst: 3}})
+    return {"app_refs": app_refs, "bad": etcd_key("ClusterInst", bad)}
 
 
 async def test_55_instance_keys_region_scoped_name(etcd_store: EtcdStore) -> None:
-    """The original's InstanceKeysRegionScopedName_pre data → its _post data."""
-    cloudlets = [{"organization": "oper1", "name": f"cloudlet{i}"} for i in range(1, 8)]
-    obj = 0
-    for name, on in [("noconflict", cloudlets[:1]), ("conflict", cloudlets)]:
-        for cloudlet in on:
-            obj += 1
-            ck = {"cluster_key": {"name": name, "organization": "dev1"}, "cloudlet_key": cloudlet}
-            await put_json(
-                etcd_store, f"1/ClusterInst/{compact(ck)}", {"key": ck, "obj_id": str(obj)}
-            )
-            ak = {"name": name, "organization": "edgecloudorg", "cloudlet_key": cloudlet}
-            await put_json(etcd_store, f"1/AppInst/{compact(ak)}", {"key": ak, "obj_id": str(obj)})
-    for cloudlet in cloudlets:
-        names = ["noconflict", "conflict"] if cloudlet["name"] == "cloudlet1" else ["conflict"]
-        await put_json(
-            etcd_store,
-            f"1/CloudletRefs/{compact(cloudlet)}",
-            {
-                "key": cloudlet,
-                "cluster_insts": [{"name": n, "organization": "dev1"} for n in names],
-                "vm_app_insts": [{"name": n, "organization": "edgecloudorg"} for n in names],
-            },
-        )
-    for name, cloudlet in [("noconflict", cloudlets[0]), ("conflict", cloudlets[6])]:
-        rk = {"cluster_key": {"name": name, "organization": "dev1"}, "cloudlet_key": cloudlet}
-        apps = [{"name": name, "organization": "edgecloudorg"}]
-        await put_json(etcd_store, f"1/ClusterRefs/{compact(rk)}", {"key": rk, "apps": apps})
-    # a cluster-key-v1 refs record of a cluster that no longer exists: removed
-    cloudletx = {"organization": "oper1", "name": "cloudletx"}
-    v1 = {"cluster_key": {"name": "reservable0"}, "cloudlet_key": cloudletx,
-          "organization": "edgecloudorg"}  # fmt: skip
-    await put_json(etcd_store, f"1/ClusterRefs/{compact(v1)}", {"key": v1, "apps": [{"v": 1}]})
-    ref3 = {"name": "ref3", "organization": "edgecloudorg", "cloudlet_key": cloudlets[0]}
-    await put_json(etcd_store, f"1/AppInst/{compact(ref3)}", {
-        "key": ref3, "obj_id": "ref3",
-        "cluster_key": {"name": "noconflict", "organization": "dev1"}})  # fmt: skip
-    for name in ("ref2", "ref2a"):
-        ak = {"name": name, "organization": "edgecloudorg", "cloudlet_key": cloudletx}
-        await put_json(etcd_store, f"1/AppInst/{compact(ak)}", {
-            "key": ak, "obj_id": name,
-            "cluster_key": {"name": "reservable0", "organization": "edgecloudorg"}})  # fmt: skip
-    # reservable clusters: an old name gets the cloudlet hash; one an earlier build of 55
-    # renamed to reservable51 is fixed to reservable5-<hash>, the bad name kept aside
-    old_res = {"cluster_key": {"name": "reservable3", "organization": "edgecloudorg"},
-               "cloudlet_key": cloudletx}  # fmt: skip
-    await put_json(etcd_store, f"1/ClusterInst/{compact(old_res)}",
-                   {"key": old_res, "reservable": True, "obj_id": "r3"})  # fmt: skip
-    bad = {"name": "reservable51", "organization": "edgecloudorg"}
-    await put_json(etcd_store, f"1/ClusterInst/{compact(bad)}", {
-        "key": bad, "cloudlet_key": cloudletx, "reservable": True, "obj_id": "r5",
-        "annotations": {"cloudlet-scoped-name": "reservable5"}})  # fmt: skip
-    await put_json(etcd_store, f"1/CloudletRefs/{compact(cloudletx)}",
-                   {"key": cloudletx, "cluster_insts": [bad]})  # fmt: skip
-    app_refs = '1/AppInstRefs/{"organization":"edgecloudorg","name":"app1","version":"1.0"}'
-    old_inst = compact({"name": "conflict", "organization": "edgecloudorg",
-                        "cloudlet_key": cloudlets[6]})  # fmt: skip
-    await put_json(etcd_store, app_refs, {"key": {"name": "app1"}, "insts": {old_inst: 1}})
+    """Clashing names get digits then the cloudlet hash; refs and reservable names follow."""
+    assert sorted(SPREAD, key=lambda c: compact(_old_cluster_key("edge-cache", c))) == SPREAD
+    fixture = await _put_region_scoped_fixture(etcd_store)
 
     after = await run_twice(etcd_store, _upgrade.instance_keys_region_scoped_name, 55)
 
-    hashed = "conflict-132bad5b"
-    renamed = ["conflict", "conflict1", "conflict2", "conflict3", "conflict4", "conflict5", hashed]
-    for cloudlet, name in zip(cloudlets, renamed, strict=True):
-        ci = after[f'1/ClusterInst/{{"name":"{name}","organization":"dev1"}}']
-        ai = after[f'1/AppInst/{{"name":"{name}","organization":"edgecloudorg"}}']
-        for inst in (ci, ai):
+    last_hash = _documented_hash(SPREAD[-1])
+    suffixes = ["", "1", "2", "3", "4", "5", f"-{last_hash}"]
+    for cloudlet, suffix in zip(SPREAD, suffixes, strict=True):
+        cluster_name, app_name = f"edge-cache{suffix}", f"ingest{suffix}"
+        ci = after[etcd_key("ClusterInst", {"name": cluster_name, "organization": CLUSTER_DEV})]
+        ai = after[etcd_key("AppInst", {"name": app_name, "organization": APP_DEV})]
+        for inst, scoped in ((ci, "edge-cache"), (ai, "ingest")):
             assert inst["cloudlet_key"] == cloudlet
-            expected = {} if name == "conflict" else {"cloudlet-scoped-name": "conflict"}
+            expected = {"cloudlet-scoped-name": scoped} if suffix else {}
             assert inst.get("annotations", {}) == expected
-        assert ci["key"] == {"name": name, "organization": "dev1"}
-        refs = after[f"1/CloudletRefs/{compact(cloudlet)}"]
-        assert refs["cluster_insts"][-1] == {"name": name, "organization": "dev1"}
-        assert refs["vm_app_insts"][-1] == {"name": name, "organization": "edgecloudorg"}
+        assert ci["key"] == {"name": cluster_name, "organization": CLUSTER_DEV}
+        assert ai["key"] == {"name": app_name, "organization": APP_DEV}
+        refs = after[etcd_key("CloudletRefs", cloudlet)]
+        assert refs["cluster_insts"][-1] == {"name": cluster_name, "organization": CLUSTER_DEV}
+        assert refs["vm_app_insts"][-1] == {"name": app_name, "organization": APP_DEV}
+    first_refs = after[etcd_key("CloudletRefs", SPREAD[0])]
+    assert first_refs["cluster_insts"][0] == {"name": "solo-db", "organization": CLUSTER_DEV}
+    assert first_refs["vm_app_insts"][0] == {"name": "ledger", "organization": APP_DEV}
+
     old_keys = ("1/ClusterInst/", "1/AppInst/", "1/ClusterRefs/")
     assert not [k for k in after if k.startswith(old_keys) and '"cloudlet_key":{' in k]
-    assert after[f'1/ClusterRefs/{{"name":"{hashed}","organization":"dev1"}}']["apps"] == [
-        {"name": hashed, "organization": "edgecloudorg"}
+    hashed_cluster = {"name": f"edge-cache-{last_hash}", "organization": CLUSTER_DEV}
+    hashed_app = {"name": f"ingest-{last_hash}", "organization": APP_DEV}
+    solo = {"name": "solo-db", "organization": CLUSTER_DEV}
+    assert after[etcd_key("ClusterRefs", hashed_cluster)]["apps"] == [hashed_app]
+    assert after[etcd_key("ClusterRefs", solo)]["apps"] == [
+        {"name": "ledger", "organization": APP_DEV},
+        {"name": "metrics-agent", "organization": APP_DEV},  # the repair added it
     ]
-    assert after['1/ClusterRefs/{"name":"noconflict","organization":"dev1"}']["apps"] == [
-        {"name": "noconflict", "organization": "edgecloudorg"},
-        {"name": "ref3", "organization": "edgecloudorg"},  # the repair added it
-    ]
-    assert sorted(k for k in after if k.startswith("1/ClusterRefs/")) == [
-        f'1/ClusterRefs/{{"name":"{hashed}","organization":"dev1"}}',
-        '1/ClusterRefs/{"name":"noconflict","organization":"dev1"}',
-    ]  # the reservable0 records went: that cluster does not exist
-    assert after[app_refs]["insts"] == {f'{{"name":"{hashed}","organization":"edgecloudorg"}}': 1}
+    assert sorted(k for k in after if k.startswith("1/ClusterRefs/")) == sorted(
+        [etcd_key("ClusterRefs", hashed_cluster), etcd_key("ClusterRefs", solo)]
+    )  # the reservable1 records went: that cluster does not exist
+    assert after[fixture["app_refs"]]["insts"] == {compact(hashed_app): 3}
+    for name in ("nightly-a", "nightly-b"):  # re-keyed, the cloudlet moved into the body
+        nightly = after[etcd_key("AppInst", {"name": name, "organization": APP_DEV})]
+        assert (nightly["key"]["name"], nightly["cloudlet_key"]) == (name, SHARED_SITE)
 
-    xhash = _upgrade.cloudlet_key_hash(cloudletx)
-    res3 = after[f'1/ClusterInst/{{"name":"reservable3-{xhash}","organization":"edgecloudorg"}}']
-    assert res3["annotations"] == {"cloudlet-scoped-name": "reservable3"}
-    res5 = after[f'1/ClusterInst/{{"name":"reservable5-{xhash}","organization":"edgecloudorg"}}']
-    assert res5["annotations"] == {
-        "cloudlet-scoped-name": "reservable5",
-        "bad-upgrade55-name": "reservable51",
+    site_hash = _documented_hash(SHARED_SITE)
+    res2 = after[etcd_key("ClusterInst", {"name": f"reservable2-{site_hash}",
+                                          "organization": PLATFORM_ORG})]  # fmt: skip
+    assert res2["annotations"] == {"cloudlet-scoped-name": "reservable2"}
+    assert res2["cloudlet_key"] == SHARED_SITE
+    res4_key = {"name": f"reservable4-{site_hash}", "organization": PLATFORM_ORG}
+    res4 = after[etcd_key("ClusterInst", res4_key)]
+    assert res4["annotations"] == {
+        "cloudlet-scoped-name": "reservable4",
+        "bad-upgrade55-name": "reservable42",
     }
-    assert f"1/ClusterInst/{compact(bad)}" not in after
-    assert after[f"1/CloudletRefs/{compact(cloudletx)}"]["cluster_insts"] == [
-        {"name": f"reservable5-{xhash}", "organization": "edgecloudorg"}
-    ]
+    assert fixture["bad"] not in after
+    assert after[etcd_key("CloudletRefs", SHARED_SITE)]["cluster_insts"] == [res4_key]
+
+
+async def test_55_gives_up_when_every_candidate_name_is_taken(etcd_store: EtcdStore) -> None:
+    cloudlet = {"organization": "bluefjord", "name": "skerry-11"}
+    taken = ["relay", *(f"relay{i}" for i in range(1, 6)), f"relay-{_documented_hash(cloudlet)}"]
+    for number, name in enumerate(taken):
+        await put_json(etcd_store, etcd_key("AppInst", {"name": name, "organization": APP_DEV}),
+                       {"key": {"name": name, "organization": APP_DEV}, "obj_id": f"t{number}",
+                        "cloudlet_key": HARBOR})  # fmt: skip
+    old = _old_app_inst_key("relay", cloudlet)
+    await put_json(etcd_store, etcd_key("AppInst", old), {"key": old, "obj_id": "new"})
+    with pytest.raises(InvalidArgument, match="unable to assign new non-conflicting name"):
+        await _upgrade.instance_keys_region_scoped_name(etcd_store, 55)
+    assert etcd_key("AppInst", old) in await dump(etcd_store)  # left for the operator to fix
 
 
 async def test_a_failed_real_upgrade_keeps_the_version_before_it(etcd_store: EtcdStore) -> None:
     await etcd_store.put(VERSION_KEY, version_value(UPGRADES[6].hash, 56))
-    app = '1/App/{"organization":"zern","name":"a","version":"1.0"}'
-    await put_json(etcd_store, app, {"key": {"name": "a"}, "deployment": "docker",
-                                     "default_flavor": {"name": "gone"}})  # fmt: skip
+    app = etcd_key("App", {"organization": "ferncastle", "name": "tideclock", "version": "3.2"})
+    await put_json(etcd_store, app, {"key": {"name": "tideclock"}, "deployment": "docker",
+                                     "default_flavor": {"name": "retired.small"}})  # fmt: skip
     with pytest.raises(FailedPrecondition) as err:
         await check_version(etcd_store, auto_upgrade=True)
     assert err.value.message == (
-        'upgrade 57 NodePoolsFeature failed: Flavor key {"name":"gone"} not found; the '
-        "database stays at data model version 56, fix the data and start again with "
+        'upgrade 57 NodePoolsFeature failed: Flavor key {"name":"retired.small"} not found; '
+        "the database stays at data model version 56, fix the data and start again with "
         "--auto-upgrade"
     )
     assert (await stored_version(etcd_store))["ID"] == 56
 
 
 async def test_56_zone_feature(etcd_store: EtcdStore) -> None:
-    created = "2023-04-14T23:25:35.1531105Z"
-    c1 = '1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}'
-    c4 = '1/Cloudlet/{"organization":"oper1","name":"cloudlet4"}'
-    loc = {"latitude": 40.712776, "longitude": -74.005974}
+    created = "2024-02-09T08:41:12.0625Z"
+    harbor = etcd_key("Cloudlet", HARBOR)
+    lakeside = etcd_key("Cloudlet", LAKESIDE)
+    loc = {"latitude": 63.430515, "longitude": 10.395053}
     await put_json(
-        etcd_store, c1, {"key": CLOUDLET1, "location": loc, "created_at": created, "flavor": {}}
+        etcd_store, harbor, {"key": HARBOR, "location": loc, "created_at": created, "flavor": {}}
     )
-    await put_json(etcd_store, c4, {"key": CLOUDLET4, "created_at": created})
-    cluster = '1/ClusterInst/{"name":"conflict","organization":"dev1"}'
+    await put_json(etcd_store, lakeside, {"key": LAKESIDE, "created_at": created})
+    cluster = etcd_key("ClusterInst", {"name": "tide-k8s", "organization": APP_DEV})
     await put_json(
         etcd_store,
         cluster,
-        {"key": {"name": "conflict"}, "cloudlet_key": CLOUDLET1, "obj_id": "13"},
+        {"key": {"name": "tide-k8s"}, "cloudlet_key": HARBOR, "obj_id": "c7"},
     )
-    app_inst = '1/AppInst/{"name":"conflict1","organization":"edgecloudorg"}'
+    app_inst = etcd_key("AppInst", {"name": "gauge-feed", "organization": APP_DEV})
     await put_json(
         etcd_store,
         app_inst,
-        {"key": {"name": "conflict1"}, "cloudlet_key": CLOUDLET4, "mapped_ports": None},
+        {"key": {"name": "gauge-feed"}, "cloudlet_key": LAKESIDE, "mapped_ports": None},
     )
-    staging = '1/CloudletPool/{"organization":"oper1","name":"oper1-Staging"}'
+    trial_key = {"organization": "tidewater", "name": "trial-sites"}
+    trial = etcd_key("CloudletPool", trial_key)
+    pool_created = "2023-11-30T17:05:44.318204907Z"
     await put_json(
         etcd_store,
-        staging,
+        trial,
         {
-            "key": {"organization": "oper1", "name": "oper1-Staging"},
-            "cloudlets": [CLOUDLET4, CLOUDLET1],
-            "created_at": "2022-05-23T15:50:35.109884535Z",
+            "key": trial_key,
+            "cloudlets": [LAKESIDE, HARBOR],
+            "created_at": pool_created,
             "updated_at": "",
         },
     )
-    empty = '1/CloudletPool/{"organization":"oper2","name":"test-pool"}'
-    await put_json(
-        etcd_store,
-        empty,
-        {"key": {"organization": "oper2", "name": "test-pool"}, "cloudlets": None},
-    )
-    policy = '1/AutoProvPolicy/{"organization":"dev1","name":"auto-provision-policy"}'
+    unused_key = {"organization": "granitenet", "name": "unused-pool"}
+    unused = etcd_key("CloudletPool", unused_key)
+    await put_json(etcd_store, unused, {"key": unused_key, "cloudlets": None})
+    policy_key = {"organization": APP_DEV, "name": "nearest-two"}
+    policy = etcd_key("AutoProvPolicy", policy_key)
     await put_json(
         etcd_store,
         policy,
         {
-            "key": {"organization": "dev1", "name": "auto-provision-policy"},
-            "deploy_client_count": 1,
-            "cloudlets": [{"key": CLOUDLET1, "loc": {"latitude": 53.55272}}],
+            "key": policy_key,
+            "deploy_client_count": 3,
+            "cloudlets": [{"key": HARBOR, "loc": {"latitude": 63.43}}],
         },
     )
-    app_key = {"organization": "AtlanticInc", "name": "Pillimo Go!", "version": "1.0.0"}
-    old_tpe = (
-        '1/TrustPolicyException/{"app_key":{"organization":"AtlanticInc","name":"Pillimo Go!",'
-        '"version":"1.0.0"},"cloudlet_pool_key":{"organization":"Zerilu","name":"test-and-dev"},'
-        '"name":"trust-policyexception2"}'
-    )
-    await put_json(
-        etcd_store,
-        old_tpe,
-        {
-            "key": {
-                "app_key": app_key,
-                "cloudlet_pool_key": {"organization": "Zerilu", "name": "test-and-dev"},
-                "name": "trust-policyexception2",
-            },
-            "state": "ApprovalRequested",
-        },
-    )
+    app_key = {"organization": CLUSTER_DEV, "name": "Orchard Scan!", "version": "2.0.1"}
+    tpe_key = {"app_key": app_key, "cloudlet_pool_key": trial_key, "name": "allow-telemetry"}
+    old_tpe = etcd_key("TrustPolicyException", tpe_key)
+    await put_json(etcd_store, old_tpe, {"key": tpe_key, "state": "ApprovalRequested"})
 
     after = await run_twice(etcd_store, _upgrade.zone_feature, 56)
 
-    zone1 = after['1/Zone/{"organization":"oper1","name":"cloudlet1"}']
-    assert zone1["obj_id"] == zone1["obj_id"].lower()
-    assert len(zone1["obj_id"]) == 26
-    assert zone1 == {
-        "key": CLOUDLET1,
-        "location": loc,
-        "obj_id": zone1["obj_id"],
-        "created_at": created,
-    }
-    assert codec.decode(zone_pb2.Zone, json.dumps(zone1)).key.name == "cloudlet1"
-    assert '1/Zone/{"organization":"oper1","name":"cloudlet4"}' in after
-    assert after[c1]["zone"] == "cloudlet1"
-    assert after[c1]["db_model_id"] == 56
-    assert after[c1]["flavor"] == {}  # untouched fields stay as the original wrote them
-    assert after[cluster]["zone_key"] == CLOUDLET1
+    zone = after[etcd_key("Zone", HARBOR)]
+    assert zone["obj_id"] == zone["obj_id"].lower()
+    assert len(zone["obj_id"]) == 26
+    assert zone == {"key": HARBOR, "location": loc, "obj_id": zone["obj_id"], "created_at": created}
+    assert codec.decode(zone_pb2.Zone, json.dumps(zone)).key.name == "harbor-east"
+    assert etcd_key("Zone", LAKESIDE) in after
+    assert after[harbor]["zone"] == "harbor-east"
+    assert after[harbor]["db_model_id"] == 56
+    assert after[harbor]["flavor"] == {}  # untouched fields stay as they were stored
+    assert after[cluster]["zone_key"] == HARBOR
     assert after[cluster]["db_model_id"] == 56
-    assert after[app_inst]["zone_key"] == CLOUDLET4
+    assert after[app_inst]["zone_key"] == LAKESIDE
     assert after[app_inst]["mapped_ports"] is None
 
-    assert staging not in after
-    assert empty not in after
-    pool = after['1/ZonePool/{"organization":"oper1","name":"oper1-Staging"}']
+    assert trial not in after
+    assert unused not in after
+    pool = after[etcd_key("ZonePool", trial_key)]
     assert pool == {
-        "key": {"organization": "oper1", "name": "oper1-Staging"},
-        "zones": [CLOUDLET4, CLOUDLET1],
-        "created_at": "2022-05-23T15:50:35.109884535Z",
+        "key": trial_key,
+        "zones": [LAKESIDE, HARBOR],
+        "created_at": pool_created,
         "updated_at": "",
     }
     zones = codec.decode(zonepool_pb2.ZonePool, json.dumps(pool)).zones
-    assert [z.name for z in zones] == ["cloudlet4", "cloudlet1"]
-    assert after['1/ZonePool/{"organization":"oper2","name":"test-pool"}'] == {
-        "key": {"organization": "oper2", "name": "test-pool"}
-    }
+    assert [z.name for z in zones] == ["lakeside", "harbor-east"]
+    assert after[etcd_key("ZonePool", unused_key)] == {"key": unused_key}
 
-    assert after[policy] == {
-        "key": {"organization": "dev1", "name": "auto-provision-policy"},
-        "deploy_client_count": 1,
-        "zones": [CLOUDLET1],
-    }
+    assert after[policy] == {"key": policy_key, "deploy_client_count": 3, "zones": [HARBOR]}
     new_tpe = old_tpe.replace("cloudlet_pool_key", "zone_pool_key")
     assert old_tpe not in after
-    assert after[new_tpe]["key"]["zone_pool_key"] == {
-        "organization": "Zerilu",
-        "name": "test-and-dev",
-    }
+    assert after[new_tpe]["key"]["zone_pool_key"] == trial_key
     assert after[new_tpe]["state"] == "ApprovalRequested"
 
 
-FLAVOR = {"key": {"name": "m4.xlarge.gpu"}, "ram": 8192, "vcpus": 4, "disk": 160,
-          "opt_res_map": {"gpu": "pci:1"}}  # fmt: skip
+FLAVOR_NAME = "fw.medium.gpu"
+FLAVOR = {"key": {"name": FLAVOR_NAME}, "ram": 16384, "vcpus": 6, "disk": 120,
+          "opt_res_map": {"gpu": "pci:2"}}  # fmt: skip
 
 
 async def test_57_node_pools_feature(etcd_store: EtcdStore) -> None:
-    await put_json(etcd_store, '1/Flavor/{"name":"m4.xlarge.gpu"}', FLAVOR)
-    flavor = {"name": "m4.xlarge.gpu"}
-    apps = {}
-    for name, deployment in (("dockerapp", "docker"), ("k8sapp", "kubernetes")):
-        key = {"organization": "zern", "name": name, "version": "1.0"}
-        etcd_key = f"1/App/{json.dumps(key, separators=(',', ':'))}"
-        apps[name] = etcd_key
+    await put_json(etcd_store, etcd_key("Flavor", {"name": FLAVOR_NAME}), FLAVOR)
+    flavor = {"name": FLAVOR_NAME}
+    apps: dict[str, str] = {}
+    for name, deployment in (("buoylog", "docker"), ("tidemap", "kubernetes")):
+        key = {"organization": "ferncastle", "name": name, "version": "0.9"}
+        apps[name] = etcd_key("App", key)
         await put_json(
             etcd_store,
-            etcd_key,
+            apps[name],
             {
                 "key": key,
                 "image_type": "Docker",
@@ -636,67 +704,68 @@ async def test_57_node_pools_feature(etcd_store: EtcdStore) -> None:
                 "deployment": deployment,
             },
         )
-        inst = f'1/AppInst/{{"name":"{name}inst","organization":"zern"}}'
+        inst_key = etcd_key("AppInst", {"name": f"{name}-north", "organization": "ferncastle"})
         await put_json(
             etcd_store,
-            inst,
-            {"key": {"name": f"{name}inst"}, "app_key": key, "flavor": flavor, "obj_id": "3"},
+            inst_key,
+            {"key": {"name": f"{name}-north"}, "app_key": key, "flavor": flavor, "obj_id": "i9"},
         )
-    docker = '1/ClusterInst/{"name":"docker","organization":"zern"}'
-    await put_json(etcd_store, docker, {"key": {"name": "docker"}, "flavor": flavor,
+    docker = etcd_key("ClusterInst", {"name": "fc-docker", "organization": "ferncastle"})
+    await put_json(etcd_store, docker, {"key": {"name": "fc-docker"}, "flavor": flavor,
                                         "deployment": "docker", "db_model_id": 56})  # fmt: skip
-    k8s = '1/ClusterInst/{"name":"k8s","organization":"zern"}'
-    await put_json(etcd_store, k8s, {"key": {"name": "k8s"}, "flavor": flavor,
+    k8s = etcd_key("ClusterInst", {"name": "fc-k8s", "organization": "ferncastle"})
+    await put_json(etcd_store, k8s, {"key": {"name": "fc-k8s"}, "flavor": flavor,
                                      "deployment": "kubernetes", "num_masters": 1,
-                                     "num_nodes": 3, "master_node_flavor": "m4.large"})  # fmt: skip
+                                     "num_nodes": 2, "master_node_flavor": "fw.small"})  # fmt: skip
 
     after = await run_twice(etcd_store, _upgrade.node_pools_feature, 57)
 
-    docker_app = codec.decode(app_pb2.App, json.dumps(after[apps["dockerapp"]]))
-    assert (docker_app.node_resources.vcpus, docker_app.node_resources.ram) == (4, 8192)
-    assert docker_app.node_resources.disk == 160
-    assert dict(docker_app.node_resources.opt_res_map) == {"gpu": "pci:1"}
-    assert after[apps["dockerapp"]]["default_flavor"] == {}
-    assert after[apps["dockerapp"]]["image_type"] == "Docker"
-    k8s_app = codec.decode(app_pb2.App, json.dumps(after[apps["k8sapp"]]))
+    docker_app = codec.decode(app_pb2.App, json.dumps(after[apps["buoylog"]]))
+    assert (docker_app.node_resources.vcpus, docker_app.node_resources.ram) == (6, 16384)
+    assert docker_app.node_resources.disk == 120
+    assert dict(docker_app.node_resources.opt_res_map) == {"gpu": "pci:2"}
+    assert after[apps["buoylog"]]["default_flavor"] == {}
+    assert after[apps["buoylog"]]["image_type"] == "Docker"
+    k8s_app = codec.decode(app_pb2.App, json.dumps(after[apps["tidemap"]]))
     pool = k8s_app.kubernetes_resources.cpu_pool
-    assert (pool.total_vcpus.whole, pool.total_memory, pool.total_disk) == (4, 8192, 160)
-    assert (pool.topology.min_node_vcpus, pool.topology.min_number_of_nodes) == (4, 1)
+    assert (pool.total_vcpus.whole, pool.total_memory, pool.total_disk) == (6, 16384, 120)
+    assert (pool.topology.min_node_vcpus, pool.topology.min_number_of_nodes) == (6, 1)
     assert not k8s_app.kubernetes_resources.HasField("gpu_pool")  # gpus only in opt_res
 
-    inst = after['1/AppInst/{"name":"k8sappinst","organization":"zern"}']
+    inst = after[etcd_key("AppInst", {"name": "tidemap-north", "organization": "ferncastle"})]
     assert inst["flavor"] == flavor  # AppInsts keep the flavor they were created with
     assert "kubernetes_resources" in inst
     assert "node_resources" not in inst
-    docker_inst = after['1/AppInst/{"name":"dockerappinst","organization":"zern"}']
-    assert docker_inst["node_resources"]["opt_res_map"] == {"gpu": "pci:1"}
+    docker_inst_key = {"name": "buoylog-north", "organization": "ferncastle"}
+    docker_inst = after[etcd_key("AppInst", docker_inst_key)]
+    assert docker_inst["node_resources"]["opt_res_map"] == {"gpu": "pci:2"}
 
     ci = codec.decode(clusterinst_pb2.ClusterInst, json.dumps(after[k8s]))
     assert [(p.Name, p.num_nodes, p.node_resources.vcpus) for p in ci.node_pools] == [
-        ("defaultpool", 3, 4)
+        ("defaultpool", 2, 6)
     ]
-    assert after[k8s]["master_node_flavor"] == "m4.large"
+    assert after[k8s]["master_node_flavor"] == "fw.small"
     docker_ci = codec.decode(clusterinst_pb2.ClusterInst, json.dumps(after[docker]))
-    assert docker_ci.node_resources.ram == 8192
+    assert docker_ci.node_resources.ram == 16384
     assert not docker_ci.node_pools
 
 
 async def test_57_missing_flavor_fails_with_the_object_named(etcd_store: EtcdStore) -> None:
-    key = '1/App/{"organization":"zern","name":"a","version":"1.0"}'
-    await put_json(etcd_store, key, {"key": {"name": "a"}, "deployment": "docker",
-                                     "default_flavor": {"name": "gone"}})  # fmt: skip
-    with pytest.raises(Exception, match=r'Flavor key \{"name":"gone"\} not found'):
+    key = etcd_key("App", {"organization": "ferncastle", "name": "tideclock", "version": "3.2"})
+    await put_json(etcd_store, key, {"key": {"name": "tideclock"}, "deployment": "docker",
+                                     "default_flavor": {"name": "retired.small"}})  # fmt: skip
+    with pytest.raises(Exception, match=r'Flavor key \{"name":"retired.small"\} not found'):
         await _upgrade.node_pools_feature(etcd_store, 57)
 
 
 async def test_58_app_obj_id(etcd_store: EtcdStore) -> None:
-    new = '1/App/{"organization":"zern","name":"dockerapp","version":"1.0"}'
-    kept = '1/App/{"organization":"zern","name":"k8sapp","version":"1.0"}'
-    await put_json(etcd_store, new, {"key": {"name": "dockerapp"}, "deployment": "docker"})
-    await put_json(etcd_store, kept, {"key": {"name": "k8sapp"}, "obj_id": "01JCC4RXDF"})
+    new = etcd_key("App", {"organization": "ferncastle", "name": "buoylog", "version": "0.9"})
+    kept = etcd_key("App", {"organization": "ferncastle", "name": "tidemap", "version": "0.9"})
+    await put_json(etcd_store, new, {"key": {"name": "buoylog"}, "deployment": "docker"})
+    await put_json(etcd_store, kept, {"key": {"name": "tidemap"}, "obj_id": "01HV7Q2M9T"})
     after = await run_twice(etcd_store, _upgrade.app_obj_id, 58)
     assert len(after[new]["obj_id"]) == 26
-    assert after[kept]["obj_id"] == "01JCC4RXDF"
+    assert after[kept]["obj_id"] == "01HV7Q2M9T"
 
 
 async def test_full_upgrade_from_52_to_the_compiled_version(
@@ -704,38 +773,37 @@ async def test_full_upgrade_from_52_to_the_compiled_version(
 ) -> None:
     caplog.set_level(logging.INFO, logger=_upgrade.__name__)
     await etcd_store.put(VERSION_KEY, version_value(UPGRADES[1].hash, 52))
-    await put_json(etcd_store, '1/Flavor/{"name":"m4.xlarge.gpu"}', FLAVOR)
-    app = '1/App/{"organization":"zern","name":"vmapp","version":"1.0"}'
-    await put_json(etcd_store, app, {"key": {"name": "vmapp"}, "deployment": "vm",
-                                     "default_flavor": {"name": "m4.xlarge.gpu"}})  # fmt: skip
-    fqdn = "shared.cloudlet1-oper1.local.mobiledgex.net"
-    await put_json(etcd_store, '1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}',
-                   {"key": CLOUDLET1, "root_lb_fqdn": fqdn})  # fmt: skip
-    old = {"cluster_key": {"name": "c1", "organization": "dev"}, "cloudlet_key": CLOUDLET1}
-    await put_json(etcd_store, f"1/ClusterInst/{compact(old)}", {
-        "key": old, "deployment": "docker", "flavor": {"name": "m4.xlarge.gpu"},
-        "fqdn": "c1." + fqdn})  # fmt: skip
+    await put_json(etcd_store, etcd_key("Flavor", {"name": FLAVOR_NAME}), FLAVOR)
+    app = etcd_key("App", {"organization": "ferncastle", "name": "vm-gateway", "version": "1.4"})
+    await put_json(etcd_store, app, {"key": {"name": "vm-gateway"}, "deployment": "vm",
+                                     "default_flavor": {"name": FLAVOR_NAME}})  # fmt: skip
+    await put_json(etcd_store, etcd_key("Cloudlet", HARBOR), {"key": HARBOR, "root_lb_fqdn": FQDN})
+    old = _old_cluster_key("fc-docker", HARBOR, "ferncastle")
+    await put_json(etcd_store, etcd_key("ClusterInst", old), {
+        "key": old, "deployment": "docker", "flavor": {"name": FLAVOR_NAME},
+        "fqdn": "fc-docker." + FQDN})  # fmt: skip
 
     await check_version(etcd_store, auto_upgrade=True)
 
     assert await stored_version(etcd_store) == {"Hash": VERSION_HASH, "ID": VERSION_ID}
     after = {k: v for k, (v, _) in (await dump(etcd_store)).items()}
-    assert codec.decode(app_pb2.App, json.dumps(after[app])).node_resources.vcpus == 4
+    assert codec.decode(app_pb2.App, json.dumps(after[app])).node_resources.vcpus == 6
     assert len(after[app]["obj_id"]) == 26
-    cloudlet = after['1/Cloudlet/{"organization":"oper1","name":"cloudlet1"}']
+    cloudlet = after[etcd_key("Cloudlet", HARBOR)]
     assert cloudlet["crm_on_edge"] is True
-    assert cloudlet["static_root_lb_fqdn"] == fqdn
-    assert cloudlet["zone"] == "cloudlet1"
-    assert '1/Zone/{"organization":"oper1","name":"cloudlet1"}' in after
-    cluster = after['1/ClusterInst/{"name":"c1","organization":"dev"}']  # 55 re-keyed it
-    assert cluster["key"] == {"name": "c1", "organization": "dev"}
-    assert cluster["cloudlet_key"] == CLOUDLET1
-    assert cluster["zone_key"] == CLOUDLET1
-    assert cluster["static_fqdn"] == "c1." + fqdn
+    assert cloudlet["static_root_lb_fqdn"] == FQDN
+    assert cloudlet["zone"] == "harbor-east"
+    assert etcd_key("Zone", HARBOR) in after
+    # 55 re-keyed it
+    cluster = after[etcd_key("ClusterInst", {"name": "fc-docker", "organization": "ferncastle"})]
+    assert cluster["key"] == {"name": "fc-docker", "organization": "ferncastle"}
+    assert cluster["cloudlet_key"] == HARBOR
+    assert cluster["zone_key"] == HARBOR
+    assert cluster["static_fqdn"] == "fc-docker." + FQDN
     assert len(cluster["obj_id"]) == 26
     ci = codec.decode(clusterinst_pb2.ClusterInst, json.dumps(cluster))
-    assert ci.node_resources.ram == 8192
-    assert f"1/ClusterInst/{compact(old)}" not in after
+    assert ci.node_resources.ram == 16384
+    assert etcd_key("ClusterInst", old) not in after
     for line in (
         "upgrade 53 UpgradeCrmOnEdge: 2 objects read (Cloudlet, AppInst, ClusterInst), "
         "2 rewritten, 0 created, 0 deleted",
