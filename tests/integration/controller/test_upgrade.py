@@ -564,18 +564,31 @@ async def test_55_instance_keys_region_scoped_name(etcd_store: EtcdStore) -> Non
     assert after[etcd_key("CloudletRefs", SHARED_SITE)]["cluster_insts"] == [res4_key]
 
 
-async def test_55_gives_up_when_every_candidate_name_is_taken(etcd_store: EtcdStore) -> None:
+@pytest.mark.parametrize("type_name", ["AppInst", "ClusterInst"])
+async def test_55_gives_up_when_every_candidate_name_is_taken(
+    etcd_store: EtcdStore, type_name: str
+) -> None:
+    """Six digit-suffixed tries and the hash all taken: the upgrade stops, naming the instance."""
     cloudlet = {"organization": "bluefjord", "name": "skerry-11"}
     taken = ["relay", *(f"relay{i}" for i in range(1, 6)), f"relay-{_documented_hash(cloudlet)}"]
     for number, name in enumerate(taken):
-        await put_json(etcd_store, etcd_key("AppInst", {"name": name, "organization": APP_DEV}),
-                       {"key": {"name": name, "organization": APP_DEV}, "obj_id": f"t{number}",
-                        "cloudlet_key": HARBOR})  # fmt: skip
-    old = _old_app_inst_key("relay", cloudlet)
-    await put_json(etcd_store, etcd_key("AppInst", old), {"key": old, "obj_id": "new"})
-    with pytest.raises(InvalidArgument, match="unable to assign new non-conflicting name"):
+        key = {"name": name, "organization": APP_DEV}
+        await put_json(etcd_store, etcd_key(type_name, key),
+                       {"key": key, "obj_id": f"t{number}", "cloudlet_key": HARBOR})  # fmt: skip
+    old = (
+        _old_app_inst_key("relay", cloudlet)
+        if type_name == "AppInst"
+        else _old_cluster_key("relay", cloudlet, APP_DEV)
+    )
+    await put_json(etcd_store, etcd_key(type_name, old), {"key": old, "obj_id": "new"})
+    with pytest.raises(InvalidArgument) as err:
         await _upgrade.instance_keys_region_scoped_name(etcd_store, 55)
-    assert etcd_key("AppInst", old) in await dump(etcd_store)  # left for the operator to fix
+    assert err.value.message == (
+        f'failed to upgrade AppInst {{"name": "relay", "organization": "{APP_DEV}"}} on '
+        f'Cloudlet {{"organization": "bluefjord", "name": "skerry-11"}}, unable to assign new '
+        "non-conflicting name"
+    )  # the original's wording, "AppInst" for a ClusterInst too
+    assert etcd_key(type_name, old) in await dump(etcd_store)  # left for the operator to fix
 
 
 async def test_a_failed_real_upgrade_keeps_the_version_before_it(etcd_store: EtcdStore) -> None:
