@@ -1,6 +1,7 @@
 """The Controller's notify server: objects down to CRMs, DMEs and CCRMs, reports back up (§6).
 
-A `NotifyServer` fed straight from etcd (`EtcdNotifySource`) sends the types of
+A `NotifyServer` fed from the Controller's caches (`SyncNotifySource`: no second etcd
+watch, each object decoded once for both) sends the types of
 controller.md §6.4 in their dependency order; cloudlet-scoped types reach a CRM only for its
 cloudlet, once that cloudlet is far enough (`edge_cloud.notify.filters`).
 
@@ -82,7 +83,7 @@ from google.protobuf.message import Message
 
 from edge_cloud.errors import EdgeError
 from edge_cloud.influx import InfluxV1Writer, Point
-from edge_cloud.notify import Action, EtcdNotifySource, NotifyServer, Peer, type_name
+from edge_cloud.notify import Action, NotifyServer, Peer, type_name
 from edge_cloud.objects import codec, fields, keys, registry
 from edge_cloud.store import Store
 from services.controller import _autoprov
@@ -93,6 +94,7 @@ from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._engine import Txn
 from services.controller._inst_ops import receive_app_inst_info, receive_cluster_inst_info
 from services.controller._progress import stream_key
+from services.controller._sync_notify import SyncNotifySource
 from services.controller._tracked import TrackedRuntime
 from services.controller.api.appinstclient import AppInstClients, client_hub
 from services.controller.api.svcnode import NodeReceiver
@@ -374,7 +376,7 @@ class ControllerNotify:
         self._app_insts: AppInstOps | None = None
         self.process_now = _autoprov.ProcessNow(self._app_inst_create)
         self.server = NotifyServer(
-            EtcdNotifySource(store, SEND_TYPES),
+            SyncNotifySource(runtime.engine.sync, store, SEND_TYPES),
             name=name,
             send_types=SEND_TYPES,
             receive_types=RECEIVE_TYPES,

@@ -38,7 +38,7 @@ from edge_cloud.store import (
     WatchEvent,
 )
 
-__all__ = ["PREFIX", "Caches", "Entry", "Listener", "Sync", "split_store_key"]
+__all__ = ["PREFIX", "Caches", "Entry", "Listener", "ReplacedListener", "Sync", "split_store_key"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ LIST_IN_FLIGHT: Final = 4
 #: Called after each applied change: type, key string, old object (None: created),
 #: new object (None: deleted), revision. Must not block; runs in the sync task.
 Listener = Callable[[ObjectType[Any], str, Message | None, Message | None, int], None]
+#: Called after the caches were replaced from a listing (at start, and when etcd compacted
+#: the history the watch needed), with the listing's revision. Must not block.
+ReplacedListener = Callable[[int], None]
 
 
 class Entry:
@@ -108,6 +111,10 @@ class Entry:
     def is_decoded(self) -> bool:
         """Whether the object was decoded already (reading `obj` cannot fail then)."""
         return self._obj is not None
+
+    def encoded_value(self) -> bytes | None:
+        """The stored bytes while not decoded yet, else None (then `obj` is at hand)."""
+        return self._raw
 
     def copy(self) -> Message:
         """A private copy of the object, safe to change."""
@@ -222,6 +229,17 @@ class Caches:
         """How many objects of a type are cached (undecodable ones count until first read)."""
         return len(self._objs.get(otype.name, {}))
 
+    def entries(self) -> Iterator[tuple[ObjectType[Any], str, Entry]]:
+        """Every cached entry, decoded or not, with its type and key string (no order).
+
+        For readers that hand objects on without needing them decoded now (the notify
+        snapshot); entries are shared: never change them.
+        """
+        for type_name, objs in list(self._objs.items()):
+            otype = registry.by_name(type_name)
+            for key, entry in list(objs.items()):
+                yield otype, key, entry
+
     # -- the sync's side -------------------------------------------------------------------
 
     def _put(self, otype: ObjectType[Any], key: str, entry: Entry) -> Entry | None:
@@ -273,7 +291,12 @@ class Sync:
         self._revision = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._listeners: list[Listener] = []
+        self._replaced_listeners: list[ReplacedListener] = []
         self._started = False
+        self._loaded = asyncio.Event()
+        #: True while the caches are being replaced from a listing: the changes listeners
+        #: see then come in listing order, not commit order.
+        self.replacing = False
 
     @property
     def revision(self) -> int:
@@ -281,8 +304,16 @@ class Sync:
         return self._revision
 
     def subscribe(self, listener: Listener) -> None:
-        """Call `listener` after every applied change (notify will send from here)."""
+        """Call `listener` after every applied change (notify sends from here)."""
         self._listeners.append(listener)
+
+    def subscribe_replaced(self, listener: ReplacedListener) -> None:
+        """Call `listener` after each replacement of the caches from a listing."""
+        self._replaced_listeners.append(listener)
+
+    async def wait_loaded(self) -> None:
+        """Wait until the initial listing is in the caches (`start` returned)."""
+        await self._loaded.wait()
 
     async def start(self) -> int:
         """List the stored types into the caches; returns the revision of the listing.
@@ -315,6 +346,7 @@ class Sync:
             self._replace(itertools.chain.from_iterable(parts), revision)
             break
         self._started = True
+        self._loaded.set()
         cached = sum(self.caches.count(t) for t in registry.stored_types())
         log.info("caches loaded: %d objects at etcd revision %d", cached, self._revision)
         return self._revision
@@ -393,6 +425,18 @@ class Sync:
 
     def _replace(self, items: Iterable[KeyValue], revision: int) -> None:
         """Make the caches equal to a listing; values are kept encoded until first read."""
+        self.replacing = True
+        try:
+            self._replace_items(items, revision)
+        finally:
+            self.replacing = False
+        for listener in self._replaced_listeners:
+            try:
+                listener(self._revision)
+            except Exception:
+                log.exception("cache replacement listener failed at revision %d", revision)
+
+    def _replace_items(self, items: Iterable[KeyValue], revision: int) -> None:
         had_objects = self.caches._any()
         seen: set[tuple[str, str]] = set()
         for kv in items:
