@@ -354,6 +354,11 @@ class NotifyServer:
         sync_timeout: Seconds a client waits for the first snapshot while none is loading
             before it is refused (UNAVAILABLE, so it tries another server); also the bound
             on reading delete history from the source.
+        decode_ahead_after: Seconds after the server is ready before objects the source
+            handed over encoded are decoded in the background (what a send, a filter or a
+            lookup needs is decoded at once meanwhile). A source sharing its objects with
+            the rest of the process (the Controller's caches) leaves the first seconds to
+            the calls that arrive right after a start.
     """
 
     def __init__(
@@ -372,8 +377,10 @@ class NotifyServer:
         tombstone_limit: int = 100_000,
         handshake_timeout: float = 30.0,
         sync_timeout: float = 30.0,
+        decode_ahead_after: float = 0.0,
     ) -> None:
         self._source = source
+        self._decode_ahead_after = decode_ahead_after
         self._name = name
         self._order = [type_name(t) for t in send_types]
         self._classes = {type_name(t): t for t in send_types}
@@ -476,9 +483,13 @@ class NotifyServer:
         """Decode what snapshots handed over encoded, so that sends and filters need not.
 
         Only while no client is being sent to: a writer decodes what it sends itself, and
-        would otherwise wait for a slice of decoding before each of its writes.
+        would otherwise wait for a slice of decoding before each of its writes. The first
+        pass waits `decode_ahead_after` seconds once the server is ready.
         """
         loop = asyncio.get_running_loop()
+        if self._decode_ahead_after > 0:
+            await self._ready.wait()
+            await asyncio.sleep(self._decode_ahead_after)
         while True:
             while not self._undecoded:
                 self._undecoded_added.clear()

@@ -164,6 +164,9 @@ RECEIVE_MESSAGES: Final[tuple[type[Message], ...]] = (
 )
 """Uncached messages the Controller accepts (the original's notify message types)."""
 
+#: Seconds after the notify server is ready before it decodes the cached objects loaded at
+#: start in the background (they are shared with the caches; Show calls come first).
+DECODE_AHEAD_AFTER: Final = 5.0
 METRICS_DB: Final = "metrics"
 EDGE_EVENTS_DB: Final = "edgeevents_metrics"
 EDGE_EVENTS_MEASUREMENTS: Final = frozenset({"latency-metric", "device-metric", "custom-metric"})
@@ -384,6 +387,7 @@ class ControllerNotify:
             on_receive=self._receive,
             on_flush=self._flush,
             send_messages=(debug_pb2.DebugRequest,),
+            decode_ahead_after=DECODE_AHEAD_AFTER,  # the caches' objects: API calls first
         )
         self.register(
             cloudlet_pb2.CloudletInfo,

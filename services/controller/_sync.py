@@ -229,16 +229,13 @@ class Caches:
         """How many objects of a type are cached (undecodable ones count until first read)."""
         return len(self._objs.get(otype.name, {}))
 
-    def entries(self) -> Iterator[tuple[ObjectType[Any], str, Entry]]:
-        """Every cached entry, decoded or not, with its type and key string (no order).
+    def entries(self, otype: ObjectType[Any]) -> list[tuple[str, Entry]]:
+        """The cached entries of one type, decoded or not, by key string (a copy, no order).
 
         For readers that hand objects on without needing them decoded now (the notify
         snapshot); entries are shared: never change them.
         """
-        for type_name, objs in list(self._objs.items()):
-            otype = registry.by_name(type_name)
-            for key, entry in list(objs.items()):
-                yield otype, key, entry
+        return list(self._objs.get(otype.name, {}).items())
 
     # -- the sync's side -------------------------------------------------------------------
 

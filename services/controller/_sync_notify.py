@@ -9,7 +9,10 @@ already holds:
 
 - **Snapshot**: the cached objects of the replicated types at the revision Sync has applied
   in full. Objects not decoded yet (loaded at start) go over as `Encoded`, decoded through
-  the cache entry, so both share one decoded object and the decode happens once.
+  the cache entry, so both share one decoded object and the decode happens once. It is
+  built a thousand objects at a time (100,000 objects take most of a second): what Sync
+  applies meanwhile is recorded from the snapshot's revision on and replayed after it, so
+  an object the build met already changed is sent once more, never missed.
 - **Changes**: each change Sync applies (a listener; etcd revision order), with the object
   the cache holds; a DELETE carries the object as it was (the server sends its key only).
 - **Compaction**: when Sync replaces its caches from a fresh listing (etcd compacted the
@@ -28,17 +31,21 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf.message import Message
 
 from edge_cloud.notify import Action, EtcdNotifySource
 from edge_cloud.notify.source import Change, Encoded, Snapshot, Stored
+from edge_cloud.objects import registry
 from edge_cloud.objects.registry import ObjectType
 from edge_cloud.store import Store
 from services.controller._sync import Entry, Sync
 
 __all__ = ["SyncNotifySource"]
+
+#: Objects put into a snapshot between two yields to the event loop.
+YIELD_EVERY: Final = 1000
 
 
 class SyncNotifySource:
@@ -60,11 +67,12 @@ class SyncNotifySource:
         history_timeout: float = 10.0,
     ) -> None:
         self._sync = sync
-        self._names = {cls.DESCRIPTOR.full_name for cls in types}
+        self._types = [registry.by_class(cls) for cls in types]
+        self._names = {otype.full_name for otype in self._types}
         self._history = EtcdNotifySource(store, types, history_timeout=history_timeout)
         # what happened since the last snapshot, for the one `changes` reader; None until a
         # snapshot was taken (nobody reads yet, so nothing is kept)
-        self._pending: deque[Change | Snapshot] | None = None
+        self._pending: deque[Change | _Resnapshot] | None = None
         self._wake = asyncio.Event()
         sync.subscribe(self._changed)
         sync.subscribe_replaced(self._replaced)
@@ -77,7 +85,7 @@ class SyncNotifySource:
         """
         await self._sync.wait_loaded()
         self._pending = deque()
-        return self._take_snapshot()
+        return await self._build_snapshot()
 
     async def changes(self, after: int) -> AsyncIterator[Change | Snapshot]:
         """The changes Sync applies after `after` (kept since the last snapshot), forever.
@@ -89,12 +97,14 @@ class SyncNotifySource:
             await self._sync.wait_loaded()
             pending = self._pending = deque()
             if self._sync.revision > after:  # changes before now are not kept: start over
-                pending.append(self._take_snapshot())
+                pending.append(_RESNAPSHOT)
         try:
             while True:
                 while pending:
                     item = pending.popleft()
-                    if isinstance(item, Snapshot) or item.mod_rev > after:
+                    if isinstance(item, _Resnapshot):
+                        yield await self._build_snapshot()
+                    elif item.mod_rev > after:
                         yield item
                 self._wake.clear()
                 await self._wake.wait()
@@ -130,23 +140,37 @@ class SyncNotifySource:
         pending = self._pending
         if pending is None:
             return
-        pending.clear()  # all of it is in the snapshot
-        pending.append(self._take_snapshot())
+        pending.clear()  # all of it will be in the snapshot
+        pending.append(_RESNAPSHOT)  # built by the reader, a slice at a time
         self._wake.set()
 
-    def _take_snapshot(self) -> Snapshot:
+    async def _build_snapshot(self) -> Snapshot:
+        """The replicated objects at Sync's revision now (see the module docstring)."""
+        revision = self._sync.revision
+        caches = self._sync.caches
         objects: dict[str, list[Stored | Encoded]] = {}
-        for otype, key, entry in self._sync.caches.entries():
-            if otype.full_name not in self._names:
-                continue
-            raw = entry.encoded_value()
-            item: Stored | Encoded
-            if raw is None:
-                item = Stored(entry.obj, entry.mod_revision, key)
-            else:
-                item = Encoded(key, entry.mod_revision, raw, _Shared(entry).decode)
-            objects.setdefault(otype.full_name, []).append(item)
-        return Snapshot(objects, self._sync.revision)
+        for otype in self._types:
+            items: list[Stored | Encoded] = []
+            entries = caches.entries(otype)
+            for start in range(0, len(entries), YIELD_EVERY):
+                if start:
+                    await asyncio.sleep(0)
+                for key, entry in entries[start : start + YIELD_EVERY]:
+                    raw = entry.encoded_value()
+                    if raw is None:
+                        items.append(Stored(entry.obj, entry.mod_revision, key))
+                    else:
+                        items.append(Encoded(key, entry.mod_revision, raw, _Shared(entry).decode))
+            if items:
+                objects[otype.full_name] = items
+        return Snapshot(objects, revision)
+
+
+class _Resnapshot:
+    """In the pending changes: the reader builds a snapshot here (after a replacement)."""
+
+
+_RESNAPSHOT = _Resnapshot()
 
 
 class _Shared:

@@ -15,6 +15,7 @@ from edge_cloud.notify import NotifyClient, key_string
 from edge_cloud.notify._wire import Message
 from edge_cloud.objects import codec, keys, registry
 from edge_cloud.store import EtcdStore, Put
+from services.controller import _sync_notify as sync_notify
 from services.controller._sync import Sync
 from services.controller._sync_notify import SyncNotifySource
 from tests.integration.notify.test_notify_etcd import (
@@ -225,3 +226,38 @@ async def test_objects_loaded_at_start_are_decoded_once(
 
 def _check(condition: bool) -> None:
     assert condition
+
+
+async def test_writes_during_the_snapshot_build_reach_clients(
+    etcd_store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_notify, "YIELD_EVERY", 1)  # the build yields after every object
+    for i in range(30):
+        await put(etcd_store, flavor(f"flavor-{i}"))
+
+    async def writes() -> None:
+        for i in range(30):
+            if i % 3 == 0:
+                await delete(etcd_store, flavor(f"flavor-{i}"))
+            else:
+                await put(etcd_store, flavor(f"flavor-{i}", ram=8192))
+            await put(etcd_store, app(f"app-{i}"))
+
+    async with following(etcd_store) as sync:
+        source = SyncNotifySource(sync, etcd_store, SEND_TYPES)
+        writer = asyncio.create_task(writes())
+        try:
+            async with notify_server(source) as (_, port):
+                client = new_client(port)
+                flavors, apps = client.cache(Flavor), client.cache(App)
+                async with client:
+                    await synced(client)
+                    await writer
+
+                    async def caught_up() -> None:
+                        assert contents(flavors) == await stored(etcd_store, Flavor)
+                        assert contents(apps) == await stored(etcd_store, App)
+
+                    await eventually(caught_up)
+        finally:
+            await writer
