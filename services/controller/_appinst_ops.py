@@ -280,7 +280,7 @@ class AppInstOps(InstOpsBase):
             cloudlets = self._candidate_cloudlets(cctx, inst)
             if not cctx.ignore_crm:
                 for cl in cloudlets:  # the LB and VM kinds the fit check counts
-                    await sizer(rt).prepare(rt.caches, cl, ("appvm",))
+                    await sizer(rt).prepare(rt.caches, cl)
         elif not inst.cluster_key.name:
             if not _has_resources(app):
                 raise InvalidArgument(

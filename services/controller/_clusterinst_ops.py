@@ -153,13 +153,6 @@ def _refit_cluster(
     _clusterinst.fit_resources(growth, used, _clusterinst.limits(cl, info))
 
 
-def _cluster_node_types(cluster: clusterinst_pb2.ClusterInst) -> tuple[str, ...]:
-    """The kinds of VM a cluster adds to its cloudlet, for `SiteSizer.prepare`."""
-    if cluster.deployment == "docker":
-        return ("docker-cluster-node",)
-    return ("k8s-cluster-master", "k8s-cluster-node")
-
-
 class ClusterInstOps(InstOpsBase):
     """ClusterInst create, update and delete (§3.8)."""
 
@@ -445,7 +438,7 @@ class ClusterInstOps(InstOpsBase):
         for cl in candidates:
             try:
                 if not cctx.ignore_crm:
-                    await sizer(rt).prepare(rt.caches, cl, _cluster_node_types(cluster))
+                    await sizer(rt).prepare(rt.caches, cl)
                 committed = await rt.engine.apply_at(
                     self._commit_fn(cctx, cluster, cl.key, notes, auto_reservable=auto_reservable),
                     reads=self._commit_reads(cluster, cl, auto_reservable=auto_reservable),
@@ -696,7 +689,7 @@ class ClusterInstOps(InstOpsBase):
             check_cloudlet_ready(rt.caches, current.cloudlet_key)
             cloudlet = rt.caches.get(CLOUDLET, cloudlet_ks)
             if cloudlet is not None:
-                await sizer(rt).prepare(rt.caches, cloudlet, _cluster_node_types(current))
+                await sizer(rt).prepare(rt.caches, cloudlet)
         stream = self._stream(cctx, key, sink)
         notes: list[str] = []
 

@@ -4,9 +4,9 @@ Two numbers of the accounting are known only to the platform: the infra flavor o
 VM (`GetRootLbFlavor`, matched to one of the cloudlet's infra flavors as any node is) and the
 platform counters a VM adds (`GetClusterAdditionalResources`: `Instances`, `Floating IPs`,
 ...). The create transactions are synchronous and may re-run, so these are fetched before a
-transaction and kept per cloudlet: the LB flavor until the cloudlet's flavors change, the
-counters per (node type, infra flavor) of one VM, which the accounting multiplies by the VM
-count (every platform's counters are per VM, so the sum over VMs is the same answer the
+transaction and kept per cloudlet until its flavors or platform VMs change: the LB flavor,
+and the counters per (node type, infra flavor) of one VM, which the accounting multiplies by
+the VM count (every platform's counters are per VM, so the sum over VMs is the same answer the
 original gets by sending the whole VM list).
 
 A CCRM that does not implement a call (UNIMPLEMENTED) has nothing to add; any other failure
@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 import grpc
@@ -30,10 +30,10 @@ from edge_cloud.objects import keys, registry
 from services.controller import _clusterinst
 from services.controller._ccrm import CcrmClients
 from services.controller._cloudletinfo import CLOUDLET_INFO
-from services.controller._clusterinst import NO_SIZING, SiteSizing, Tally
+from services.controller._clusterinst import NO_SIZING, SiteSizing
 from services.controller._sync import Caches
 from services.controller._tracked import TrackedRuntime
-from services.controller._usage import PLATFORM_FEATURES, cloudlet_members
+from services.controller._usage import PLATFORM_FEATURES
 
 __all__ = ["SiteSizer", "sizer"]
 
@@ -44,16 +44,19 @@ _SIZERS: weakref.WeakKeyDictionary[CcrmClients, SiteSizer] = weakref.WeakKeyDict
 
 #: Above this many VM kinds to ask about, a cloudlet's platform counters are not fetched
 #: (a public cloud reporting hundreds of instance types); its LB and VMs still count.
-MAX_EXTRA_QUERIES: Final = 64
+MAX_EXTRA_QUERIES: Final = 160
+#: The node types a cluster or VM app puts on a cloudlet (`Tally`), sized on every flavor.
+NODE_TYPES: Final = ("appvm", "docker-cluster-node", "k8s-cluster-master", "k8s-cluster-node")
 
 
-def _flavors_fingerprint(
-    info: cloudlet_pb2.CloudletInfo, features: cloudlet_pb2.PlatformFeatures
-) -> bytes:
+def _fingerprint(info: cloudlet_pb2.CloudletInfo, features: cloudlet_pb2.PlatformFeatures) -> bytes:
+    """What the sizing facts depend on: node type, root LB use, flavors and platform VMs."""
     digest = hashlib.sha256(features.node_type.encode())
     digest.update(b"lb" if features.uses_root_lb else b"-")
     for flavor in info.flavors:
         digest.update(flavor.SerializeToString(deterministic=True))
+    for vm in info.resources_snapshot.platform_vms:
+        digest.update(f"|{vm.type}/{vm.infraFlavor}".encode())
     return digest.digest()
 
 
@@ -82,17 +85,13 @@ class SiteSizer:
         self._known.pop(key_string, None)
         self._locks.pop(key_string, None)
 
-    async def prepare(
-        self, caches: Caches, cloudlet: cloudlet_pb2.Cloudlet, adding: Iterable[str] = ()
-    ) -> SiteSizing:
-        """Fetch what the accounting of `cloudlet` needs and is not known yet.
+    async def prepare(self, caches: Caches, cloudlet: cloudlet_pb2.Cloudlet) -> SiteSizing:
+        """Fetch what the accounting of `cloudlet` needs, once per change of its flavors.
 
-        Args:
-            caches: The Controller's caches (the cloudlet's info, features and members).
-            cloudlet: The cloudlet.
-            adding: Node types of the VMs an operation is about to add: their infra flavor
-                is chosen inside the transaction, so the counters of every flavor of the
-                cloudlet are fetched for them.
+        Every kind of VM the cloudlet can hold is sized up front: its platform VMs, and each
+        node type a cluster, VM app or root LB uses on each infra flavor (a create picks its
+        infra flavor inside the transaction, so it cannot say in advance which it needs).
+        Later calls only compare the fingerprint, so a create pays nothing more.
 
         Returns:
             The facts, also kept for `cached`.
@@ -107,57 +106,44 @@ class SiteSizer:
             return self.cached(ks)
         lock = self._locks.setdefault(ks, asyncio.Lock())
         async with lock:
-            fingerprint = _flavors_fingerprint(info, features)
+            fingerprint = _fingerprint(info, features)
             entry = self._known.get(ks)
-            if entry is None or entry[0] != fingerprint:
-                lb = await self._lb_flavor(caches, cloudlet, info, features)
-                sizing = SiteSizing(lb_flavor=lb)
-            else:
-                sizing = entry[1]
-            wanted = set(self._members(caches, cloudlet, info, features, sizing))
-            types = set(adding)
-            if types and sizing.lb_flavor:
-                types.add("dedicatedrootlb")
-            wanted.update((t, f.name) for t in sorted(types) for f in info.flavors)
-            missing = sorted(pair for pair in wanted if pair not in sizing.extras)
-            if missing and features.node_type not in self._no_extras:
-                if len(missing) > MAX_EXTRA_QUERIES:
-                    log.warning(
-                        "cloudlet %s: %d VM kinds to size, more than %d; platform counters "
-                        "(GetClusterAdditionalResources) are left out of its accounting",
-                        ks,
-                        len(missing),
-                        MAX_EXTRA_QUERIES,
-                    )
-                else:
-                    found = await asyncio.gather(
-                        *(self._extras(cloudlet, features.node_type, p) for p in missing)
-                    )
-                    extras = dict(sizing.extras)
-                    for pair, values in zip(missing, found, strict=True):
-                        if values is not None:
-                            extras[pair] = values
-                    sizing = SiteSizing(lb_flavor=sizing.lb_flavor, extras=extras)
+            if entry is not None and entry[0] == fingerprint:
+                return entry[1]
+            lb = await self._lb_flavor(caches, cloudlet, info, features)
+            extras = await self._all_extras(cloudlet, info, features, with_lb=bool(lb))
+            sizing = SiteSizing(lb_flavor=lb, extras=extras)
             self._known[ks] = (fingerprint, sizing)
             return sizing
 
-    @staticmethod
-    def _members(
-        caches: Caches,
+    async def _all_extras(
+        self,
         cloudlet: cloudlet_pb2.Cloudlet,
         info: cloudlet_pb2.CloudletInfo,
         features: cloudlet_pb2.PlatformFeatures,
-        sizing: SiteSizing,
-    ) -> Iterable[tuple[str, str]]:
-        """The (node type, flavor) kinds of the VMs the cloudlet holds now."""
-        tally = Tally(features, info, sizing)
-        tally.platform_vms(info)
-        clusters, vm_apps = cloudlet_members(caches, cloudlet)
-        for cluster in clusters:
-            tally.cluster(cluster)
-        for app in vm_apps:
-            tally.vm_app(app.node_resources)
-        return tally.vms.keys()
+        *,
+        with_lb: bool,
+    ) -> dict[tuple[str, str], dict[str, int]]:
+        """The CCRM's counters for one VM of every kind the cloudlet can hold."""
+        if features.node_type in self._no_extras:
+            return {}
+        types = NODE_TYPES + (("dedicatedrootlb",) if with_lb else ())
+        kinds = {(t, f.name) for t in types for f in info.flavors}
+        kinds.update((vm.type, vm.infraFlavor) for vm in info.resources_snapshot.platform_vms)
+        if len(kinds) > MAX_EXTRA_QUERIES:
+            log.warning(
+                "cloudlet %s: %d VM kinds to size, more than %d; platform counters "
+                "(GetClusterAdditionalResources) are left out of its accounting",
+                keys.key_string(cloudlet.key),
+                len(kinds),
+                MAX_EXTRA_QUERIES,
+            )
+            return {}
+        ordered = sorted(kinds)
+        found = await asyncio.gather(
+            *(self._extras(cloudlet, features.node_type, kind) for kind in ordered)
+        )
+        return {kind: values for kind, values in zip(ordered, found, strict=True) if values}
 
     async def _lb_flavor(
         self,
