@@ -242,6 +242,21 @@ def _in_policy(policy: autoprovpolicy_pb2.AutoProvPolicy, zone: cloudletkey_pb2.
     return any(z == zone for z in policy.zones)
 
 
+def _refuse_same_zone(
+    inst: appinst_pb2.AppInst, others: Iterable[appinst_pb2.AppInst | None]
+) -> None:
+    """Refuse a create in a zone where another instance of the App is already.
+
+    Raises:
+        FailedPrecondition: `already an AppInst on Zone <zone key>`.
+    """
+    for other in others:
+        if other is not None and other.key != inst.key and other.zone_key == inst.zone_key:
+            raise FailedPrecondition(
+                f"already an AppInst on Zone {keys.key_string(other.zone_key)}"
+            )
+
+
 def check_create(
     txn: Txn, app: app_pb2.App, inst: appinst_pb2.AppInst, intent: AutoProvIntent
 ) -> None:
@@ -259,11 +274,7 @@ def check_create(
     if not intent.checked:
         return
     instances = _instances(txn, app.key)
-    for other in instances:
-        if other.key != inst.key and other.zone_key == inst.zone_key:
-            raise FailedPrecondition(
-                f"already an AppInst on Zone {keys.key_string(other.zone_key)}"
-            )
+    _refuse_same_zone(inst, instances)
     if intent.reason == REASON_DEMAND:
         counts = _counts_by_zone(txn, instances, online_only=False)
         for name in _app_policy_names(app):
@@ -303,12 +314,7 @@ def check_create_cached(caches: Caches, inst: appinst_pb2.AppInst, intent: AutoP
     refs = caches.get(APP_INST_REFS, keys.key_string(inst.app_key))
     if refs is None:
         return
-    for member in refs.insts:
-        other = caches.get(APP_INST, member)
-        if other is not None and other.key != inst.key and other.zone_key == inst.zone_key:
-            raise FailedPrecondition(
-                f"already an AppInst on Zone {keys.key_string(other.zone_key)}"
-            )
+    _refuse_same_zone(inst, (caches.get(APP_INST, member) for member in refs.insts))
 
 
 def check_delete(

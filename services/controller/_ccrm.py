@@ -54,6 +54,7 @@ from edge_cloud.errors import (
     EdgeError,
     FailedPrecondition,
     Unavailable,
+    from_rpc_error,
     from_status,
 )
 from edge_cloud.objects import keys
@@ -453,6 +454,51 @@ class CcrmClients:
         except grpc.aio.AioRpcError as err:
             lost = self._lost(node_type, f"the status of cloudlet {keys.key_string(key)}")(False)
             raise _error(err, lost=lost) from err
+        finally:
+            call.cancel()
+
+    async def stream(
+        self,
+        node_type: str,
+        start: Callable[[ccrm_pb2_grpc.CloudletPlatformAPIStub, float], Any],
+        doing: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the call's gRPC deadline
+    ) -> AsyncIterator[Any]:
+        """The messages of a server-streaming `CloudletPlatformAPI` call, its failure as ours.
+
+        The CCRM's own status (a platform's NotSupported, a missing cloudlet) keeps its code
+        and words; a CCRM that cannot be reached is named, with what was being asked of it,
+        instead of gRPC's transport text.
+
+        Args:
+            node_type: The platform node type whose CCRM serves the call.
+            start: Starts the call on the stub, given its deadline in seconds.
+            doing: What is asked, for messages ("listing the bare-metal hosts of ...").
+            timeout: The deadline in seconds (the `ccrm_api_timeout` setting).
+
+        Yields:
+            Each streamed message.
+
+        Raises:
+            EdgeError: The CCRM's error; `Unavailable` naming the CCRM when it is
+                unreachable, `DeadlineExceeded` when it did not finish in time.
+        """
+        call = start(self.cloudlet_api(node_type), timeout)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(
+                    f"the CCRM (node type {node_type}) did not finish {doing} within {timeout:g}s"
+                ) from err
+            if is_transport_loss(err):
+                raise Unavailable(
+                    f"cannot reach the CCRM of node type {node_type} for {doing}: "
+                    f"{err.details()}; check that it is running, then retry"
+                ) from err
+            raise from_rpc_error(err) from err
         finally:
             call.cancel()
 

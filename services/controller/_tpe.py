@@ -333,11 +333,12 @@ class TpeApplier:
         inst = new or old
         if was == now or inst is None:
             return []
+        tpes = [tpe for _, tpe in caches.items(TPE) if tpe.key.app_key == inst.app_key]
+        if not tpes:
+            return []  # the usual case: no cloudlet lookup on every instance going READY
         cloudlet = caches.get(CLOUDLET, keys.key_string(inst.cloudlet_key))
         out: list[Target] = []
-        for _, tpe in caches.items(TPE):
-            if tpe.key.app_key != inst.app_key:
-                continue
+        for tpe in tpes:
             target = Target.of(tpe.key, inst)
             pool = caches.get(ZONE_POOL, keys.key_string(tpe.key.zone_pool_key))
             covered = (

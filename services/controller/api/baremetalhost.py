@@ -23,8 +23,7 @@ from edge_cloud.errors import EdgeError, Unavailable
 from edge_cloud.objects import keys, match
 from services.controller._inst_common import PLATFORM_FEATURES
 from services.controller._runtime import Runtime
-from services.controller._tracked import TrackedRuntime
-from services.controller.api.cloudletmanagedcluster import ccrm_stream
+from services.controller._tracked import TrackedRuntime, seconds
 
 __all__ = ["BareMetalHostApi", "add"]
 
@@ -85,12 +84,11 @@ class BareMetalHostApi(baremetalhost_pb2_grpc.BareMetalHostApiServicer):
             )
         if not features.supports_bare_metal:
             return
-        stub = rt.tracked.ccrm.cloudlet_api(features.node_type)
-        listed: AsyncIterator[baremetalhost_pb2.BareMetalHost] = ccrm_stream(
-            rt,
+        listed: AsyncIterator[baremetalhost_pb2.BareMetalHost] = rt.tracked.ccrm.stream(
             features.node_type,
-            lambda timeout: stub.GetBareMetalHosts(cloudlet.key, timeout=timeout),
+            lambda stub, timeout: stub.GetBareMetalHosts(cloudlet.key, timeout=timeout),
             f"listing the bare-metal hosts of cloudlet {keys.key_string(cloudlet.key)}",
+            timeout=seconds(rt.settings().ccrm_api_timeout),
         )
         async for host in listed:
             # the platform knows its hosts by name; the key's cloudlet part is ours to set

@@ -15,8 +15,8 @@ these calls, so such a cloudlet is refused with a message that says so.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -30,25 +30,21 @@ from edgeproto import (
 
 from edge_cloud.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
-    from_rpc_error,
 )
 from edge_cloud.objects import keys
-from services.controller._ccrm import is_transport_loss
 from services.controller._cloudletinfo import CLOUDLET
 from services.controller._clusterinst_ops import ClusterInstOps
 from services.controller._inst_common import CLUSTER_INST, features_of
 from services.controller._runtime import Runtime
 from services.controller._tracked import TrackedRuntime, seconds, streamed
 
-__all__ = ["CloudletManagedClusterApi", "add", "ccrm_stream", "is_managed"]
+__all__ = ["CloudletManagedClusterApi", "add", "is_managed"]
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
-T = TypeVar("T")
 
 #: Kubernetes is the only kind of cluster a platform reports (the original's "for now").
 _DEPLOYMENT = "kubernetes"
@@ -57,51 +53,6 @@ _DEPLOYMENT = "kubernetes"
 def is_managed(cluster: clusterinst_pb2.ClusterInst) -> bool:
     """Whether a ClusterInst adopts an infrastructure cluster (the original's IsCloudletManaged)."""
     return bool(cluster.cloudlet_managed_cluster_id or cluster.cloudlet_managed_cluster_name)
-
-
-async def ccrm_stream(
-    rt: TrackedRuntime,
-    node_type: str,
-    call: Callable[[float], Any],
-    doing: str,
-) -> AsyncIterator[T]:
-    """The messages of a server-streaming CCRM call, its failure as our error.
-
-    The CCRM's own status (a platform's NotSupported, a missing cloudlet) keeps its code and
-    words; a CCRM that cannot be reached is named, with what was being asked of it, instead
-    of gRPC's transport text.
-
-    Args:
-        rt: The runtime (CCRM channels, the `ccrm_api_timeout` setting).
-        node_type: The platform node type whose CCRM serves the call.
-        call: Starts the call given its deadline in seconds.
-        doing: What is asked, for messages ("listing the bare-metal hosts of ...").
-
-    Yields:
-        Each streamed message.
-
-    Raises:
-        EdgeError: The CCRM's error; `Unavailable` naming the CCRM when it is unreachable,
-            `DeadlineExceeded` when it did not finish in time.
-    """
-    timeout = seconds(rt.settings().ccrm_api_timeout)
-    stream = call(timeout)
-    try:
-        async for item in stream:
-            yield item
-    except grpc.aio.AioRpcError as err:
-        if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise DeadlineExceeded(
-                f"the CCRM (node type {node_type}) did not finish {doing} within {timeout:g}s"
-            ) from err
-        if is_transport_loss(err):
-            raise Unavailable(
-                f"cannot reach the CCRM of node type {node_type} for {doing}: "
-                f"{err.details()}; check that it is running, then retry"
-            ) from err
-        raise from_rpc_error(err) from err
-    finally:
-        stream.cancel()
 
 
 class CloudletManagedClusterApi(cloudlet_pb2_grpc.CloudletManagedClusterApiServicer):
@@ -128,12 +79,11 @@ class CloudletManagedClusterApi(cloudlet_pb2_grpc.CloudletManagedClusterApiServi
         _require_cloudlet_key(request.cloudlet_key, "show cloudlet managed clusters")
         cloudlet, features = _supporting(rt, request.cloudlet_key, "show cloudlet managed clusters")
         query = cloudlet_pb2.CloudletManagedCluster(cloudlet_key=cloudlet.key)
-        stub = rt.tracked.ccrm.cloudlet_api(features.node_type)
-        listed: AsyncIterator[cloudlet_pb2.CloudletManagedCluster] = ccrm_stream(
-            rt,
+        listed: AsyncIterator[cloudlet_pb2.CloudletManagedCluster] = rt.tracked.ccrm.stream(
             features.node_type,
-            lambda timeout: stub.GetCloudletManagedClusters(query, timeout=timeout),
+            lambda stub, timeout: stub.GetCloudletManagedClusters(query, timeout=timeout),
             f"listing the managed clusters of cloudlet {keys.key_string(cloudlet.key)}",
+            timeout=seconds(rt.settings().ccrm_api_timeout),
         )
         async for found in listed:
             if request.key.name and found.key.name != request.key.name:

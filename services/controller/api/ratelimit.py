@@ -212,7 +212,7 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
         self._enabled("CreateFlowRateLimitSettings")
         keys.validate_key(request)
         new = _RL.FlowRateLimitSettings(key=request.key, settings=request.settings)
-        await _create(self._rt, FLOW, new, lambda: check_flow(new.settings))
+        await self._rt.engine.create(new, check=lambda _txn, obj: check_flow(obj.settings))
         return result_pb2.Result()
 
     async def UpdateFlowRateLimitSettings(
@@ -251,7 +251,7 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
         self._enabled("CreateMaxReqsRateLimitSettings")
         keys.validate_key(request)
         new = _RL.MaxReqsRateLimitSettings(key=request.key, settings=request.settings)
-        await _create(self._rt, MAX_REQS, new, lambda: check_max_reqs(new.settings))
+        await self._rt.engine.create(new, check=lambda _txn, obj: check_max_reqs(obj.settings))
         return result_pb2.Result()
 
     async def UpdateMaxReqsRateLimitSettings(
@@ -288,18 +288,6 @@ class RateLimitSettingsApi(ratelimit_pb2_grpc.RateLimitSettingsApiServicer):
 _M = TypeVar("_M", _RL.FlowRateLimitSettings, _RL.MaxReqsRateLimitSettings)
 
 
-async def _create(rt: Runtime, otype: Any, new: _M, check: Callable[[], None]) -> None:
-    """Store a new setting in one transaction: refused when the key is taken or it is invalid."""
-
-    def fn(txn: Txn) -> None:
-        if txn.get(otype, new.key) is not None:
-            raise keys.already_exists(new.key)
-        check()
-        txn.put(new)
-
-    await rt.engine.apply(fn, reads=[keys.object_store_key(new)])
-
-
 async def _update(
     rt: Runtime, otype: Any, request: _M, missing: Message, check: Callable[[Any], None]
 ) -> None:
@@ -317,18 +305,11 @@ async def _update(
     if not paths:
         raise InvalidArgument("nothing specified to update")
 
-    def fn(txn: Txn) -> None:
-        current = txn.get(otype, request.key)
-        if current is None:
-            raise keys.not_found(missing)
-        merged = type(request)()
-        merged.CopyFrom(current)
-        if not fields.apply_fields(merged, request, paths):
-            return
-        check(merged.settings)
-        txn.put(merged)
+    def change(_txn: Txn, merged: Any) -> None:
+        if fields.apply_fields(merged, request, paths):
+            check(merged.settings)
 
-    await rt.engine.apply(fn, reads=[keys.object_store_key(request)])
+    await rt.engine.modify(otype, request.key, change, missing=lambda: keys.not_found(missing))
 
 
 def _filter(request: _M) -> _M:

@@ -21,15 +21,15 @@ from edgeproto import (
     trustpolicyexception_pb2_grpc,
     zonepool_pb2,
 )
-from google.protobuf.message import Message
 
 from edge_cloud.errors import FailedPrecondition, InvalidArgument
 from edge_cloud.objects import fields, keys, registry
 from services.controller import _validate
 from services.controller._engine import Txn
+from services.controller._progress import compact_text
 from services.controller._runtime import Runtime
 
-__all__ = ["STATE_PATH", "TrustPolicyExceptionApi", "add", "go_text", "validate"]
+__all__ = ["STATE_PATH", "TrustPolicyExceptionApi", "add", "validate"]
 
 TPE: Final = registry.by_class(trustpolicyexception_pb2.TrustPolicyException)
 APP: Final = registry.by_class(app_pb2.App)
@@ -40,22 +40,6 @@ STATE_PATH: Final = "3"
 RULES_PATH: Final = "4"
 """`fields` path of `outbound_security_rules` (its children start with `4.`)."""
 _Ctx = grpc.aio.ServicerContext[Any, Any]
-
-
-def go_text(msg: Message) -> str:
-    """Go's `String()` of a key (gogo's compact text), as the original's messages print it.
-
-    Nested keys print as `app_key:<organization:"o" name:"a" > `; empty fields are left out.
-    """
-    parts: list[str] = []
-    for field, value in msg.ListFields():
-        if field.message_type is not None:
-            parts.append(f"{field.name}:<{go_text(value)}> ")
-        elif isinstance(value, str):
-            parts.append(f'{field.name}:"{value}" ')
-        else:
-            parts.append(f"{field.name}:{value} ")
-    return "".join(parts)
 
 
 def validate(tpe: trustpolicyexception_pb2.TrustPolicyException) -> None:
@@ -90,8 +74,8 @@ class TrustPolicyExceptionApi(trustpolicyexception_pb2_grpc.TrustPolicyException
             app = txn.require(APP, new.key.app_key)
             if not app.trusted:
                 raise FailedPrecondition(
-                    f"Non trusted app: {go_text(app.key).strip()} not compatible with trust "
-                    f"policy: {go_text(new.key)}"
+                    f"Non trusted app: {compact_text(app.key).strip()} not compatible with trust "
+                    f"policy: {compact_text(new.key)}"
                 )
             txn.require(ZONE_POOL, new.key.zone_pool_key)
 
