@@ -38,8 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def bench(srv: ctl.Servers, args: argparse.Namespace) -> None:
-    daemon, api = ctl.controller(srv)
-    daemon.args += ["--http-addr", "127.0.0.1:0"]
+    daemon, api = ctl.controller(srv)  # its REST gateway on a free port
     ports = daemon.start(timeout=60)
     try:
         ctl.wait_serving(api, 60)

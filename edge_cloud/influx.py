@@ -23,6 +23,7 @@ from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from edge_cloud.errors import DeadlineExceeded, EdgeError, InvalidArgument, Unavailable
+from edge_cloud.objects.durations import format_duration
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -209,8 +210,8 @@ class InfluxV1Writer:
             )
         shard = min(duration_ns, _DAY_NS)
         tail = (
-            f"ON {_quote_ident(self.database)} DURATION {_influx_duration(duration_ns)} "
-            f"REPLICATION 1 SHARD DURATION {_influx_duration(shard)}"
+            f"ON {_quote_ident(self.database)} DURATION {influxql_duration(duration_ns)} "
+            f"REPLICATION 1 SHARD DURATION {influxql_duration(shard)}"
             + (" DEFAULT" if default else "")
         )
         try:
@@ -349,17 +350,12 @@ _DAY_NS = 24 * 3600 * 10**9
 _UNITS = (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6), ("u", 10**3))
 
 
-def _influx_duration(ns: int) -> str:
-    """An InfluxQL duration literal for `ns` nanoseconds, in the largest exact unit."""
+def influxql_duration(ns: int) -> str:
+    """An InfluxQL duration literal for `ns` nanoseconds in the largest exact unit (`24h`)."""
     for unit, size in _UNITS:
         if ns % size == 0:
             return f"{ns // size}{unit}"
     return f"{ns}ns"
-
-
-def influxql_duration(ns: int) -> str:
-    """An InfluxQL duration literal for `ns` nanoseconds (`24h`), for `GROUP BY time(...)`."""
-    return _influx_duration(ns)
 
 
 def go_duration(ns: int) -> str:
@@ -368,30 +364,7 @@ def go_duration(ns: int) -> str:
     The original names continuous queries and retention policies with it, so ours must match
     to find, replace and drop the ones an original controller created.
     """
-    if ns == 0:
-        return "0s"
-    sign, n = ("-", -ns) if ns < 0 else ("", ns)
-    if n < 1_000:
-        return f"{sign}{n}ns"
-    if n < 1_000_000:
-        return f"{sign}{_decimal(n, 1_000)}\u00b5s"
-    if n < 1_000_000_000:
-        return f"{sign}{_decimal(n, 1_000_000)}ms"
-    hours, rest = divmod(n, 3600 * 10**9)
-    minutes, rest = divmod(rest, 60 * 10**9)
-    text = f"{hours}h" if hours else ""
-    if hours or minutes:
-        text += f"{minutes}m"
-    return f"{sign}{text}{_decimal(rest, 10**9)}s"
-
-
-def _decimal(value: int, scale: int) -> str:
-    """`value / scale` in decimal without trailing zeros (`1500, 1000` → `1.5`)."""
-    whole, frac = divmod(value, scale)
-    if not frac:
-        return str(whole)
-    digits = str(frac).rjust(len(str(scale)) - 1, "0").rstrip("0")
-    return f"{whole}.{digits}"
+    return format_duration(ns)
 
 
 def _quote_ident(name: str) -> str:

@@ -22,19 +22,19 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from edge_cloud.errors import ResourceExhausted
 from edge_cloud.store import KeyValue, Store
 
-__all__ = ["PAGE_KEYS", "current_revision", "list_paged", "list_prefix"]
+__all__ = ["PAGE_KEYS", "current_revision", "list_paged", "list_prefix", "list_prefixes"]
 
 log = logging.getLogger(__name__)
 
 #: Keys per page: ~10 MiB of typical object JSON, far below the receive limit.
 PAGE_KEYS: Final = 10_000
-#: Pages read at once.
+#: Pages (or prefixes, `list_prefixes`) read at once.
 IN_FLIGHT: Final = 4
 #: A prefix no key of the platform starts with (keys are `<region>/...` or `/ns/...`).
 _NOTHING: Final = "\x00edge-cloud-no-such-key\x00"
@@ -74,6 +74,26 @@ async def list_prefix(
         # etcd's header carries its current revision, not the one a past read asked for
         return items, now if revision is None else revision
     return await list_paged(store, prefix, revision=revision, page_keys=page_keys)
+
+
+async def list_prefixes(store: Store, prefixes: Iterable[str], *, revision: int) -> list[KeyValue]:
+    """`list_prefix` of each prefix at one revision, a few at a time: one snapshot.
+
+    Returns:
+        The keys of each prefix in key order, prefix after prefix.
+
+    Raises:
+        RevisionCompacted: etcd compacted the revision before every read was done.
+    """
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(prefix: str) -> list[KeyValue]:
+        async with gate:
+            items, _ = await list_prefix(store, prefix, revision=revision)
+            return items
+
+    parts = await asyncio.gather(*(one(prefix) for prefix in prefixes))
+    return [kv for part in parts for kv in part]
 
 
 async def list_paged(

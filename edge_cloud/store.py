@@ -575,8 +575,9 @@ class EtcdStore:
             success=[self._request_op(op) for op in success_ops],
             failure=[self._request_op(op) for op in failure_ops],
         )
-        touched = {_op_key(x) for x in (*compares, *success_ops, *failure_ops)}
-        what = ", ".join(sorted({_op_key(x) for x in (*compares, *success_ops)})) or "-"
+        named = {_op_key(x) for x in (*compares, *success_ops)}  # what an error names
+        what = ", ".join(sorted(named)) or "-"
+        touched = named.union(map(_op_key, failure_ops))
         succeeded, revision, responses = await self._commit(
             request, touched, what, _groupable(compares, success_ops, failure_ops)
         )

@@ -56,9 +56,12 @@ def platform_fingerprint(cloudlet: cloudlet_pb2.Cloudlet, fields: Iterable[str])
     """
     wanted = frozenset(fields)
     subset: Any = cloudlet_pb2.Cloudlet()
-    subset.CopyFrom(cloudlet)
-    for field in cloudlet_pb2.Cloudlet.DESCRIPTOR.fields:
+    for field, value in cloudlet.ListFields():  # the set fields only: called per operation
         if field.name not in wanted:
-            subset.ClearField(field.name)
+            continue
+        if field.is_repeated or field.message_type is not None:
+            getattr(subset, field.name).MergeFrom(value)
+        else:
+            setattr(subset, field.name, value)
     data: bytes = subset.SerializeToString(deterministic=True)
     return data

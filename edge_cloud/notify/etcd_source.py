@@ -28,7 +28,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
-from edge_cloud.listing import current_revision, list_prefix
+from edge_cloud.listing import current_revision, list_prefixes
 from edge_cloud.notify._wire import Action, Message, type_name
 from edge_cloud.notify.source import Change, Encoded, Snapshot
 from edge_cloud.objects import codec, keys
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 PREFIX: Final = f"{keys.REGION}/"
 #: Keys handled between two yields to the event loop while a snapshot is built.
 YIELD_EVERY: Final = 1000
-#: Type prefixes read at once while a snapshot is listed.
-LIST_IN_FLIGHT: Final = 4
 
 
 class _Type:
@@ -88,15 +86,8 @@ class EtcdNotifySource:
         large, and keys of other types (reservations, versions) would be transferred too.
         """
         revision = await current_revision(self._store)
-        gate = asyncio.Semaphore(LIST_IN_FLIGHT)
-
-        async def one(name: str) -> list[KeyValue]:
-            async with gate:
-                part, _ = await list_prefix(self._store, f"{PREFIX}{name}/", revision=revision)
-                return part
-
-        parts = await asyncio.gather(*(one(name) for name in self._types))
-        items = [kv for part in parts for kv in part]
+        prefixes = (f"{PREFIX}{name}/" for name in self._types)
+        items = await list_prefixes(self._store, prefixes, revision=revision)
         return await self._snapshot(items, revision)
 
     async def changes(self, after: int) -> AsyncIterator[Change | Snapshot]:
