@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
+from distributed_match_engine import loc_pb2
 from edgeproto import (
     app_pb2_grpc,
     appinst_pb2_grpc,
@@ -270,6 +272,37 @@ def serving_platform(
         platform.stop()
 
 
+def platform_fixture(
+    api_cls: type[A],
+    workdir: str,
+    *,
+    platform_type: str = "fake",
+    flavor: str = "",
+) -> Any:
+    """A module-scoped `api` fixture: `serving_platform` on the session's etcd and Redis.
+
+    Assign it to `api` in the module: `api = platform_fixture(Api, "bmh", flavor=FLAVOR)`.
+    """
+
+    @pytest.fixture(scope="module")
+    def api(
+        etcd_server: localservers.ServerProcess,
+        redis_server: localservers.ServerProcess,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> Iterator[A]:
+        with serving_platform(
+            api_cls,
+            etcd_server.client_url,
+            redis_server.client_url,
+            tmp_path_factory.mktemp(workdir),
+            platform_type=platform_type,
+            flavor=flavor,
+        ) as stubs:
+            yield stubs
+
+    return api
+
+
 def run(call: Iterator[Any]) -> tuple[list[str], grpc.RpcError | None]:
     """Every streamed progress message of a call, and the error it ended with (or None)."""
     messages: list[str] = []
@@ -286,6 +319,24 @@ def ok(call: Iterator[Any]) -> list[str]:
     messages, err = run(call)
     assert err is None, f"{err.code()}: {err.details()} after {messages}"
     return messages
+
+
+def fake_cloudlet(
+    org: str = "e2eop",
+    *,
+    platform_type: str = "fake",
+    location: loc_pb2.Loc | None = None,
+    **env: str,
+) -> cloudlet_pb2.Cloudlet:
+    """A cloudlet of a fake platform with a unique name, fast steps and `env` on top."""
+    cloudlet = cloudlet_pb2.Cloudlet(
+        key=cloudletkey_pb2.CloudletKey(organization=org, name=f"c{uuid.uuid4().hex[:8]}"),
+        platform_type=platform_type,
+        location=location or loc_pb2.Loc(latitude=52.5, longitude=13.4),
+        num_dynamic_ips=10,
+    )
+    cloudlet.env_var.update({"FAKE_STEP_DELAY": "0.01", **env})
+    return cloudlet
 
 
 def cloudlet_info(

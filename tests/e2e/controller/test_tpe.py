@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,10 +36,9 @@ from edgeproto import (
     zonepool_pb2_grpc,
 )
 
-from edge_cloud.localservers import ServerProcess
 from edge_cloud.objects import keys
 from tests.e2e.crm import test_crm_lifecycle as crm_lifecycle
-from tests.e2e.support import ControllerApi, ok, serving_platform, wait_for
+from tests.e2e.support import ControllerApi, ok, platform_fixture, wait_for
 
 crm_dir = crm_lifecycle.crm_dir  # the fixture: CRMs started in a test stop at its end
 
@@ -50,20 +49,7 @@ TIMEOUT = 30.0
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def api(
-    etcd_server: ServerProcess,
-    redis_server: ServerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ControllerApi]:
-    with serving_platform(
-        ControllerApi,
-        etcd_server.client_url,
-        redis_server.client_url,
-        tmp_path_factory.mktemp("tpe"),
-        flavor=FLAVOR,
-    ) as stubs:
-        yield stubs
+api = platform_fixture(ControllerApi, "tpe", flavor=FLAVOR)
 
 
 def fake_log(log: Path, verb: str) -> list[tuple[str, str]]:

@@ -175,6 +175,32 @@ def offboard(api: Api, cloudlet: cloudlet_pb2.Cloudlet, crm: Crm) -> None:
     assert crm.exited(10) == 0
 
 
+def delete_across_crm_restart(
+    api: Api, crm: Crm, inst: appinst_pb2.AppInst
+) -> tuple[list[str], grpc.RpcError | None]:
+    """DeleteAppInst with the CRM killed and restarted once the delete reaches its pause
+    point (the cloudlet sets FAKE_PAUSE_AT); returns the call's messages and error."""
+    outcome: list[tuple[list[str], grpc.RpcError | None]] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(run(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT)))
+    )
+    caller.start()
+    try:
+
+        def deleting() -> bool | None:
+            shown = show_insts(api, inst.key)
+            return True if shown and shown[0].state == TS.DELETING else None
+
+        wait_for(deleting, 10, "the AppInst delete to reach the pause point")
+        crm.daemon.kill()
+        crm.start()
+    finally:
+        caller.join(TIMEOUT)
+    assert not caller.is_alive()
+    [result] = outcome
+    return result
+
+
 def test_on_edge_lifecycle_is_driven_by_the_crm(api: Api, crm_dir: Path) -> None:
     cloudlet = edge_cloudlet()
     crm, messages = onboard(api, cloudlet, crm_dir)
@@ -333,24 +359,7 @@ def test_crm_killed_mid_app_inst_delete_leaves_delete_error_then_retry_works(
     inst = app_inst(ensure_app(api, "docker"), cluster, "stuck")
     ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
     settled(lambda: show_insts(api, inst.key))  # a delete needs it READY, not CREATING
-    outcome: list[tuple[list[str], grpc.RpcError | None]] = []
-    caller = threading.Thread(
-        target=lambda: outcome.append(run(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT)))
-    )
-    caller.start()
-    try:
-
-        def deleting() -> bool | None:
-            shown = show_insts(api, inst.key)
-            return True if shown and shown[0].state == TS.DELETING else None
-
-        wait_for(deleting, 10, "the AppInst delete to reach the pause point")
-        crm.daemon.kill()
-        crm.start()
-    finally:
-        caller.join(TIMEOUT)
-    assert not caller.is_alive()
-    [(messages, err)] = outcome
+    messages, err = delete_across_crm_restart(api, crm, inst)
     code, text = details(err)
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert text.startswith("inconsistent Controller vs CRM state"), text

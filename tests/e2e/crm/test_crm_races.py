@@ -8,7 +8,6 @@ done must already be what Show lists and what the next call is checked against.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,12 @@ from distributed_match_engine import appcommon_pb2
 from edgeproto import cloudlet_pb2, common_pb2
 
 from tests.e2e.crm.test_crm_lifecycle import crm_dir as crm_dir  # the CRM cleanup fixture
-from tests.e2e.crm.test_crm_lifecycle import edge_cloudlet, offboard, onboard
+from tests.e2e.crm.test_crm_lifecycle import (
+    delete_across_crm_restart,
+    edge_cloudlet,
+    offboard,
+    onboard,
+)
 from tests.e2e.platform.test_fake_lifecycle import (
     TIMEOUT,
     Api,
@@ -29,12 +33,10 @@ from tests.e2e.platform.test_fake_lifecycle import (
     docker_cluster,
     ensure_app,
     ok,
-    run,
     show_clusters,
     show_insts,
 )
 from tests.e2e.platform.test_fake_lifecycle import api as api  # the Controller + CCRM fixture
-from tests.e2e.support import wait_for
 
 TS = common_pb2
 CS = appcommon_pb2
@@ -91,24 +93,7 @@ def test_delete_error_after_a_crm_restart_reaches_the_caller(api: Api, crm_dir: 
     ok(api.clusters.CreateClusterInst(cluster, timeout=TIMEOUT))
     inst = app_inst(ensure_app(api, "docker"), cluster, "stuck")
     ok(api.app_insts.CreateAppInst(inst, timeout=TIMEOUT))
-    outcome: list[tuple[list[str], grpc.RpcError | None]] = []
-    caller = threading.Thread(
-        target=lambda: outcome.append(run(api.app_insts.DeleteAppInst(inst, timeout=TIMEOUT)))
-    )
-    caller.start()
-    try:
-
-        def deleting() -> bool | None:
-            shown = show_insts(api, inst.key)
-            return True if shown and shown[0].state == TS.DELETING else None
-
-        wait_for(deleting, 10, "the AppInst delete to reach the pause point")
-        crm.daemon.kill()
-        crm.start()
-    finally:
-        caller.join(TIMEOUT)
-    assert not caller.is_alive()
-    [(messages, err)] = outcome
+    messages, err = delete_across_crm_restart(api, crm, inst)
     code, text = details(err)
     assert code == grpc.StatusCode.FAILED_PRECONDITION, text
     # lines from before the kill, then the restarted CRM's own (its status starts over)

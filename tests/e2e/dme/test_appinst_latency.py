@@ -10,7 +10,6 @@ gets its statistics back, as it would for samples it sends on its own.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,15 +26,13 @@ from edgeproto import (
     app_pb2,
     appinst_pb2,
     appinst_pb2_grpc,
-    cloudlet_pb2,
-    cloudletkey_pb2,
     clusterinst_pb2,
     flavor_pb2,
 )
 
 from edge_cloud import localservers
 from edge_cloud.localservers import ServerProcess
-from tests.e2e.support import ControllerApi, Daemon, Platform, clean_env, ok
+from tests.e2e.support import ControllerApi, Daemon, Platform, clean_env, fake_cloudlet, ok
 
 TIMEOUT = 30.0
 FLAVOR = "x1.small"
@@ -93,13 +90,7 @@ def region(
 
 def deploy(api: ControllerApi) -> appinst_pb2.AppInst:
     """A fake cloudlet in Berlin, a docker cluster there and an AppInst of a web App."""
-    cloudlet = cloudlet_pb2.Cloudlet(
-        key=cloudletkey_pb2.CloudletKey(organization="latop", name=f"c{uuid.uuid4().hex[:8]}"),
-        platform_type="fake",
-        location=HERE,
-        num_dynamic_ips=10,
-    )
-    cloudlet.env_var["FAKE_STEP_DELAY"] = "0.01"
+    cloudlet = fake_cloudlet("latop", location=HERE)
     ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
     cluster = clusterinst_pb2.ClusterInst(
         deployment="docker", flavor=flavor_pb2.FlavorKey(name=FLAVOR)

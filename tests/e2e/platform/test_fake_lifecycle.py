@@ -8,14 +8,13 @@ cloudlets of its own, so the tests do not depend on each other's order.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from distributed_match_engine import appcommon_pb2, loc_pb2
+from distributed_match_engine import appcommon_pb2
 from edgeproto import (
     app_pb2,
     appinst_pb2,
@@ -28,8 +27,15 @@ from edgeproto import (
     refs_pb2_grpc,
 )
 
-from edge_cloud.localservers import ServerProcess
-from tests.e2e.support import ControllerApi, cloudlet_info, ok, run, serving_platform, wait_for
+from tests.e2e.support import (
+    ControllerApi,
+    cloudlet_info,
+    fake_cloudlet,
+    ok,
+    platform_fixture,
+    run,
+    wait_for,
+)
 
 TS = common_pb2
 CS = appcommon_pb2
@@ -49,20 +55,7 @@ class Api(ControllerApi):
         self.refs = refs_pb2_grpc.CloudletRefsApiStub(self.channel)
 
 
-@pytest.fixture(scope="module")
-def api(
-    etcd_server: ServerProcess,
-    redis_server: ServerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Api]:
-    with serving_platform(
-        Api,
-        etcd_server.client_url,
-        redis_server.client_url,
-        tmp_path_factory.mktemp("platform"),
-        flavor=FLAVOR,
-    ) as stubs:
-        yield stubs
+api = platform_fixture(Api, "platform", flavor=FLAVOR)
 
 
 @pytest.fixture(autouse=True)
@@ -75,18 +68,6 @@ def ccrm_running(api: Api) -> Iterator[None]:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def fake_cloudlet(**env: str) -> cloudlet_pb2.Cloudlet:
-    key = cloudletkey_pb2.CloudletKey(organization="e2eop", name=f"c{uuid.uuid4().hex[:8]}")
-    cloudlet = cloudlet_pb2.Cloudlet(
-        key=key,
-        platform_type="fake",
-        location=loc_pb2.Loc(latitude=52.5, longitude=13.4),
-        num_dynamic_ips=10,
-    )
-    cloudlet.env_var.update({"FAKE_STEP_DELAY": "0.01", **env})
-    return cloudlet
 
 
 CLOUDLET_CREATED = [

@@ -321,6 +321,15 @@ async def harness(
         await h.stop_all()
 
 
+@pytest.fixture
+async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
+    """A `FakeCcrm` served on loopback, the address the harness's Controllers dial."""
+    fake = FakeCcrm()
+    async with ccrm_server(fake) as addr:
+        harness.ccrm_addr = addr
+        yield fake
+
+
 # --- objects and calls ---------------------------------------------------------------------
 
 

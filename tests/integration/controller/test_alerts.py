@@ -8,9 +8,7 @@ clients report and from ClusterInst creates through the API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from distributed_match_engine import appcommon_pb2
 from edgeproto import (
     alert_pb2,
@@ -38,10 +36,10 @@ from tests.integration.controller.cloudlet_harness import (
 from tests.integration.controller.clusterinst_harness import (
     InstCcrm,
     app_insts,
+    ccrm,
     cluster_key,
     clusters,
     create_app,
-    inst_ccrm_server,
     new_app_inst,
     new_cluster,
     put_flavor,
@@ -49,7 +47,7 @@ from tests.integration.controller.clusterinst_harness import (
 )
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 CS = appcommon_pb2
 HC = appcommon_pb2
@@ -298,14 +296,6 @@ async def test_cloudlet_down_and_back(harness: ControllerHarness) -> None:
 
     await eventually(removed)
     await ctl.notify.close()
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
-    fake = InstCcrm()
-    async with inst_ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def test_resource_usage_alerts(harness: ControllerHarness, ccrm: InstCcrm) -> None:

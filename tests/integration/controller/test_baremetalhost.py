@@ -8,7 +8,6 @@ Cloudlets of platforms without bare metal are skipped, as in the original.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import grpc.aio
@@ -18,15 +17,14 @@ from edgeproto import (
     baremetalhost_pb2,
     baremetalhost_pb2_grpc,
     cloudlet_pb2,
-    cloudletkey_pb2,
     cluster_pb2,
     clusterinst_pb2,
     resources_pb2,
 )
 
-from edge_cloud.localservers import ServerProcess, free_port
+from edge_cloud.localservers import free_port
 from services.controller._engine import Txn
-from tests.e2e.support import ControllerApi, ok, serving_platform
+from tests.e2e.support import ControllerApi, fake_cloudlet, ok, platform_fixture
 from tests.integration.controller.cloudlet_harness import (
     ControllerHarness,
     features,
@@ -53,30 +51,13 @@ class Api(ControllerApi):
         self.hosts = baremetalhost_pb2_grpc.BareMetalHostApiStub(self.channel)
 
 
-@pytest.fixture(scope="module")
-def api(
-    etcd_server: ServerProcess,
-    redis_server: ServerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Api]:
-    with serving_platform(
-        Api,
-        etcd_server.client_url,
-        redis_server.client_url,
-        tmp_path_factory.mktemp("bmh"),
-        platform_type="fakebaremetal",
-    ) as stubs:
-        yield stubs
+api = platform_fixture(Api, "bmh", platform_type="fakebaremetal")
 
 
 def create_cloudlet(api: Api, platform_type: str, org: str = ORG) -> cloudlet_pb2.Cloudlet:
-    cloudlet = cloudlet_pb2.Cloudlet(
-        key=cloudletkey_pb2.CloudletKey(organization=org, name=f"c{uuid.uuid4().hex[:8]}"),
-        platform_type=platform_type,
-        location=loc_pb2.Loc(latitude=50.1, longitude=8.7),
-        num_dynamic_ips=10,
+    cloudlet = fake_cloudlet(
+        org, platform_type=platform_type, location=loc_pb2.Loc(latitude=50.1, longitude=8.7)
     )
-    cloudlet.env_var["FAKE_STEP_DELAY"] = "0.01"
     ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))
     return cloudlet
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from distributed_match_engine import appcommon_pb2
 from edgeproto import cloudlet_pb2, common_pb2
 
@@ -23,7 +21,7 @@ from tests.integration.controller.cloudlet_harness import (
     CLOUDLET,
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -32,15 +30,7 @@ from tests.integration.controller.cloudlet_harness import (
     unique_org,
 )
 
-__all__ = ["harness"]
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
+__all__ = ["ccrm", "harness"]
 
 
 async def test_create_streams_progress_until_ready(

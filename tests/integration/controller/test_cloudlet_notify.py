@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from distributed_match_engine import appcommon_pb2
 from edgeproto import alert_pb2, cloudlet_pb2, cloudlet_pb2_grpc, common_pb2, flavor_pb2
 
@@ -17,7 +15,7 @@ from tests.integration.controller.cloudlet_harness import (
     FEATURES,
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -27,18 +25,10 @@ from tests.integration.controller.cloudlet_harness import (
 )
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 CS = appcommon_pb2
 ALERT = registry.by_class(alert_pb2.Alert)
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 def crm_client(addr: str) -> NotifyClient:

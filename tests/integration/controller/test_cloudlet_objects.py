@@ -4,11 +4,9 @@ drivers, CloudletInfo, and cloudlet updates (§3.6, §3.15-§3.17)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import pytest
 from distributed_match_engine import appcommon_pb2
 from edgeproto import (
     cloudlet_pb2,
@@ -34,7 +32,7 @@ from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -44,17 +42,9 @@ from tests.integration.controller.cloudlet_harness import (
 )
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 IGNORE_CRM = common_pb2.IGNORE_CRM
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def unary_error(call: Any) -> EdgeError:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import grpc.aio
-import pytest
 from edgeproto import cloudlet_pb2, cloudlet_pb2_grpc, common_pb2
 
 from edge_cloud.objects import codec, keys
@@ -17,7 +15,7 @@ from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -27,15 +25,7 @@ from tests.integration.controller.cloudlet_harness import (
 )
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
+__all__ = ["ccrm", "harness"]
 
 
 async def left_behind(

@@ -8,9 +8,6 @@ from the platform, Deregister forgets it again while the infra cluster stays.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from distributed_match_engine import loc_pb2
@@ -24,8 +21,7 @@ from edgeproto import (
     flavor_pb2,
 )
 
-from edge_cloud.localservers import ServerProcess
-from tests.e2e.support import ControllerApi, ok, run, serving_platform
+from tests.e2e.support import ControllerApi, fake_cloudlet, ok, platform_fixture, run
 
 TIMEOUT = 30.0
 FLAVOR = "x1.small"
@@ -42,30 +38,11 @@ class Api(ControllerApi):
         self.managed = cloudlet_pb2_grpc.CloudletManagedClusterApiStub(self.channel)
 
 
-@pytest.fixture(scope="module")
-def api(
-    etcd_server: ServerProcess,
-    redis_server: ServerProcess,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Api]:
-    with serving_platform(
-        Api,
-        etcd_server.client_url,
-        redis_server.client_url,
-        tmp_path_factory.mktemp("cmc"),
-        flavor=FLAVOR,
-    ) as stubs:
-        yield stubs
+api = platform_fixture(Api, "cmc", flavor=FLAVOR)
 
 
 def create_cloudlet(api: Api, *, managed: bool = True) -> cloudlet_pb2.Cloudlet:
-    cloudlet = cloudlet_pb2.Cloudlet(
-        key=cloudletkey_pb2.CloudletKey(organization="cmcop", name=f"c{uuid.uuid4().hex[:8]}"),
-        platform_type="fake",
-        location=loc_pb2.Loc(latitude=48.1, longitude=11.6),
-        num_dynamic_ips=10,
-    )
-    cloudlet.env_var["FAKE_STEP_DELAY"] = "0.01"
+    cloudlet = fake_cloudlet("cmcop", location=loc_pb2.Loc(latitude=48.1, longitude=11.6))
     if managed:
         cloudlet.env_var["LOAD_MANAGED_CLUSTERS"] = "true"
     ok(api.cloudlets.CreateCloudlet(cloudlet, timeout=TIMEOUT))

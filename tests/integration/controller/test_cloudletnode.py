@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
 
 import grpc.aio
 import pytest
@@ -34,7 +33,7 @@ from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -43,15 +42,7 @@ from tests.integration.controller.cloudlet_harness import (
     unique_org,
 )
 
-__all__ = ["harness"]
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
+__all__ = ["ccrm", "harness"]
 
 
 def stub(ctl: Controller) -> cloudletnode_pb2_grpc.CloudletNodeApiStub:

@@ -10,7 +10,6 @@ Controllers on the real etcd and Redis, with a CCRM test server behind the real
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,22 +34,14 @@ from tests.integration.controller.cloudlet_harness import (
 from tests.integration.controller.clusterinst_harness import (
     CLUSTER_INST,
     InstCcrm,
-    inst_ccrm_server,
+    ccrm,
     put_flavor,
 )
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
-    fake = InstCcrm()
-    async with inst_ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def started(harness: ControllerHarness) -> Controller:

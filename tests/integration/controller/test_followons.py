@@ -41,7 +41,7 @@ from tests.integration.controller.cloudlet_harness import (
     Controller,
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -59,7 +59,7 @@ from tests.integration.controller.clusterinst_harness import (
 from tests.integration.controller.conftest import StartInstance
 from tests.integration.helpers import eventually
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 CTX: Any = None  # the servicers never touch the context
 APP = registry.by_class(app_pb2.App)
@@ -71,14 +71,6 @@ TLS_OUT = trustpolicy_pb2.SecurityRule(
 ANYWHERE = trustpolicy_pb2.SecurityRule(
     protocol="tcp", port_range_min=1, port_range_max=1000, remote_cidr="0.0.0.0/0"
 )
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def put(ctl: Controller, *objs: Message) -> None:

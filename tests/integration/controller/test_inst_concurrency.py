@@ -9,9 +9,7 @@ the cluster, and leaves every refs record exactly equal to the instances that ex
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from edgeproto import app_pb2, appinst_pb2, cloudlet_pb2, common_pb2, flavor_pb2, refs_pb2
 
 from edge_cloud.errors import ResourceExhausted
@@ -29,9 +27,9 @@ from tests.integration.controller.clusterinst_harness import (
     APP_INST,
     InstCcrm,
     app_insts,
+    ccrm,
     clusters,
     create_app,
-    inst_ccrm_server,
     new_app_inst,
     new_cluster,
     put_flavor,
@@ -39,20 +37,12 @@ from tests.integration.controller.clusterinst_harness import (
     refs_of,
 )
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 CLOUDLET_INFO = registry.by_class(cloudlet_pb2.CloudletInfo)
 CLUSTER_REFS = registry.by_class(refs_pb2.ClusterRefs)
 APP_INST_REFS = registry.by_class(refs_pb2.AppInstRefs)
 BURST_TIMEOUT = 90.0
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[InstCcrm]:
-    fake = InstCcrm()
-    async with inst_ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def big_cluster(ctl: Controller, org: str, vcpus: int) -> tuple[cloudlet_pb2.Cloudlet, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 from distributed_match_engine import appcommon_pb2
@@ -90,89 +90,91 @@ class Stored:
         return state, ["worker failed"] if state == TS.CREATE_ERROR else []
 
 
-async def subscribed(redis: Redis) -> tuple[str, Subscription]:
+@pytest.fixture
+async def subscription(redis_client: Redis) -> AsyncIterator[tuple[str, Subscription]]:
     name = channel()
-    return name, await Progress(redis, "ctl-a").subscribe(name)
+    sub = await Progress(redis_client, "ctl-a").subscribe(name)
+    try:
+        yield name, sub
+    finally:
+        await sub.close()
+
+
+async def wait(
+    sub: Subscription,
+    spec: InfoWait,
+    current: int,
+    decode: Callable[[bytes], Message],
+    *,
+    lines: list[str] | None = None,
+    success_msg: str = "",
+    timeout: float = 10,  # noqa: ASYNC109 - passed on to wait_for_info
+    refresh: Callable[[], Awaitable[tuple[int, Sequence[str]]]] | None = None,
+) -> None:
+    """wait_for_info on the subscription, its status lines appended to lines."""
+
+    async def send(line: str) -> None:
+        if lines is not None:
+            lines.append(line)
+
+    await wait_for_info(
+        spec,
+        current=current,
+        subscription=sub,
+        decode=decode,
+        send=send,
+        success_msg=success_msg,
+        timeout=timeout,
+        refresh=refresh,
+    )
 
 
 async def test_a_worker_done_before_the_subscription_ends_the_wait_at_once(
-    redis_client: Redis,
+    subscription: tuple[str, Subscription],
 ) -> None:
-    _, sub = await subscribed(redis_client)
+    _, sub = subscription
     lines: list[str] = []
-
-    async def send(line: str) -> None:
-        lines.append(line)
-
     stored = Stored(TS.READY)  # the CRM's READY was merged (and published) before we listened
     started = time.monotonic()
-    try:
-        await wait_for_info(
-            CREATE_WAIT,
-            current=TS.CREATE_REQUESTED,
-            subscription=sub,
-            decode=decode_app_inst,
-            send=send,
-            success_msg="Created AppInst successfully",
-            timeout=10,
-            refresh=stored.read,
-        )
-    finally:
-        await sub.close()
+    await wait(
+        sub,
+        CREATE_WAIT,
+        TS.CREATE_REQUESTED,
+        decode_app_inst,
+        lines=lines,
+        success_msg="Created AppInst successfully",
+        refresh=stored.read,
+    )
     assert time.monotonic() - started < 1.0
     assert lines == ["Created AppInst successfully"]
     assert stored.reads == 1
 
 
-async def test_a_quiet_channel_rereads_the_stored_state(redis_client: Redis) -> None:
-    _, sub = await subscribed(redis_client)
+async def test_a_quiet_channel_rereads_the_stored_state(
+    subscription: tuple[str, Subscription],
+) -> None:
+    _, sub = subscription
     stored = Stored(TS.CREATING, TS.CREATE_ERROR)  # the error report was missed as well
     started = time.monotonic()
-    try:
-        with pytest.raises(PlatformPermanentError, match=r"^worker failed$"):
-            await wait_for_info(
-                CREATE_WAIT,
-                current=TS.CREATE_REQUESTED,
-                subscription=sub,
-                decode=decode_app_inst,
-                send=lambda _: asyncio.sleep(0),
-                success_msg="",
-                timeout=10,
-                refresh=stored.read,
-            )
-    finally:
-        await sub.close()
+    with pytest.raises(PlatformPermanentError, match=r"^worker failed$"):
+        await wait(sub, CREATE_WAIT, TS.CREATE_REQUESTED, decode_app_inst, refresh=stored.read)
     assert 0.9 < time.monotonic() - started < 3.0  # one quiet second, then the re-read
     assert stored.reads == 2
 
 
 async def test_without_refresh_a_missed_report_runs_into_the_deadline(
-    redis_client: Redis,
+    subscription: tuple[str, Subscription],
 ) -> None:
-    _, sub = await subscribed(redis_client)
-    try:
-        with pytest.raises(DeadlineExceeded, match="expected state READY but is CREATE_REQUESTED"):
-            await wait_for_info(
-                CREATE_WAIT,
-                current=TS.CREATE_REQUESTED,
-                subscription=sub,
-                decode=decode_app_inst,
-                send=lambda _: asyncio.sleep(0),
-                success_msg="",
-                timeout=0.3,
-            )
-    finally:
-        await sub.close()
+    _, sub = subscription
+    with pytest.raises(DeadlineExceeded, match="expected state READY but is CREATE_REQUESTED"):
+        await wait(sub, CREATE_WAIT, TS.CREATE_REQUESTED, decode_app_inst, timeout=0.3)
 
 
 async def test_an_update_ignores_the_ready_from_before_the_crm_started(
-    redis_client: Redis,
+    redis_client: Redis, subscription: tuple[str, Subscription]
 ) -> None:
-    name, sub = await subscribed(redis_client)
+    name, sub = subscription
     lines: list[str] = []
-
-    async def send(line: str) -> None:
-        lines.append(line)
 
     async def crm() -> None:
         # a resource snapshot report from before the update, then the update itself
@@ -186,33 +188,26 @@ async def test_an_update_ignores_the_ready_from_before_the_crm_started(
         )
 
     stored = Stored(CS.CLOUDLET_STATE_UNKNOWN)  # the Cloudlet still UPDATE_REQUESTED
-    try:
-        await asyncio.gather(
-            wait_for_info(
-                UPGRADE_WAIT,
-                current=CS.CLOUDLET_STATE_UNKNOWN,
-                subscription=sub,
-                decode=decode_cloudlet,
-                send=send,
-                success_msg="Cloudlet updated successfully",
-                timeout=10,
-                refresh=stored.read,
-            ),
-            crm(),
-        )
-    finally:
-        await sub.close()
+    await asyncio.gather(
+        wait(
+            sub,
+            UPGRADE_WAIT,
+            CS.CLOUDLET_STATE_UNKNOWN,
+            decode_cloudlet,
+            lines=lines,
+            success_msg="Cloudlet updated successfully",
+            refresh=stored.read,
+        ),
+        crm(),
+    )
     assert lines == ["CloudletStateUpgrade", "Updating envvar", "Cloudlet updated successfully"]
 
 
 async def test_the_error_line_after_a_crm_restart_reaches_the_caller(
-    redis_client: Redis,
+    redis_client: Redis, subscription: tuple[str, Subscription]
 ) -> None:
-    name, sub = await subscribed(redis_client)
+    name, sub = subscription
     lines: list[str] = []
-
-    async def send(line: str) -> None:
-        lines.append(line)
 
     async def crm() -> None:
         before = ["Deleting", "Deleting App Inst", "Deleting App Inst, step 1"]
@@ -223,23 +218,18 @@ async def test_the_error_line_after_a_crm_restart_reaches_the_caller(
             name, app_inst_info(TS.DELETE_ERROR, ["DeleteError"], ["inconsistent state"])
         )
 
-    try:
-        with pytest.raises(PlatformPermanentError, match=r"^inconsistent state$"):
-            await asyncio.gather(
-                wait_for_info(
-                    DELETE_WAIT,
-                    current=TS.DELETE_REQUESTED,
-                    subscription=sub,
-                    decode=decode_app_inst,
-                    send=send,
-                    success_msg="",
-                    timeout=10,
-                    refresh=Stored(TS.DELETE_REQUESTED).read,
-                ),
-                crm(),
-            )
-    finally:
-        await sub.close()
+    with pytest.raises(PlatformPermanentError, match=r"^inconsistent state$"):
+        await asyncio.gather(
+            wait(
+                sub,
+                DELETE_WAIT,
+                TS.DELETE_REQUESTED,
+                decode_app_inst,
+                lines=lines,
+                refresh=Stored(TS.DELETE_REQUESTED).read,
+            ),
+            crm(),
+        )
     assert lines == ["Deleting", "Deleting App Inst", "Deleting App Inst, step 1", "DeleteError"]
 
 

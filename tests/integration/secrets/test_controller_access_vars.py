@@ -9,7 +9,6 @@ two connections exactly as across two processes.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
@@ -39,7 +38,7 @@ from services.ccrm.config import CcrmConfig
 from tests.integration.controller.cloudlet_harness import (
     ControllerHarness,
     FakeCcrm,
-    ccrm_server,
+    ccrm,
     collect,
     features,
     harness,
@@ -50,19 +49,11 @@ from tests.integration.controller.cloudlet_harness import (
 from tests.integration.helpers import eventually
 from tests.support.vault.fixture import VaultServerProcess
 
-__all__ = ["harness"]
+__all__ = ["ccrm", "harness"]
 
 SECRET = "sekrit-api-key-8d1f"
 SEED = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 ACCESS_VARS = "23"
-
-
-@pytest.fixture
-async def ccrm(harness: ControllerHarness) -> AsyncIterator[FakeCcrm]:
-    fake = FakeCcrm()
-    async with ccrm_server(fake) as addr:
-        harness.ccrm_addr = addr
-        yield fake
 
 
 async def etcd_values(store: EtcdStore) -> list[bytes]:
